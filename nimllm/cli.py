@@ -1,0 +1,146 @@
+"""The `nimllm` command: parses arguments and hands them to one of the modules. No logic here.
+
+Both forms work: `nimllm --train FILE` (the seed's flags) and `nimllm train FILE` (subcommands).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+FLAG_FORMS = {"--train": "train"}   # the seed's flag spelling of each subcommand
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nimllm", description="Train a language model of your own, from scratch, on your own text.",
+        epilog="examples:\n  nimllm --train mybooks.txt       train (or resume) the default model\n"
+               "  nimllm generate \"Once upon a time\"\n  nimllm info\n"
+               "model folders live in $NIMLLM_HOME/models (default ~/.nimllm/models)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    from nimllm import __version__
+    parser.add_argument("--version", action="version", version=f"nimllm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--model", metavar="NAME|DIR", help="model name under $NIMLLM_HOME/models, or a folder (default: default)")
+        p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
+        return p
+
+    train = command("train", "train a tokenizer and a model on a text file or folder, resume an interrupted run, "
+                             "or continue a trained model on a new corpus")
+    train.add_argument("corpus", nargs="?", help="a file or folder of text (.txt, .md, code, .jsonl with a text "
+                                                 "field); default: the Python standard library's source")
+    train.add_argument("--preset", help="tiny, 10m or 103m (default: 103m on a GPU, tiny on a CPU)")
+    train.add_argument("--steps", type=int, help="optimizer steps (default: a length that suits the corpus)")
+    train.add_argument("--time", type=_duration, help="wall-clock budget, e.g. 30m or 2h; the schedule fits it")
+    train.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size for a new model (default 8192)")
+    train.add_argument("--batch-size", type=int, dest="micro_batch", help="sequences per micro-batch")
+    train.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 8)")
+    train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument("--activation", choices=["gelu", "relu2"], help="MLP activation of a new model")
+    train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile on CUDA")
+    train.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                       help="recompute activations in backward to save memory")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--fresh", action="store_true", help="start over: discard this model and train a new one")
+
+    gen = command("generate", "continue a prompt with the model, streaming tokens")
+    gen.add_argument("prompt", help="the text to continue")
+    gen.add_argument("--max-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    gen.add_argument("--top-k", type=int, default=50)
+    gen.add_argument("--top-p", type=float, default=0.95)
+    gen.add_argument("--seed", type=int)
+
+    command("info", "describe a model folder: shape, training progress, corpora, files")
+    return parser
+
+
+def _duration(text: str) -> float:
+    from nimllm.config import parse_duration
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """`nimllm [options] --train [FILE] [options]` becomes `nimllm train [options] [FILE] [options]`."""
+    for i, arg in enumerate(argv):
+        if arg in FLAG_FORMS:
+            return [FLAG_FORMS[arg]] + argv[:i] + argv[i + 1:]
+    return argv
+
+
+def cmd_train(args) -> int:
+    from nimllm.config import ModelFolder
+    from nimllm.data import default_corpus
+    from nimllm.train import run_training
+    corpus = Path(args.corpus) if args.corpus else default_corpus()
+    summary = run_training(
+        corpus, ModelFolder.resolve(args.model), preset=args.preset, steps=args.steps, time_budget=args.time,
+        model_overrides={"activation": args.activation},
+        train_overrides={"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "lr": args.lr,
+                         "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
+                         "seed": args.seed},
+        vocab_size=args.vocab_size, fresh=args.fresh, device=args.device)
+    return 130 if summary.get("interrupted") else 0
+
+
+def cmd_generate(args) -> int:
+    from nimllm.checkpoint import load_model
+    from nimllm.config import ModelFolder
+    from nimllm.generate import generate
+    from nimllm.train import pick_device
+    from nimllm.tokenizer import Tokenizer
+    folder = ModelFolder.resolve(args.model)
+    model, _ = load_model(folder, pick_device(args.device))
+    tokenizer = Tokenizer.load(folder.tokenizer)
+    print(args.prompt, end="", flush=True)
+    ids = generate(model, tokenizer.encode(args.prompt), args.max_tokens, args.temperature, args.top_k,
+                   args.top_p, args.seed, stop_ids=[tokenizer.eot_id])
+    for piece in tokenizer.decode_stream(ids):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_info(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from nimllm.checkpoint import describe
+    from nimllm.config import ModelFolder
+    table = Table(show_header=False, box=None)
+    for key, value in describe(ModelFolder.resolve(args.model)).items():
+        table.add_row(f"[bold]{key}[/]", str(value))
+    Console().print(table)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
+    if not args.command:
+        parser.print_help()
+        return 2
+    from nimllm.config import UserError
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"nimllm: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nnimllm: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:   # a full disk, a folder we may not write: say which, keep what was saved
+        print(f"nimllm: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Settings: model and training dataclasses, named presets, and the layout of a model folder.
+
+Everything else takes one of these objects instead of reading globals, so a run is fully
+described by what `config.json` in its model folder says.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 8192
+    n_layer: int = 8
+    n_embd: int = 1024
+    n_head: int = 16
+    block_size: int = 512          # context length in tokens
+    mlp_ratio: int = 4
+    activation: str = "gelu"       # "gelu" or "relu2" (squared ReLU, what llama.cpp's Arcee graph runs)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.activation not in ("gelu", "relu2"):
+            raise ValueError(f"activation must be 'gelu' or 'relu2', not {self.activation!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass
+class TrainConfig:
+    micro_batch: int = 32          # sequences per forward pass (per process)
+    grad_accum: int = 8            # micro-batches per optimizer step, summed over all processes
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1      # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    max_steps: int = 25000         # cap on the default training length
+    max_epochs: float = 10.0       # small corpora: stop before seeing the data more often than this
+    tokens_per_param: float = 20.0  # default budget (Chinchilla), capped by the two above
+    eval_interval: int = 250
+    eval_tokens: int = 262144      # validation tokens used by the periodic evaluation
+    log_interval: int = 10
+    checkpoint_minutes: float = 10.0
+    seed: int = 1337
+    compile: bool = False
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class Preset:
+    model: ModelConfig
+    train: TrainConfig
+    note: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "103m": Preset(
+        ModelConfig(),
+        TrainConfig(micro_batch=64, grad_accum=8, lr=6e-4, compile=True),
+        "8 layers x 1024 wide, 16 heads, context 512: the GPU default",
+    ),
+    "10m": Preset(
+        ModelConfig(n_layer=6, n_embd=384, n_head=6, block_size=256, dropout=0.1),
+        TrainConfig(micro_batch=64, grad_accum=1, lr=1e-3, warmup_steps=100, max_steps=5000,
+                    eval_interval=250, compile=True),
+        "6 layers x 384 wide, context 256: nanoGPT's baby GPT shape",
+    ),
+    "tiny": Preset(
+        ModelConfig(n_layer=4, n_embd=128, n_head=4, block_size=128),
+        TrainConfig(micro_batch=16, grad_accum=2, lr=2e-3, warmup_steps=30, max_steps=600,
+                    eval_interval=100, eval_tokens=32768, log_interval=10),
+        "4 layers x 128 wide, context 128: seconds to minutes on a CPU, for tests and smoke runs",
+    ),
+}
+
+
+def default_preset_name(device: str) -> str:
+    return "103m" if device == "cuda" else "tiny"
+
+
+def dataclass_from_dict(cls, values: dict):
+    """Build a dataclass from a dict, ignoring keys it does not know (older or newer folders)."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def override(obj, **changes):
+    """`replace` that skips None values, so unset command-line options keep the preset's value."""
+    return replace(obj, **{k: v for k, v in changes.items() if v is not None})
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90s", "30m", "2h", "1h30m" or a bare number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    total, number = 0.0, ""
+    for ch in text.strip().lower():
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in units and number:
+            total, number = total + float(number) * units[ch], ""
+        else:
+            raise ValueError(f"not a duration: {text!r} (try 90s, 30m, 2h or 1h30m)")
+    total += float(number) if number else 0.0
+    if total <= 0:
+        raise ValueError(f"not a duration: {text!r} (try 90s, 30m, 2h or 1h30m)")
+    return total
+
+
+def nimllm_home() -> Path:
+    return Path(os.environ.get("NIMLLM_HOME", Path.home() / ".nimllm")).expanduser()
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """Where each file of a user's model lives; every reader and writer goes through this."""
+    root: Path
+
+    @classmethod
+    def resolve(cls, name_or_dir: str | None) -> "ModelFolder":
+        """A name means `$NIMLLM_HOME/models/NAME`; anything with a path separator is a folder."""
+        name_or_dir = name_or_dir or "default"
+        if os.sep in name_or_dir or name_or_dir.startswith("."):
+            return cls(Path(name_or_dir).expanduser().resolve())
+        return cls(nimllm_home() / "models" / name_or_dir)
+
+    config = property(lambda self: self.root / "config.json")
+    tokenizer = property(lambda self: self.root / "tokenizer.json")
+    weights = property(lambda self: self.root / "model.safetensors")
+    train_state = property(lambda self: self.root / "train_state.safetensors")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    loss_plot = property(lambda self: self.root / "loss.png")
+    data = property(lambda self: self.root / "data")
+
+
+class UserError(Exception):
+    """A problem with what the user gave us (a path, a file, a model folder): the command line
+    prints its message as one line and exits non-zero, without a traceback."""

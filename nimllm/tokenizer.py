@@ -1,0 +1,101 @@
+"""Byte-level BPE: text to token ids and back, trained on the user's own corpus.
+
+A thin wrapper over HuggingFace `tokenizers`. Every byte is in the vocabulary and nothing is
+normalised, so any Unicode string encodes, and decoding gives back exactly the string encoded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from nimllm.config import UserError
+from nimllm.fileio import atomic_write
+
+# ids 0..15 in this order; the reserved ones keep later additions from shifting a trained vocabulary
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|pad|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",            # end of a chat turn
+    "<|tool_call|>",
+    "<|/tool_call|>",
+    "<|tool_result|>",
+    "<|/tool_result|>",
+    *(f"<|reserved_{i}|>" for i in range(6)),
+]
+
+
+class Tokenizer:
+    def __init__(self, hf: HFTokenizer):
+        if [hf.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
+            raise UserError("this tokenizer does not have NimLLM's special tokens")
+        # Text that only looks like a special token ("<|endoftext|>" typed by a user, or found in
+        # a corpus) must stay plain bytes: a special id is something code puts in, never text.
+        # tokenizer.json does not store this flag, so it is set on every load.
+        hf.encode_special_tokens = True
+        self.hf = hf
+        self.special_ids = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 8192) -> Tokenizer:
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
+            show_progress=False,
+        )
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(hf)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as e:  # `tokenizers` raises a bare Exception for a missing or malformed file
+            raise UserError(f"cannot read the tokenizer {path}: {e}") from None
+        return cls(hf)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write(Path(path), self.hf.to_str().encode("utf-8"))
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Like encode, over many texts at once on all cores."""
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=False)
+
+    def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
+        """Text as ids arrive. A token can end inside a UTF-8 character (decoded so far as U+FFFD),
+        so such pieces wait for the tokens that complete them."""
+        pending: list[int] = []
+        for token in ids:
+            pending.append(token)
+            text = self.decode(pending)
+            if not text.endswith("\ufffd"):
+                yield text
+                pending = []
+        if pending:
+            yield self.decode(pending)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def special(self, name: str) -> int:
+        return self.special_ids[name]
+
+    @property
+    def eot_id(self) -> int:
+        return self.special_ids["<|endoftext|>"]

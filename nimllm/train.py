@@ -1,0 +1,420 @@
+"""Training: from a corpus path to a trained model folder.
+
+`run_training` decides what to do with the folder (start a new model, resume an interrupted run,
+or continue a trained model on a new corpus), prepares the tokenizer and token shards, and runs
+the loop: AdamW, linear warm-up then cosine decay, gradient accumulation, clipping, bf16 autocast
+on CUDA, periodic validation, atomic checkpoints, Ctrl-C handling and DistributedDataParallel
+when started under torchrun.
+
+Every micro-batch is drawn from a generator seeded by (seed, step, micro-batch index), and every
+step seeds dropout the same way, so a run that is interrupted and resumed computes exactly the
+losses of an uninterrupted one, and a run on N processes sees the batches a run on one does.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import nimllm
+from nimllm import checkpoint
+from nimllm.config import PRESETS, ModelConfig, ModelFolder, TrainConfig, UserError, default_preset_name, override
+from nimllm.data import CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus
+from nimllm.metrics import MetricsLog, plot_losses
+from nimllm.model import GPT
+from nimllm.tokenizer import Tokenizer
+
+
+# ---- where we run ------------------------------------------------------------------------------
+
+@dataclass
+class Runtime:
+    device: str          # "cuda", "cuda:1", "mps" or "cpu"
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device_type(self) -> str:
+        return self.device.split(":")[0]
+
+    def autocast(self):
+        """bf16 matmuls on CUDA with float32 master weights; other devices stay in float32."""
+        if self.device_type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def barrier(self):
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def pick_device(requested: str | None = None) -> str:
+    if requested:
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def setup_runtime(requested_device: str | None = None) -> Runtime:
+    """One process, or one of torchrun's (RANK, LOCAL_RANK and WORLD_SIZE set): NCCL on GPUs, gloo on CPUs."""
+    device = pick_device(requested_device)
+    if "RANK" not in os.environ:
+        return Runtime(device)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Runtime(device, rank, world)
+
+
+# ---- optimizer and schedule --------------------------------------------------------------------
+
+def build_optimizer(model: GPT, tcfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (norm gains are left alone)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2),
+                             fused=device_type == "cuda")
+
+
+def learning_rate(step: int, progress: float, tcfg: TrainConfig) -> float:
+    """Linear warm-up over the first steps, then cosine decay to lr * min_lr_ratio as progress goes 0 -> 1."""
+    if step < tcfg.warmup_steps:
+        return tcfg.lr * (step + 1) / tcfg.warmup_steps
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return tcfg.lr * (tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * cosine)
+
+
+def default_steps(train_tokens: int, n_params: int, tokens_per_step: int, tcfg: TrainConfig) -> int:
+    """Chinchilla's 20 tokens per parameter, but no more than max_epochs passes over a small
+    corpus and no more than the preset's max_steps."""
+    budget = min(tcfg.tokens_per_param * n_params, tcfg.max_epochs * train_tokens)
+    return int(max(min(100, tcfg.max_steps), min(tcfg.max_steps, budget // tokens_per_step)))
+
+
+def batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4096 + micro)
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: GPT, shards: TokenShards, rt: Runtime, batch_size: int, max_tokens: int | None) -> dict:
+    """Mean loss per token over the first max_tokens of a split, and the same in bits per byte."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in shards.iter_windows(model.cfg.block_size, batch_size, max_tokens):
+        with rt.autocast():
+            logits = model(x.to(rt.device))
+        total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.to(rt.device).flatten(),
+                                                   reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return {"loss": loss, "bpb": loss / math.log(2) * shards.num_tokens / max(shards.num_bytes, 1)}
+
+
+# ---- deciding what to do with the folder -------------------------------------------------------
+
+def plan(folder: ModelFolder, fingerprint: str, fresh: bool) -> str:
+    """'new', 'resume' (an interrupted run on this corpus), 'done' (already trained on it) or
+    'continue' (a trained model meets a new corpus: book training)."""
+    if fresh or not folder.config.exists() or not (folder.weights.exists() or folder.train_state.exists()):
+        return "new"
+    progress = checkpoint.read_progress(folder)
+    if progress and progress.get("corpus") == fingerprint:
+        return "done" if progress.get("finished") else "resume"
+    return "continue"
+
+
+def clear_for_fresh_start(folder: ModelFolder) -> None:
+    for path in (folder.weights, folder.train_state, folder.metrics, folder.loss_plot, folder.tokenizer):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(folder.data, ignore_errors=True)
+
+
+def report_corpus(info: CorpusInfo, log) -> None:
+    s = info.stats
+    if s.skipped_binary or s.skipped_unreadable:
+        log(f"skipped {s.skipped_binary} binary and {s.skipped_unreadable} unreadable files")
+    if s.replaced_bytes:
+        log(f"warning: replaced {s.replaced_bytes} invalid UTF-8 bytes in {s.files_with_replaced_bytes} files with U+FFFD")
+    if s.skipped_lines:
+        log(f"warning: skipped {s.skipped_lines} JSONL lines without a \"text\" string")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(nimllm.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_info(rt: Runtime) -> dict:
+    return {"nimllm": nimllm.__version__, "git_commit": git_commit(), "python": platform.python_version(),
+            "torch": torch.__version__, "device": rt.device, "world_size": rt.world_size,
+            "gpu": torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else None}
+
+
+def format_count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.0f}{unit}" if n >= 10 * size else f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, m, s = seconds // 3600, seconds % 3600 // 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks the loop to stop after the current step and save."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:          # a second Ctrl-C while saving: the save is atomic, so just go
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, model_overrides: dict | None = None,
+                 train_overrides: dict | None = None, steps: int | None = None, time_budget: float | None = None,
+                 vocab_size: int = 8192, fresh: bool = False, device: str | None = None,
+                 log=print) -> dict:
+    """Train (or resume, or continue) the model in `folder` on `corpus`. Returns a summary dict;
+    'interrupted' is True when Ctrl-C stopped it (the checkpoint is saved and resumable)."""
+    rt = setup_runtime(device)
+    log = log if rt.is_main else (lambda *a, **k: None)
+    corpus = Path(corpus).expanduser()
+    if not corpus.exists():
+        raise UserError(f"no such file or folder: {corpus}")
+    fingerprint = corpus_fingerprint(corpus)
+    action = plan(folder, fingerprint, fresh)
+    if action == "done":
+        progress = checkpoint.read_progress(folder)
+        log(f"{folder.root} is already trained on {corpus} ({progress['step']} steps); "
+            f"`nimllm generate` to use it, --fresh to train it again from scratch")
+        return {"action": "done", "step": progress["step"]}
+
+    if action == "new":
+        preset = preset or default_preset_name(pick_device(device))
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        model_cfg = override(PRESETS[preset].model, **(model_overrides or {}))
+        tcfg = override(PRESETS[preset].train, **(train_overrides or {}))
+        corpora = []
+        if rt.is_main:
+            if fresh:
+                clear_for_fresh_start(folder)
+            folder.root.mkdir(parents=True, exist_ok=True)
+            log(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {corpus} ...")
+            Tokenizer.train(iter_texts_for_tokenizer(corpus), vocab_size=vocab_size).save(folder.tokenizer)
+    else:
+        saved = checkpoint.load_config(folder)
+        preset, model_cfg, corpora = saved["preset"], saved["model"], saved["corpora"]
+        tcfg = override(saved["train"], **(train_overrides or {}))
+    rt.barrier()
+    tokenizer = Tokenizer.load(folder.tokenizer)
+    model_cfg = replace(model_cfg, vocab_size=-(-tokenizer.vocab_size // 64) * 64)  # a multiple of 64 runs faster
+
+    data_dir = folder.data / fingerprint
+    if rt.is_main and not (data_dir / "meta.json").exists():
+        log(f"tokenizing {corpus} ...")
+        report_corpus(prepare_corpus(corpus, tokenizer, data_dir, block_size=model_cfg.block_size), log)
+    rt.barrier()
+    train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
+    if action != "resume":
+        corpora = [c for c in corpora if c["fingerprint"] != fingerprint]
+        corpora.append({"path": str(corpus.resolve()), "fingerprint": fingerprint, "data": f"data/{fingerprint}",
+                        "tokens": train_shards.num_tokens})
+    if rt.is_main:
+        checkpoint.save_config(folder, model_cfg, tcfg, preset, corpora)
+
+    torch.manual_seed(tcfg.seed)   # the same initial weights on every process and every run
+    model = GPT(model_cfg).to(rt.device)
+    optimizer = build_optimizer(model, tcfg, rt.device_type)
+    progress = {"step": 0, "elapsed_s": 0.0}
+    if action == "resume":
+        progress = checkpoint.load_train_state(folder, model, optimizer)
+        log(f"resuming from step {progress['step']}")
+    elif action == "continue":
+        weights, _ = checkpoint.load_model(folder)
+        model.load_state_dict(weights.state_dict())
+        log(f"continuing {folder.root} (trained on {', '.join(Path(c['path']).name for c in corpora[:-1])}) on {corpus}")
+
+    micro_per_rank = tcfg.grad_accum // rt.world_size
+    if micro_per_rank * rt.world_size != tcfg.grad_accum:
+        raise UserError(f"gradient accumulation {tcfg.grad_accum} is not divisible by {rt.world_size} processes")
+    tokens_per_step = tcfg.micro_batch * tcfg.grad_accum * model_cfg.block_size
+    total_steps = steps or progress.get("total_steps") or default_steps(
+        train_shards.num_tokens, model.num_params(), tokens_per_step, tcfg)
+    time_budget = time_budget or progress.get("time_budget_s")
+    progress.update(corpus=fingerprint, total_steps=total_steps, time_budget_s=time_budget, finished=False)
+
+    previous = [c for c in corpora[:-1] if (folder.root / c["data"] / "meta.json").exists()]
+    before = {c["path"]: evaluate(model, TokenShards(folder.root / c["data"], "val"), rt, tcfg.micro_batch,
+                                  tcfg.eval_tokens) for c in previous} if action == "continue" and rt.is_main else {}
+
+    info = run_info(rt)
+    n_docs = CorpusInfo.load(data_dir).train.documents
+    log(f"training {format_count(model.num_params())} params on {format_count(n_docs)} documents "
+        f"({format_count(train_shards.num_tokens)} tokens) | preset {preset} | {rt.device}"
+        f"{f' x{rt.world_size}' if rt.world_size > 1 else ''} | {total_steps} steps of "
+        f"{format_count(tokens_per_step)} tokens")
+    if rt.device_type == "cpu" and preset == "tiny" and action == "new":
+        log("note: on a CPU the default is the tiny preset; a GPU trains the full 103m model (--preset 103m)")
+
+    metrics = MetricsLog(folder.metrics, progress["step"] if action == "resume" else None) if rt.is_main else None
+    if metrics:
+        metrics.write(event="start", step=progress["step"], action=action, corpus=str(corpus), preset=preset,
+                      model=asdict(model_cfg), train=asdict(tcfg), total_steps=total_steps, run=info)
+    summary = train_loop(model, optimizer, tcfg, rt, train_shards, val_shards, folder, progress, metrics, log)
+    if metrics:
+        metrics.close()
+    summary["action"] = action
+    if before and not summary["interrupted"]:
+        summary["forgetting"] = {}
+        for c in previous:
+            after = evaluate(model, TokenShards(folder.root / c["data"], "val"), rt, tcfg.micro_batch, tcfg.eval_tokens)
+            summary["forgetting"][c["path"]] = {"before": before[c["path"]], "after": after}
+            log(f"previous corpus {Path(c['path']).name}: validation {before[c['path']]['bpb']:.3f} -> "
+                f"{after['bpb']:.3f} bits per byte ({after['bpb'] - before[c['path']]['bpb']:+.3f} forgotten)")
+    if rt.world_size > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def check_replicas_in_sync(model: GPT, log) -> None:
+    """DDP keeps every process's weights identical; compare per-tensor checksums to be sure."""
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, sums)
+    if not all(torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError("the training processes' weights diverged")
+    log(f"replicas in sync: {len(sums)} tensors identical on {len(gathered)} processes")
+
+
+def save_checkpoint(folder: ModelFolder, model: GPT, optimizer, progress: dict, rt: Runtime) -> None:
+    if rt.is_main:
+        checkpoint.save_train_state(folder, model, optimizer, progress)
+        checkpoint.save_weights(folder, model, progress["step"])
+        plot_losses(folder.metrics, folder.loss_plot, title=str(folder.root.name))
+
+
+def train_loop(model: GPT, optimizer, tcfg: TrainConfig, rt: Runtime, train_shards: TokenShards,
+               val_shards: TokenShards, folder: ModelFolder, progress: dict, metrics, log) -> dict:
+    raw_model = model
+    model.activation_checkpointing = tcfg.activation_checkpointing
+    if tcfg.compile and rt.device_type == "cuda":
+        model = torch.compile(model)
+    if rt.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[rt.device] if rt.device_type == "cuda" else None)
+    micro_per_rank = tcfg.grad_accum // rt.world_size
+    block = raw_model.cfg.block_size
+    tokens_per_step = tcfg.micro_batch * tcfg.grad_accum * block
+    total, budget = progress["total_steps"], progress["time_budget_s"]
+    step, elapsed = progress["step"], progress["elapsed_s"]
+
+    def fraction_done(step: int, elapsed: float) -> float:
+        return max(step / total, elapsed / budget if budget else 0.0)
+
+    run_start, elapsed_at_start = time.time(), elapsed
+    last_ckpt, last_log, last_log_step = run_start, run_start, step
+    progress["finished"] = fraction_done(step, elapsed) >= 1.0
+    stopping, val = False, None
+    if progress["finished"]:   # resumed a run whose last checkpoint came at its very end
+        save_checkpoint(folder, raw_model, optimizer, progress, rt)
+    model.train()
+    with StopRequest() as stop:
+        while not (progress["finished"] or stopping):
+            lr = learning_rate(step, fraction_done(step, elapsed), tcfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(tcfg.seed * 1_000_003 + step * 64 + rt.rank)   # dropout masks
+            loss_sum = torch.zeros((), device=rt.device)
+            for i in range(micro_per_rank):
+                x, y = train_shards.get_batch(tcfg.micro_batch, block,
+                                              batch_generator(tcfg.seed, step, rt.rank * micro_per_rank + i))
+                x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+                last_micro = i == micro_per_rank - 1
+                with (model.no_sync() if rt.world_size > 1 and not last_micro else nullcontext()), rt.autocast():
+                    loss = model(x, y) / micro_per_rank
+                loss.backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), tcfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            # all processes agree on whether to stop and on the clock, so they stay in lockstep
+            agreed = torch.tensor([float(stop.requested), elapsed_at_start + time.time() - run_start], device=rt.device)
+            if rt.world_size > 1:
+                dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            stopping, elapsed = bool(agreed[0].item()), float(agreed[1].item())
+            progress.update(step=step, elapsed_s=elapsed, finished=fraction_done(step, elapsed) >= 1.0)
+
+            if step % tcfg.log_interval == 0 or progress["finished"]:
+                now = time.time()
+                rate = (step - last_log_step) / max(now - last_log, 1e-9)
+                remaining = (total - step) / rate
+                if budget:
+                    remaining = min(remaining, budget - elapsed)
+                log(f"step {step} / {total} | loss {loss_sum.item():.4f} | {rate:.2f} opt/s | "
+                    f"{format_count(rate * tokens_per_step)} tok/s | lr {lr:.2e} | eta {format_eta(remaining)}")
+                if metrics:
+                    metrics.write(step=step, loss=loss_sum.item(), lr=lr, grad_norm=float(grad_norm), opt_per_s=rate,
+                                  tokens_per_s=rate * tokens_per_step, elapsed_s=elapsed)
+                last_log, last_log_step = now, step
+            if rt.is_main and (step % tcfg.eval_interval == 0 or progress["finished"]):
+                val = evaluate(raw_model, val_shards, rt, tcfg.micro_batch, tcfg.eval_tokens)
+                log(f"step {step} | validation loss {val['loss']:.4f} | {val['bpb']:.4f} bits per byte")
+                metrics.write(step=step, val_loss=val["loss"], val_bpb=val["bpb"])
+            if progress["finished"] or stopping or time.time() - last_ckpt > tcfg.checkpoint_minutes * 60:
+                save_checkpoint(folder, raw_model, optimizer, progress, rt)
+                last_ckpt = time.time()
+    if rt.world_size > 1:
+        check_replicas_in_sync(raw_model, log)
+    if stopping:
+        log(f"stopped at step {step}; the checkpoint is saved: run the same command again to resume")
+    return {"interrupted": stopping and not progress["finished"], "step": step, "val": val}

@@ -1,0 +1,46 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def real_text(n_bytes: int) -> str:
+    """Real English text: the start of tinyshakespeare from ../shared (or Python's own docs if absent)."""
+    if SHAKESPEARE.exists():
+        return SHAKESPEARE.read_text()[:n_bytes]
+    import sysconfig
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return "".join(p.read_text() for p in sorted(stdlib.glob("*.py")))[:n_bytes]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(real_text(200_000))
+    return path
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty NIMLLM_HOME for this test, for in-process calls and subprocesses alike."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("NIMLLM_HOME", str(home))
+    return home
+
+
+def run_cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """`nimllm ARGS` in a real subprocess, as a user would run it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "nimllm.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO, **kwargs)
+
+
+def popen_cli(*args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "nimllm.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)

@@ -1,0 +1,190 @@
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, popen_cli, real_text, run_cli
+from nimllm import checkpoint
+from nimllm.config import ModelFolder, TrainConfig
+from nimllm.data import TokenShards
+from nimllm.metrics import read_metrics
+from nimllm.model import GPT
+from nimllm.train import Runtime, default_steps, evaluate, learning_rate, run_training
+
+TINY = ["--preset", "tiny", "--vocab-size", "512"]
+
+
+def losses(folder: ModelFolder) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(folder.metrics) if "loss" in r}
+
+
+def test_training_lowers_validation_loss_and_writes_the_model_folder(corpus, home):
+    folder = ModelFolder.resolve("shakes")
+    summary = run_training(corpus, folder, preset="tiny", steps=150, vocab_size=512, log=lambda *a: None)
+    assert summary["action"] == "new" and not summary["interrupted"]
+    for path in (folder.config, folder.tokenizer, folder.weights, folder.train_state, folder.metrics, folder.loss_plot):
+        assert path.exists(), path
+    assert folder.loss_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    model, cfg = checkpoint.load_model(folder)
+    val = TokenShards(folder.root / cfg["corpora"][0]["data"], "val")
+    trained = evaluate(model, val, Runtime("cpu"), 16, None)
+    untrained = evaluate(GPT(cfg["model"]), val, Runtime("cpu"), 16, None)
+    assert untrained["loss"] == pytest.approx(math.log(cfg["model"].vocab_size), rel=0.1)
+    assert trained["loss"] < untrained["loss"] - 1.0
+    assert summary["val"]["loss"] == pytest.approx(evaluate(model, val, Runtime("cpu"), 16, 32768)["loss"], rel=1e-5)
+    rows = read_metrics(folder.metrics)
+    assert rows[0]["event"] == "start" and rows[0]["run"]["torch"] == torch.__version__
+    assert rows[-1]["step"] == 150 and "val_bpb" in rows[-1]
+
+
+def test_cli_flag_form_trains_generates_and_describes(corpus, home):
+    out = run_cli("--train", corpus, *TINY, "--steps", "20")
+    assert out.returncode == 0, out.stderr
+    assert "training " in out.stdout and "params on" in out.stdout
+    assert "step 20 / 20 | loss" in out.stdout and "opt/s" in out.stdout
+    gen = run_cli("generate", "ROMEO:", "--max-tokens", "20", "--seed", "1")
+    assert gen.returncode == 0, gen.stderr
+    assert gen.stdout.startswith("ROMEO:") and len(gen.stdout) > len("ROMEO:") + 5
+    again = run_cli("generate", "ROMEO:", "--max-tokens", "20", "--seed", "1")
+    assert again.stdout == gen.stdout
+    info = run_cli("info")
+    assert info.returncode == 0 and "step 20 / 20, finished" in info.stdout
+    done = run_cli("train", corpus, *TINY, "--steps", "20")
+    assert done.returncode == 0 and "already trained" in done.stdout
+
+
+def test_interrupt_and_resume_gives_the_same_losses_and_weights(corpus, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    args = [corpus, *TINY, "--steps", "60"]
+    assert run_cli("train", *args, "--model", whole).returncode == 0
+
+    proc = popen_cli("train", *args, "--model", split)
+    for line in proc.stdout:               # wait until training is under way, then press Ctrl-C
+        if line.startswith("step 20 /"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, rest
+    assert "run the same command again to resume" in rest
+    stopped_at = checkpoint.read_progress(ModelFolder(split))["step"]
+    assert 20 <= stopped_at < 60
+    resumed = run_cli("train", *args, "--model", split)
+    assert resumed.returncode == 0 and f"resuming from step {stopped_at}" in resumed.stdout
+
+    assert losses(ModelFolder(split)) == losses(ModelFolder(whole))
+    assert ModelFolder(split).weights.read_bytes() == ModelFolder(whole).weights.read_bytes()
+
+
+KILL_WRITER = """
+import sys, torch
+from nimllm import checkpoint
+from nimllm.config import ModelConfig, ModelFolder, TrainConfig
+from nimllm.model import GPT
+from nimllm.train import build_optimizer
+folder = ModelFolder(__import__('pathlib').Path(sys.argv[1]))
+model = GPT(ModelConfig(vocab_size=4096, n_layer=4, n_embd=256, n_head=4, block_size=64))
+opt = build_optimizer(model, TrainConfig(), "cpu")
+model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)).backward(); opt.step()
+checkpoint.save_config(folder, model.cfg, TrainConfig(), "test", [])
+step = 0
+while True:
+    step += 1
+    with torch.no_grad():
+        for p in model.parameters(): p.add_(0.01)
+    checkpoint.save_train_state(folder, model, opt, {"step": step})
+    checkpoint.save_weights(folder, model, step)
+    print(step, flush=True)
+"""
+
+
+def test_sigkill_during_checkpoint_writes_leaves_a_loadable_model(tmp_path):
+    folder = ModelFolder(tmp_path / "m")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for delay in (0.6, 0.9, 1.3, 1.7):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(folder.root)], stdout=subprocess.PIPE,
+                                env=env, text=True)
+        proc.stdout.readline()                      # at least one checkpoint is complete
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        model, _ = checkpoint.load_model(folder)    # raises if a file were torn
+        assert steps_applied(model) >= 1
+        state_model = GPT(model.cfg)
+        progress = checkpoint.load_train_state(folder, state_model, None)
+        assert steps_applied(state_model) == progress["step"] >= 1
+
+
+def steps_applied(model: GPT) -> int:
+    """The writer adds 0.01 to every weight per step and RMSNorm gains start at 1, so each gain tells
+    how many steps its file holds; a file mixing two checkpoints would hold two counts."""
+    counts = {round((m.weight.mean().item() - 1.0) / 0.01) for m in model.modules() if isinstance(m, torch.nn.RMSNorm)}
+    assert len(counts) == 1, counts
+    return counts.pop()
+
+
+def test_continued_training_reports_what_was_forgotten(tmp_path, home):
+    book1, book2 = tmp_path / "book1.txt", tmp_path / "book2.txt"
+    text = real_text(400_000)
+    book1.write_text(text[:200_000])
+    import sysconfig, pathlib
+    code = "".join(p.read_text() for p in sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("[a-c]*.py")))
+    book2.write_text(code[:200_000])
+    folder = ModelFolder.resolve("books")
+    run_training(book1, folder, preset="tiny", steps=80, vocab_size=512, log=lambda *a: None)
+    lines = []
+    summary = run_training(book2, folder, steps=80, log=lines.append)
+    assert summary["action"] == "continue"
+    report = summary["forgetting"][str(book1.resolve())]
+    assert report["after"]["loss"] > report["before"]["loss"]   # code pushed out some Shakespeare
+    assert any("previous corpus book1.txt" in line for line in lines)
+    cfg = checkpoint.load_config(folder)
+    assert [c["path"] for c in cfg["corpora"]] == [str(book1.resolve()), str(book2.resolve())]
+
+
+def test_time_budget_stops_training(corpus, home):
+    folder = ModelFolder.resolve("timed")
+    start = time.time()
+    summary = run_training(corpus, folder, preset="tiny", time_budget=4.0, vocab_size=512, log=lambda *a: None)
+    assert not summary["interrupted"]
+    assert 0 < summary["step"] < 600 and time.time() - start < 60
+    assert checkpoint.read_progress(folder)["finished"]
+
+
+def test_schedule_warms_up_then_decays():
+    tcfg = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(0, 0.0, tcfg) == pytest.approx(1e-4)
+    assert learning_rate(9, 0.01, tcfg) == pytest.approx(1e-3)
+    assert learning_rate(50, 0.5, tcfg) == pytest.approx(0.55e-3)
+    assert learning_rate(100, 1.0, tcfg) == pytest.approx(1e-4)
+    tcfg = TrainConfig(max_steps=25000, max_epochs=10, tokens_per_param=20)
+    assert default_steps(10**6, 10**8, 4096, tcfg) == 10 * 10**6 // 4096      # small corpus: epochs cap
+    assert default_steps(10**12, 10**8, 2**17, tcfg) == 20 * 10**8 // 2**17   # large corpus: Chinchilla
+
+
+def test_two_gloo_processes_stay_in_sync_and_match_one_process(corpus, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = [corpus, *TINY, "--steps", "20", "--grad-accum", "2"]
+    assert run_cli("train", *args, "--model", one).returncode == 0
+    shutil.copytree(one, two, ignore=shutil.ignore_patterns("model.safetensors", "train_state.safetensors",
+                                                            "metrics.jsonl", "loss.png"))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+                          "-m", "nimllm.cli", "train", *map(str, args), "--model", str(two)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "cpu x2" in out.stdout and "replicas in sync" in out.stdout
+    a, b = losses(ModelFolder(one)), losses(ModelFolder(two))
+    assert a.keys() == b.keys()
+    assert all(a[k] == pytest.approx(b[k], abs=1e-4) for k in a)
+    wa, _ = checkpoint.load_model(ModelFolder(one))
+    wb, _ = checkpoint.load_model(ModelFolder(two))
+    for (name, pa), pb in zip(wa.state_dict().items(), wb.state_dict().values()):
+        assert torch.allclose(pa, pb, atol=1e-4), name
