@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -30,7 +30,10 @@ from nimllm.metrics import read_metrics  # noqa: E402
 from nimllm.train import evaluate, run_info, setup_runtime  # noqa: E402
 
 NANOGPT_NATS_PER_CHAR = 1.4697
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+REPO = Path(__file__).resolve().parents[1]
+# ../shared beside the checkout; .carry/ inside it is how the file travels to the GPU machine
+SHAKESPEARE = next((p for p in (REPO.parent / "shared" / "data" / "tinyshakespeare.txt",
+                                REPO / ".carry" / "tinyshakespeare.txt") if p.exists()), None)
 
 
 def score(folder: ModelFolder, rt) -> dict:
@@ -53,6 +56,8 @@ def main():
     ap.add_argument("--device")
     ap.add_argument("--out", default="bench/results/quality.json")
     args = ap.parse_args()
+    if SHAKESPEARE is None:
+        sys.exit("tinyshakespeare.txt not found in ../shared/data or .carry/")
 
     from nimllm.train import run_training
     rt = setup_runtime(args.device)

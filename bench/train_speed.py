@@ -1,0 +1,244 @@
+"""Training speed: tokens per second, MFU and peak memory of full optimizer steps, NimLLM against a
+plain eager reference of the same architecture (bench/reference_gpt.py) and nanoGPT's shape.
+
+    python3 bench/train_speed.py --preset 103m --micro-batch 64 32 --out bench/results/train_speed_h100.json
+    python3 bench/train_speed.py --preset tiny --steps 3 --warmup 1        # the CPU smoke test
+
+A step is what NimLLM's trainer does: grad_accum micro-batches of random tokens, each forward and
+backward under the trainer's autocast, then gradient clipping, AdamW and zero_grad. The first
+--warmup steps (where torch.compile compiles) are not timed. --low-memory adds rows that look for
+settings keeping the 103m preset under 1.8 GB: activation checkpointing at small micro-batches, and
+the optimizer applied inside backward so that the gradients never all exist at once.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import sys
+import time
+import weakref
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from nimllm.config import PRESETS, TrainConfig, default_preset_name  # noqa: E402
+from nimllm.model import GPT  # noqa: E402
+from nimllm.train import Runtime, build_optimizer, git_commit, learning_rate, pick_device  # noqa: E402
+from reference_gpt import ReferenceGPT, reference_optimizer  # noqa: E402
+
+H100_BF16_PEAK = 989.5e12    # dense bf16 FLOP/s of an H100 SXM
+LOW_MEMORY_TARGET = 1.8e9    # bytes
+
+
+@dataclass
+class Variant:
+    config: str                  # the row's label
+    model: str                   # "nimllm", "reference" or "nanogpt"
+    compile: bool = False        # on CUDA and without --no-compile only, as the trainer does
+    checkpointing: bool = False  # NimLLM's activation checkpointing
+    optimizer: str = "fused"     # "fused" (NimLLM's build_optimizer), "foreach" (the reference's) or "in-backward"
+
+
+class OptimizerInBackward:
+    """One AdamW per parameter, stepped by a hook as soon as backward has finished that parameter's
+    gradient, which is then freed: the gradients never all exist at once. Without clipping (it needs
+    the norm of all of them) and without accumulation (the hook steps at every backward)."""
+
+    def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, fused: bool):
+        self.optimizers = [torch.optim.AdamW([p], lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), fused=fused,
+                                             weight_decay=tcfg.weight_decay if p.dim() >= 2 else 0.0)
+                           for p in model.parameters()]
+        self.param_groups = [group for opt in self.optimizers for group in opt.param_groups]
+        for p, opt in zip(model.parameters(), self.optimizers):
+            # a weak reference: parameter -> hook -> optimizer -> parameter would be a cycle through
+            # C++ that gc cannot see, and the model and its Adam state would never be freed
+            p.register_post_accumulate_grad_hook(partial(self.step_one, weakref.ref(opt)))
+
+    @staticmethod
+    def step_one(opt_ref: weakref.ref, param: torch.Tensor):
+        opt = opt_ref()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def build(v: Variant, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool):
+    torch.manual_seed(0)
+    if v.model == "nimllm":
+        model = GPT(cfg)
+        model.activation_checkpointing = v.checkpointing
+    else:
+        model = ReferenceGPT(cfg) if v.model == "reference" else ReferenceGPT(cfg, "layer", "learned")
+    model = model.to(rt.device)
+    if v.optimizer == "in-backward":
+        optimizer = OptimizerInBackward(model, tcfg, fused=rt.device_type == "cuda")
+    elif v.optimizer == "foreach":
+        optimizer = reference_optimizer(model, tcfg)
+    else:
+        optimizer = build_optimizer(model, tcfg, rt.device_type)
+    return model, torch.compile(model) if v.compile and compile_ok else model, optimizer
+
+
+def peak_memory(rt: Runtime) -> float:
+    if rt.device_type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def measure(v: Variant, micro_batch: int, grad_accum: int, cfg, tcfg: TrainConfig, rt: Runtime, args) -> dict:
+    model, train_model, optimizer = build(v, cfg, tcfg, rt, args.compile_ok)
+    total = args.warmup + args.steps
+    sync = torch.cuda.synchronize if rt.device_type == "cuda" else (lambda: None)
+
+    def step(i: int):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(i, i / total, tcfg)
+        for _ in range(grad_accum):
+            x = torch.randint(cfg.vocab_size, (micro_batch, cfg.block_size), device=rt.device)
+            y = torch.randint(cfg.vocab_size, (micro_batch, cfg.block_size), device=rt.device)
+            with rt.autocast():
+                loss = train_model(x, y) / grad_accum
+            loss.backward()
+        if v.optimizer != "in-backward":  # there the hooks have already updated every parameter
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    if rt.device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup):
+        step(i)
+    sync()
+    start = time.perf_counter()
+    for i in range(args.warmup, total):
+        step(i)
+    sync()
+    seconds = time.perf_counter() - start
+
+    n_params = sum(p.numel() for p in model.parameters())  # the tied embedding counts once
+    tokens_per_s = args.steps * micro_batch * grad_accum * cfg.block_size / seconds
+    flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    return {"params": n_params, "seconds": seconds, "tokens_per_s": tokens_per_s,
+            "opt_steps_per_s": args.steps / seconds, "peak_memory_bytes": peak_memory(rt),
+            "mfu": flops_per_token * tokens_per_s / args.peak_flops if args.peak_flops else None}
+
+
+def variants(args) -> list[tuple[Variant, int]]:
+    rows = [(v, mb) for mb in args.micro_batch for v in (
+        Variant("nimllm", "nimllm", compile=True),
+        Variant("nimllm eager", "nimllm"),
+        Variant("reference eager", "reference", optimizer="foreach"),
+        Variant("nanogpt-shape compiled", "nanogpt", compile=True))]
+    if args.low_memory:
+        # eager only for the optimizer in backward: a compiled backward returns all gradients at once
+        rows += [(v, mb) for mb in args.low_memory_batches for v in (
+            Variant("nimllm ckpt", "nimllm", compile=True, checkpointing=True),
+            Variant("nimllm ckpt eager", "nimllm", checkpointing=True),
+            Variant("nimllm ckpt opt-in-backward (no clipping)", "nimllm", checkpointing=True,
+                    optimizer="in-backward"))]
+    return rows
+
+
+def print_table(rows: list[dict], rt: Runtime, console: Console):
+    memory = "peak memory GB" if rt.device_type == "cuda" else "max RSS GB (process)"
+    table = Table()
+    for col in ("config", "micro-batch", "tokens/s", "opt steps/s", "MFU", memory, "vs reference eager"):
+        table.add_column(col, justify="left" if col == "config" else "right")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["config"], str(r["micro_batch"]), f"[red]{r['error'].split(':')[0]}", "", "", "", "")
+            continue
+        table.add_row(r["config"], str(r["micro_batch"]), f"{r['tokens_per_s']:,.0f}", f"{r['opt_steps_per_s']:.2f}",
+                      "-" if r["mfu"] is None else f"{r['mfu']:.1%}", f"{r['peak_memory_bytes'] / 1e9:.2f}",
+                      "-" if r["vs_reference"] is None else f"{r['vs_reference']:.2f}x")
+    console.print(table)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", help="default: 103m on a GPU, tiny otherwise")
+    ap.add_argument("--micro-batch", type=int, nargs="+", help="default: the preset's")
+    ap.add_argument("--grad-accum", type=int, default=1,
+                    help="micro-batches per step (the speed per token barely depends on it)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per row")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens there)")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--low-memory", action="store_true", help="add the rows that look for a peak under 1.8 GB")
+    ap.add_argument("--low-memory-batches", type=int, nargs="+", default=[4, 8, 16])
+    ap.add_argument("--peak-flops", type=float,
+                    help=f"the device's peak FLOP/s for MFU (default on CUDA: an H100's bf16, {H100_BF16_PEAK:.4g})")
+    ap.add_argument("--device")
+    ap.add_argument("--out", default="bench/results/train_speed.json")
+    args = ap.parse_args()
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    rt = Runtime(pick_device(args.device))
+    cuda = rt.device_type == "cuda"
+    args.preset = args.preset or default_preset_name(rt.device_type)
+    preset = PRESETS[args.preset]
+    args.micro_batch = args.micro_batch or [preset.train.micro_batch]
+    args.peak_flops = args.peak_flops or (H100_BF16_PEAK if cuda else None)
+    args.compile_ok = cuda and not args.no_compile
+    cfg = replace(preset.model, dropout=0.0)  # the reference has no dropout (and 103m trains without it)
+    tcfg = preset.train
+
+    console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI: a table that does not wrap
+    device_name = torch.cuda.get_device_name(rt.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    console.print(f"{device_name} ({rt.device}) | torch {torch.__version__} | preset {args.preset}: "
+                  f"{cfg.n_layer} layers x {cfg.n_embd}, context {cfg.block_size}, vocab {cfg.vocab_size} | "
+                  f"grad_accum {args.grad_accum}, {args.steps} timed steps after {args.warmup}")
+    if not args.compile_ok:
+        console.print("torch.compile is off (CPU or --no-compile): the compiled rows run eagerly")
+
+    rows = []
+    for v, mb in variants(args):
+        grad_accum = 1 if v.optimizer == "in-backward" else args.grad_accum
+        row = {**asdict(v), "compiled": v.compile and args.compile_ok, "micro_batch": mb, "grad_accum": grad_accum}
+        try:
+            row.update(measure(v, mb, grad_accum, cfg, tcfg, rt, args))
+            console.print(f"{v.config} | micro-batch {mb} | {row['tokens_per_s']:,.0f} tokens/s | "
+                          f"{row['peak_memory_bytes'] / 1e9:.2f} GB")
+        except Exception as e:  # an OOM or a compile failure costs its row, not the benchmark
+            row["error"] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+            console.print(f"{v.config} | micro-batch {mb} | [red]{row['error']}")
+        rows.append(row)
+        # free this row's model, optimizer and compiled graphs; a fresh compile per row also keeps
+        # dynamo from reusing graphs across rows or going dynamic on the second micro-batch
+        gc.collect()
+        torch._dynamo.reset()
+        if cuda:
+            torch.cuda.empty_cache()
+
+    reference = {r["micro_batch"]: r["tokens_per_s"] for r in rows
+                 if r["config"] == "reference eager" and "error" not in r}
+    for r in rows:
+        if "error" not in r:
+            ref = reference.get(r["micro_batch"])
+            r["vs_reference"] = r["tokens_per_s"] / ref if ref else None
+    print_table(rows, rt, console)
+    if args.low_memory and cuda:
+        fits = [f"{r['config']} at {r['micro_batch']}" for r in rows
+                if r["checkpointing"] and r.get("peak_memory_bytes", float("inf")) < LOW_MEMORY_TARGET]
+        console.print(f"under {LOW_MEMORY_TARGET / 1e9:.1f} GB: {', '.join(fits) or 'none'}")
+
+    header = {"device": device_name, "torch": torch.__version__, "cuda": torch.version.cuda,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+              "preset": args.preset, "model": asdict(cfg), "memory": "cuda max_memory_allocated" if cuda
+              else "process max RSS", "args": {k: v for k, v in vars(args).items() if k != "compile_ok"}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

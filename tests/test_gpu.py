@@ -1,0 +1,75 @@
+"""CUDA fast paths against the plain path. Skipped without a GPU (CI); run on the H100 with
+`python3 -m pytest tests/test_gpu.py`."""
+import pytest
+import torch
+
+from conftest import run_cli
+from nimllm import checkpoint
+from nimllm.config import ModelConfig, ModelFolder, TrainConfig
+from nimllm.generate import generate
+from nimllm.model import GPT
+from nimllm.train import build_optimizer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CFG = ModelConfig(vocab_size=512, n_layer=2, n_embd=128, n_head=4, block_size=64)
+
+
+def relative_error(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def test_compiled_bf16_training_step_matches_eager_float32():
+    torch.manual_seed(0)
+    model = GPT(CFG).cuda()
+    x, y = torch.randint(0, 512, (8, 64), device="cuda"), torch.randint(0, 512, (8, 64), device="cuda")
+    reference = model(x, y)
+    reference.backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = compiled(x, y)
+    loss.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-2)
+    for g, p in zip(ref_grads, model.parameters()):
+        assert relative_error(p.grad, g) < 3e-2
+
+
+def test_fused_adamw_matches_foreach():
+    torch.manual_seed(0)
+    a, b = GPT(CFG).cuda(), GPT(CFG).cuda()
+    b.load_state_dict(a.state_dict())
+    fused = build_optimizer(a, TrainConfig(), "cuda")
+    plain = build_optimizer(b, TrainConfig(), "cpu")          # the non-fused implementation, on the GPU
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(3):
+        x = torch.randint(0, 512, (4, 64), device="cuda")
+        for model, opt in ((a, fused), (b, plain)):
+            model(x, x).backward()
+            opt.step()
+            opt.zero_grad()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-5)
+
+
+def test_generation_with_cache_equals_without_on_cuda():
+    torch.manual_seed(0)
+    model = GPT(CFG).cuda().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0 if p.dim() > 1 else 1.0)
+    prompt = torch.randint(0, 512, (10,)).tolist()
+    cached = list(generate(model, prompt, 100, temperature=0))
+    plain = list(generate(model, prompt, 100, temperature=0, use_cache=False))
+    assert cached == plain
+
+
+def test_cuda_training_run_compiles_and_loads_on_cpu(corpus, home):
+    out = run_cli("train", corpus, "--preset", "tiny", "--vocab-size", "512", "--steps", "60", "--compile")
+    assert out.returncode == 0, out.stderr
+    assert "| cuda |" in out.stdout
+    folder = ModelFolder.resolve("default")
+    model, _ = checkpoint.load_model(folder, "cpu")
+    assert list(generate(model, [1, 2, 3], 5, temperature=0))
+    progress = checkpoint.read_progress(folder)
+    assert progress["finished"] and progress["step"] == 60
