@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--steps", type=int, nargs="+", default=[1000])
     ap.add_argument("--vocab-size", type=int, nargs="+", default=[8192])
     ap.add_argument("--activation", nargs="+", default=["gelu"])
+    ap.add_argument("--dropout", type=float, nargs="+", default=[None], help="default: the preset's")
     ap.add_argument("--device")
     ap.add_argument("--out", default="bench/results/quality.json")
     args = ap.parse_args()
@@ -62,17 +63,18 @@ def main():
     from nimllm.train import run_training
     rt = setup_runtime(args.device)
     rows = []
-    for steps, vocab, act in itertools.product(args.steps, args.vocab_size, args.activation):
+    for steps, vocab, act, dropout in itertools.product(args.steps, args.vocab_size, args.activation, args.dropout):
         with tempfile.TemporaryDirectory() as tmp:
             folder = ModelFolder(Path(tmp) / "model")
             start = time.time()
             run_training(SHAKESPEARE, folder, preset=args.preset, steps=steps, vocab_size=vocab,
-                         model_overrides={"activation": act}, device=args.device, log=lambda *a: None)
+                         model_overrides={"activation": act, "dropout": dropout}, device=args.device, log=lambda *a: None)
             wall = time.time() - start
             metrics = read_metrics(folder.metrics)
             start_row = next(r for r in metrics if r.get("event") == "start")
             train_cfg, model_cfg = start_row["train"], start_row["model"]
             row = {"preset": args.preset, "steps": steps, "vocab_size": vocab, "activation": act,
+                   "dropout": model_cfg["dropout"],
                    "train_seconds": max(r.get("elapsed_s", 0) for r in metrics), "wall_seconds": wall,
                    "tokens_seen": steps * train_cfg["micro_batch"] * train_cfg["grad_accum"] * model_cfg["block_size"],
                    "best_periodic_val_loss": min(r["val_loss"] for r in metrics if "val_loss" in r),
@@ -81,11 +83,11 @@ def main():
             print(json.dumps(row), flush=True)
 
     table = Table(title=f"{args.preset} on tinyshakespeare, val = last 10% ({rt.device})")
-    for col in ("steps", "vocab", "act", "train s", "tokens seen", "bits/char", "nats/char", "vs nanoGPT 2.120"):
+    for col in ("steps", "vocab", "act", "dropout", "train s", "tokens seen", "bits/char", "nats/char", "vs nanoGPT 2.120"):
         table.add_column(col, justify="right")
     ref_bits = NANOGPT_NATS_PER_CHAR / math.log(2)
     for r in rows:
-        table.add_row(str(r["steps"]), str(r["vocab_size"]), r["activation"], f"{r['train_seconds']:.0f}",
+        table.add_row(str(r["steps"]), str(r["vocab_size"]), r["activation"], str(r["dropout"]), f"{r['train_seconds']:.0f}",
                       f"{r['tokens_seen'] / 1e6:.1f}M", f"{r['val_bits_per_char']:.3f}", f"{r['val_nats_per_char']:.4f}",
                       f"{r['val_bits_per_char'] - ref_bits:+.3f}")
     Console().print(table)

@@ -18,10 +18,8 @@ import json
 import resource
 import sys
 import time
-import weakref
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,46 +43,27 @@ class Variant:
     model: str                   # "nimllm", "reference" or "nanogpt"
     compile: bool = False        # on CUDA and without --no-compile only, as the trainer does
     checkpointing: bool = False  # NimLLM's activation checkpointing
-    optimizer: str = "fused"     # "fused" (NimLLM's build_optimizer), "foreach" (the reference's) or "in-backward"
-
-
-class OptimizerInBackward:
-    """One AdamW per parameter, stepped by a hook as soon as backward has finished that parameter's
-    gradient, which is then freed: the gradients never all exist at once. Without clipping (it needs
-    the norm of all of them) and without accumulation (the hook steps at every backward)."""
-
-    def __init__(self, model: torch.nn.Module, tcfg: TrainConfig, fused: bool):
-        self.optimizers = [torch.optim.AdamW([p], lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), fused=fused,
-                                             weight_decay=tcfg.weight_decay if p.dim() >= 2 else 0.0)
-                           for p in model.parameters()]
-        self.param_groups = [group for opt in self.optimizers for group in opt.param_groups]
-        for p, opt in zip(model.parameters(), self.optimizers):
-            # a weak reference: parameter -> hook -> optimizer -> parameter would be a cycle through
-            # C++ that gc cannot see, and the model and its Adam state would never be freed
-            p.register_post_accumulate_grad_hook(partial(self.step_one, weakref.ref(opt)))
-
-    @staticmethod
-    def step_one(opt_ref: weakref.ref, param: torch.Tensor):
-        opt = opt_ref()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    optimizer: str = "fused"     # "fused" (NimLLM's build_optimizer) or "foreach" (the reference's)
+    low_memory: bool = False     # NimLLM's --low-memory: optimizer in backward, blocks compiled one by one
 
 
 def build(v: Variant, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool):
     torch.manual_seed(0)
+    tcfg = replace(tcfg, low_memory=v.low_memory)
     if v.model == "nimllm":
         model = GPT(cfg)
-        model.activation_checkpointing = v.checkpointing
+        model.activation_checkpointing = v.checkpointing or v.low_memory
     else:
         model = ReferenceGPT(cfg) if v.model == "reference" else ReferenceGPT(cfg, "layer", "learned")
     model = model.to(rt.device)
-    if v.optimizer == "in-backward":
-        optimizer = OptimizerInBackward(model, tcfg, fused=rt.device_type == "cuda")
-    elif v.optimizer == "foreach":
-        optimizer = reference_optimizer(model, tcfg)
-    else:
-        optimizer = build_optimizer(model, tcfg, rt.device_type)
-    return model, torch.compile(model) if v.compile and compile_ok else model, optimizer
+    optimizer = reference_optimizer(model, tcfg) if v.optimizer == "foreach" else build_optimizer(model, tcfg, rt.device_type)
+    if not (v.compile and compile_ok):
+        return model, model, optimizer
+    if v.low_memory:  # as the trainer does: a whole-model compile would hold every gradient at once
+        for block in model.blocks:
+            block.compile()
+        return model, model, optimizer
+    return model, torch.compile(model), optimizer
 
 
 def peak_memory(rt: Runtime) -> float:
@@ -104,10 +83,10 @@ def measure(v: Variant, micro_batch: int, grad_accum: int, cfg, tcfg: TrainConfi
         for _ in range(grad_accum):
             x = torch.randint(cfg.vocab_size, (micro_batch, cfg.block_size), device=rt.device)
             y = torch.randint(cfg.vocab_size, (micro_batch, cfg.block_size), device=rt.device)
-            with rt.autocast():
+            with rt.autocast(cache=not v.low_memory):
                 loss = train_model(x, y) / grad_accum
             loss.backward()
-        if v.optimizer != "in-backward":  # there the hooks have already updated every parameter
+        if not v.low_memory:  # there the hooks have already updated every parameter
             torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -138,12 +117,10 @@ def variants(args) -> list[tuple[Variant, int]]:
         Variant("reference eager", "reference", optimizer="foreach"),
         Variant("nanogpt-shape compiled", "nanogpt", compile=True))]
     if args.low_memory:
-        # eager only for the optimizer in backward: a compiled backward returns all gradients at once
         rows += [(v, mb) for mb in args.low_memory_batches for v in (
             Variant("nimllm ckpt", "nimllm", compile=True, checkpointing=True),
-            Variant("nimllm ckpt eager", "nimllm", checkpointing=True),
-            Variant("nimllm ckpt opt-in-backward (no clipping)", "nimllm", checkpointing=True,
-                    optimizer="in-backward"))]
+            Variant("nimllm --low-memory (no clipping)", "nimllm", compile=True, low_memory=True),
+            Variant("nimllm --low-memory eager", "nimllm", low_memory=True))]
     return rows
 
 
@@ -201,7 +178,7 @@ def main():
 
     rows = []
     for v, mb in variants(args):
-        grad_accum = 1 if v.optimizer == "in-backward" else args.grad_accum
+        grad_accum = 1 if v.low_memory else args.grad_accum
         row = {**asdict(v), "compiled": v.compile and args.compile_ok, "micro_batch": mb, "grad_accum": grad_accum}
         try:
             row.update(measure(v, mb, grad_accum, cfg, tcfg, rt, args))

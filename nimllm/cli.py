@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile on CUDA")
     train.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                        help="recompute activations in backward to save memory")
+    train.add_argument("--low-memory", action="store_true", default=None,
+                       help="fit the 103m model in under 2 GB of GPU memory: the optimizer steps inside backward "
+                            "(no clipping, no accumulation) and activations are recomputed; slower")
+    train.add_argument("--dropout", type=float, help="dropout of a new model (default: the preset's)")
     train.add_argument("--seed", type=int)
     train.add_argument("--fresh", action="store_true", help="start over: discard this model and train a new one")
 
@@ -81,10 +85,10 @@ def cmd_train(args) -> int:
     corpus = Path(args.corpus) if args.corpus else default_corpus()
     summary = run_training(
         corpus, ModelFolder.resolve(args.model), preset=args.preset, steps=args.steps, time_budget=args.time,
-        model_overrides={"activation": args.activation},
+        model_overrides={"activation": args.activation, "dropout": args.dropout},
         train_overrides={"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "lr": args.lr,
                          "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
-                         "seed": args.seed},
+                         "low_memory": args.low_memory, "seed": args.seed},
         vocab_size=args.vocab_size, fresh=args.fresh, device=args.device)
     return 130 if summary.get("interrupted") else 0
 

@@ -20,8 +20,10 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,10 +55,11 @@ class Runtime:
     def device_type(self) -> str:
         return self.device.split(":")[0]
 
-    def autocast(self):
-        """bf16 matmuls on CUDA with float32 master weights; other devices stay in float32."""
+    def autocast(self, cache: bool = True):
+        """bf16 matmuls on CUDA with float32 master weights; other devices stay in float32.
+        Without the cache, the bf16 copies of the weights are made per use instead of kept."""
         if self.device_type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
         return nullcontext()
 
     def barrier(self):
@@ -91,13 +94,51 @@ def setup_runtime(requested_device: str | None = None) -> Runtime:
 
 # ---- optimizer and schedule --------------------------------------------------------------------
 
-def build_optimizer(model: GPT, tcfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (norm gains are left alone)."""
+def build_optimizer(model: GPT, tcfg: TrainConfig, device_type: str):
+    """AdamW with weight decay on matrices only (norm gains are left alone); fused on CUDA."""
+    if tcfg.low_memory:
+        return OptimizerInBackward(model, tcfg, fused=device_type == "cuda")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2),
-                             fused=device_type == "cuda")
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), fused=device_type == "cuda")
+
+
+class OptimizerInBackward:
+    """One AdamW per parameter, stepped by a hook as soon as backward has produced that parameter's
+    gradient, which is then freed: the gradients (4 bytes a parameter) never all exist at once.
+    The price: no clipping (it needs every gradient's norm first) and no accumulation."""
+
+    def __init__(self, model: GPT, tcfg: TrainConfig, fused: bool):
+        self.optimizers = [torch.optim.AdamW([p], lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), fused=fused,
+                                             weight_decay=tcfg.weight_decay if p.dim() >= 2 else 0.0)
+                           for p in model.parameters()]
+        for p, opt in zip(model.parameters(), self.optimizers):
+            # a weak reference: parameter -> hook -> optimizer -> parameter would be a cycle through
+            # C++ that the garbage collector cannot see, keeping the model alive forever
+            p.register_post_accumulate_grad_hook(partial(self._step_one, weakref.ref(opt)))
+
+    @staticmethod
+    def _step_one(opt_ref, param):
+        opt = opt_ref()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @property
+    def param_groups(self) -> list[dict]:   # fresh each time: load_state_dict replaces the group dicts
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {p: st for opt in self.optimizers for p, st in opt.state.items()}
+
+    def state_dict(self) -> dict:
+        return {"state": {}, "param_groups": [{**g, "params": [i]} for i, g in enumerate(self.param_groups)]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for i, opt in enumerate(self.optimizers):
+            group = {**sd["param_groups"][i], "params": [0]}
+            opt.load_state_dict({"state": {0: sd["state"][i]} if i in sd["state"] else {}, "param_groups": [group]})
 
 
 def learning_rate(step: int, progress: float, tcfg: TrainConfig) -> float:
@@ -267,6 +308,10 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
         corpora = [c for c in corpora if c["fingerprint"] != fingerprint]
         corpora.append({"path": str(corpus.resolve()), "fingerprint": fingerprint, "data": f"data/{fingerprint}",
                         "tokens": train_shards.num_tokens})
+    if tcfg.low_memory:
+        tcfg = replace(tcfg, grad_accum=1)
+        if rt.world_size > 1:
+            raise UserError("--low-memory steps the optimizer inside backward, which one process only can do")
     if rt.is_main:
         checkpoint.save_config(folder, model_cfg, tcfg, preset, corpora)
 
@@ -344,9 +389,13 @@ def save_checkpoint(folder: ModelFolder, model: GPT, optimizer, progress: dict, 
 def train_loop(model: GPT, optimizer, tcfg: TrainConfig, rt: Runtime, train_shards: TokenShards,
                val_shards: TokenShards, folder: ModelFolder, progress: dict, metrics, log) -> dict:
     raw_model = model
-    model.activation_checkpointing = tcfg.activation_checkpointing
+    model.activation_checkpointing = tcfg.activation_checkpointing or tcfg.low_memory
     if tcfg.compile and rt.device_type == "cuda":
-        model = torch.compile(model)
+        if tcfg.low_memory:   # block by block, so each block's gradients arrive (and go) on their own
+            for block in model.blocks:
+                block.compile()
+        else:
+            model = torch.compile(model)
     if rt.world_size > 1:
         model = DistributedDataParallel(model, device_ids=[rt.device] if rt.device_type == "cuda" else None)
     micro_per_rank = tcfg.grad_accum // rt.world_size
@@ -377,13 +426,16 @@ def train_loop(model: GPT, optimizer, tcfg: TrainConfig, rt: Runtime, train_shar
                                               batch_generator(tcfg.seed, step, rt.rank * micro_per_rank + i))
                 x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
                 last_micro = i == micro_per_rank - 1
-                with (model.no_sync() if rt.world_size > 1 and not last_micro else nullcontext()), rt.autocast():
+                with (model.no_sync() if rt.world_size > 1 and not last_micro else nullcontext()), \
+                        rt.autocast(cache=not tcfg.low_memory):
                     loss = model(x, y) / micro_per_rank
                 loss.backward()
                 loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), tcfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = None
+            if not tcfg.low_memory:   # (in low-memory mode backward has already stepped)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), tcfg.grad_clip))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             step += 1
 
             # all processes agree on whether to stop and on the clock, so they stay in lockstep
@@ -403,7 +455,7 @@ def train_loop(model: GPT, optimizer, tcfg: TrainConfig, rt: Runtime, train_shar
                 log(f"step {step} / {total} | loss {loss_sum.item():.4f} | {rate:.2f} opt/s | "
                     f"{format_count(rate * tokens_per_step)} tok/s | lr {lr:.2e} | eta {format_eta(remaining)}")
                 if metrics:
-                    metrics.write(step=step, loss=loss_sum.item(), lr=lr, grad_norm=float(grad_norm), opt_per_s=rate,
+                    metrics.write(step=step, loss=loss_sum.item(), lr=lr, grad_norm=grad_norm, opt_per_s=rate,
                                   tokens_per_s=rate * tokens_per_step, elapsed_s=elapsed)
                 last_log, last_log_step = now, step
             if rt.is_main and (step % tcfg.eval_interval == 0 or progress["finished"]):

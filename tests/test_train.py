@@ -1,4 +1,4 @@
-import json
+import copy
 import math
 import os
 import shutil
@@ -12,11 +12,11 @@ import torch
 
 from conftest import REPO, popen_cli, real_text, run_cli
 from nimllm import checkpoint
-from nimllm.config import ModelFolder, TrainConfig
+from nimllm.config import ModelConfig, ModelFolder, TrainConfig
 from nimllm.data import TokenShards
 from nimllm.metrics import read_metrics
 from nimllm.model import GPT
-from nimllm.train import Runtime, default_steps, evaluate, learning_rate, run_training
+from nimllm.train import Runtime, build_optimizer, default_steps, evaluate, learning_rate, run_training
 
 TINY = ["--preset", "tiny", "--vocab-size", "512"]
 
@@ -188,3 +188,39 @@ def test_two_gloo_processes_stay_in_sync_and_match_one_process(corpus, tmp_path)
     wb, _ = checkpoint.load_model(ModelFolder(two))
     for (name, pa), pb in zip(wa.state_dict().items(), wb.state_dict().values()):
         assert torch.allclose(pa, pb, atol=1e-4), name
+
+
+def test_optimizer_in_backward_makes_the_normal_update_and_frees_gradients():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=96, n_layer=2, n_embd=32, n_head=4, block_size=16)
+    model = GPT(cfg)
+    hooked = copy.deepcopy(model)
+    hooked.activation_checkpointing = True  # recomputation in backward must still see the old weights
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-2), "cpu")
+    in_backward = build_optimizer(hooked, TrainConfig(lr=1e-2, low_memory=True), "cpu")  # noqa: F841 (hooks hold it weakly)
+    for _ in range(3):
+        idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+        model(idx, idx).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        hooked(idx, idx).backward()
+        assert all(p.grad is None for p in hooked.parameters())
+    for a, b in zip(model.parameters(), hooked.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_low_memory_mode_trains_and_resumes_exactly(corpus, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    args = [corpus, *TINY, "--steps", "40", "--low-memory"]
+    assert run_cli("train", *args, "--model", whole).returncode == 0
+    proc = popen_cli("train", *args, "--model", split)
+    for line in proc.stdout:
+        if line.startswith("step 20 /"):
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=120) == 130
+    assert run_cli("train", *args, "--model", split).returncode == 0
+    assert losses(ModelFolder(split)) == losses(ModelFolder(whole))
+    assert ModelFolder(split).weights.read_bytes() == ModelFolder(whole).weights.read_bytes()
+    assert checkpoint.load_config(ModelFolder(whole))["train"].grad_accum == 1
