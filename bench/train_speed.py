@@ -45,6 +45,7 @@ class Variant:
     checkpointing: bool = False  # NimLLM's activation checkpointing
     optimizer: str = "fused"     # "fused" (NimLLM's build_optimizer) or "foreach" (the reference's)
     low_memory: bool = False     # NimLLM's --low-memory: optimizer in backward, blocks compiled one by one
+    compile_mode: str | None = None  # torch.compile's mode; None is its default
 
 
 def build(v: Variant, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool):
@@ -63,7 +64,7 @@ def build(v: Variant, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool):
         for block in model.blocks:
             block.compile()
         return model, model, optimizer
-    return model, torch.compile(model), optimizer
+    return model, torch.compile(model, mode=v.compile_mode), optimizer
 
 
 def peak_memory(rt: Runtime) -> float:
@@ -115,13 +116,14 @@ def variants(args) -> list[tuple[Variant, int]]:
         Variant("nimllm", "nimllm", compile=True),
         Variant("nimllm eager", "nimllm"),
         Variant("reference eager", "reference", optimizer="foreach"),
-        Variant("nanogpt-shape compiled", "nanogpt", compile=True))]
+        Variant("nanogpt-shape compiled", "nanogpt", compile=True),
+        Variant("nimllm cuda graphs", "nimllm", compile=True, compile_mode="reduce-overhead"))]
     if args.low_memory:
         rows += [(v, mb) for mb in args.low_memory_batches for v in (
             Variant("nimllm ckpt", "nimllm", compile=True, checkpointing=True),
             Variant("nimllm --low-memory (no clipping)", "nimllm", compile=True, low_memory=True),
             Variant("nimllm --low-memory eager", "nimllm", low_memory=True))]
-    return rows
+    return [(v, mb) for v, mb in rows if not args.only or v.config in args.only]
 
 
 def print_table(rows: list[dict], rt: Runtime, console: Console):
@@ -152,6 +154,7 @@ def main():
     ap.add_argument("--low-memory-batches", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--peak-flops", type=float,
                     help=f"the device's peak FLOP/s for MFU (default on CUDA: an H100's bf16, {H100_BF16_PEAK:.4g})")
+    ap.add_argument("--only", nargs="+", metavar="CONFIG", help="run only the rows with these labels")
     ap.add_argument("--device")
     ap.add_argument("--out", default="bench/results/train_speed.json")
     args = ap.parse_args()
