@@ -207,7 +207,7 @@ def main():
     print_table(rows, rt, console)
     if args.low_memory and cuda:
         fits = [f"{r['config']} at {r['micro_batch']}" for r in rows
-                if r["checkpointing"] and r.get("peak_memory_bytes", float("inf")) < LOW_MEMORY_TARGET]
+                if (r["checkpointing"] or r["low_memory"]) and r.get("peak_memory_bytes", float("inf")) < LOW_MEMORY_TARGET]
         console.print(f"under {LOW_MEMORY_TARGET / 1e9:.1f} GB: {', '.join(fits) or 'none'}")
 
     header = {"device": device_name, "torch": torch.__version__, "cuda": torch.version.cuda,

@@ -346,6 +346,8 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
         f"({format_count(train_shards.num_tokens)} tokens) | preset {preset} | {rt.device}"
         f"{f' x{rt.world_size}' if rt.world_size > 1 else ''} | {total_steps} steps of "
         f"{format_count(tokens_per_step)} tokens")
+    log(f"nimllm {info['nimllm']} (commit {info['git_commit'] or 'unknown'}) | python {info['python']} | "
+        f"torch {info['torch']}{' | ' + info['gpu'] if info['gpu'] else ''} | config and log in {folder.metrics}")
     if rt.device_type == "cpu" and preset == "tiny" and action == "new":
         log("note: on a CPU the default is the tiny preset; a GPU trains the full 103m model (--preset 103m)")
 

@@ -1,0 +1,33 @@
+"""The benchmarks run end to end on the CPU (their figures come from the GPU; see bench/results)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, SHAKESPEARE
+
+
+def run_bench(*args):
+    out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_train_speed_bench_writes_rows_and_ratios(tmp_path):
+    out = tmp_path / "speed.json"
+    run_bench("bench/train_speed.py", "--preset", "tiny", "--steps", "1", "--warmup", "1", "--micro-batch", "2",
+              "--only", "nimllm", "reference eager", "--out", out)
+    result = json.loads(out.read_text())
+    rows = {r["config"]: r for r in result["rows"]}
+    assert set(rows) == {"nimllm", "reference eager"}
+    assert rows["nimllm"]["tokens_per_s"] > 0 and rows["reference eager"]["vs_reference"] == 1.0
+
+
+def test_quality_bench_scores_the_shakespeare_split(tmp_path):
+    if not SHAKESPEARE.exists():
+        pytest.skip("needs ../shared/data/tinyshakespeare.txt")
+    out = tmp_path / "quality.json"
+    run_bench("bench/quality.py", "--preset", "tiny", "--steps", "10", "--vocab-size", "300", "--out", out)
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["val_chars"] == 111540 and 0 < row["val_bits_per_char"] < 8
