@@ -67,7 +67,7 @@ def _duration(text: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e))
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def normalize_argv(argv: list[str]) -> list[str]:

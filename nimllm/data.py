@@ -229,9 +229,9 @@ class Corpus:
         for f in self.files:
             split = "val" if f.rel in self.val_files else "train"
             if f.jsonl:
-                yield from self.jsonl_chunks(f, lambda offset: split)
+                yield from self.jsonl_chunks(f, lambda offset, split=split: split)
             else:
-                yield from self.file_chunks(f, lambda text: [(split, text)])
+                yield from self.file_chunks(f, lambda text, split=split: [(split, text)])
 
     def split_file_chunks(self, f: CorpusFile) -> Iterator[Chunk]:
         """A corpus of one file: the end of it is the validation split."""

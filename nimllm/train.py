@@ -18,7 +18,6 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import weakref
 from contextlib import nullcontext
@@ -32,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import nimllm
 from nimllm import checkpoint
-from nimllm.config import PRESETS, ModelConfig, ModelFolder, TrainConfig, UserError, default_preset_name, override
+from nimllm.config import PRESETS, ModelFolder, TrainConfig, UserError, default_preset_name, override
 from nimllm.data import CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus
 from nimllm.metrics import MetricsLog, plot_losses
 from nimllm.model import GPT

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nimllm.config import UserError
-from nimllm.data import (BLOCK_BYTES, Corpus, CorpusInfo, CorpusStats, TokenShards, corpus_fingerprint,
+from nimllm.data import (Corpus, CorpusInfo, CorpusStats, TokenShards, corpus_fingerprint,
                          default_corpus, iter_texts_for_tokenizer, prepare_corpus, read_blocks)
 from nimllm.tokenizer import Tokenizer
 
