@@ -61,6 +61,17 @@ class TrainConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """Selective retraining after a conversation (nimllm/memory.py)."""
+    # provisional: bench/memory.py measures recall and forgetting to choose these
+    mask_fraction: float = 0.01    # share of all weights one conversation may change
+    steps: int = 16                # Adam steps on the masked weights
+    lr: float = 1e-2
+    ewc_lambda: float = 0.01       # EWC strength, against a Fisher normalised to mean 1 over all weights
+    fisher_sequences: int = 32     # base-corpus sequences the Fisher diagonal is estimated from
+
+
+@dataclass
 class Preset:
     model: ModelConfig
     train: TrainConfig
@@ -144,6 +155,8 @@ class ModelFolder:
     metrics = property(lambda self: self.root / "metrics.jsonl")
     loss_plot = property(lambda self: self.root / "loss.png")
     data = property(lambda self: self.root / "data")
+    store = property(lambda self: self.root / "conversations.sqlite")
+    memory = property(lambda self: self.root / "memory")
 
 
 class UserError(Exception):

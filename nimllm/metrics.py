@@ -1,4 +1,4 @@
-"""metrics.jsonl (one JSON object per line, appended as training goes) and the loss plot."""
+"""metrics.jsonl (one JSON object per line, appended as training goes), the loss plot and the memory plot."""
 from __future__ import annotations
 
 import io
@@ -39,12 +39,42 @@ class MetricsLog:
         self.file.close()
 
 
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")   # no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, png_path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    _pyplot().close(fig)
+    atomic_write(png_path, buf.getvalue())
+
+
+def plot_memory(n_weights: list[int], seconds: list[float], png_path: Path) -> None:
+    """How memory grew: weights changed per remembered conversation, summed, and each update's time."""
+    plt = _pyplot()
+    fig, (ax, ax_time) = plt.subplots(2, 1, figsize=(7, 5), dpi=100, sharex=True)
+    steps = list(range(1, len(n_weights) + 1))
+    running, total = [], 0
+    for n in n_weights:
+        total += n
+        running.append(total)
+    ax.plot(steps, running, "o-", markersize=3)
+    ax.set_ylabel("weights changed (sum)")
+    ax.grid(alpha=0.3)
+    ax_time.bar(steps, seconds)
+    ax_time.set_ylabel("update time (s)")
+    ax_time.set_xlabel("memory (one per learned conversation)")
+    ax_time.grid(alpha=0.3)
+    _save(fig, png_path)
+
+
 def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> None:
     """Training and validation loss against optimizer step, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
@@ -58,7 +88,4 @@ def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(png_path, buf.getvalue())
+    _save(fig, png_path)

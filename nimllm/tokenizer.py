@@ -28,6 +28,7 @@ SPECIAL_TOKENS = [
     "<|/tool_result|>",
     *(f"<|reserved_{i}|>" for i in range(6)),
 ]
+ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>", "tool": "<|tool_result|>"}
 
 
 class Tokenizer:
@@ -75,6 +76,21 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=False)
+
+    def render_conversation(self, messages: list[tuple[str, str]],
+                            add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+        """The chat template: `<|role|>content<|end|>` per message, then `<|assistant|>` when the model
+        is to answer. Returns ids and a loss mask that is 1 on what was said (content and its
+        closing `<|end|>`, by anyone: a user's statement is what memory learns) and 0 on role tokens."""
+        ids, mask = [], []
+        for role, content in messages:
+            said = self.encode(content) + [self.special("<|end|>")]
+            ids += [self.special(ROLE_TOKENS[role])] + said
+            mask += [0] + [1] * len(said)
+        if add_generation_prompt:
+            ids.append(self.special("<|assistant|>"))
+            mask.append(0)
+        return ids, mask
 
     def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
         """Text as ids arrive. A token can end inside a UTF-8 character (decoded so far as U+FFFD),
