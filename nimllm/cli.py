@@ -8,14 +8,15 @@ import argparse
 import sys
 from pathlib import Path
 
-FLAG_FORMS = {"--train": "train"}   # the seed's flag spelling of each subcommand
+FLAG_FORMS = {"--train": "train", "--chat": "chat"}   # the seed's flag spelling of each subcommand
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nimllm", description="Train a language model of your own, from scratch, on your own text.",
         epilog="examples:\n  nimllm --train mybooks.txt       train (or resume) the default model\n"
-               "  nimllm generate \"Once upon a time\"\n  nimllm info\n"
+               "  nimllm generate \"Once upon a time\"\n  nimllm --chat                     talk; it learns from it\n"
+               "  nimllm memory list                what it learned, to show or forget\n  nimllm info\n"
                "model folders live in $NIMLLM_HOME/models (default ~/.nimllm/models)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     from nimllm import __version__
@@ -50,13 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--fresh", action="store_true", help="start over: discard this model and train a new one")
 
+    def sampling_options(p, temperature):
+        p.add_argument("--max-tokens", type=int, default=200)
+        p.add_argument("--temperature", type=float, default=temperature, help="0 means greedy")
+        p.add_argument("--top-k", type=int, default=50)
+        p.add_argument("--top-p", type=float, default=0.95)
+        p.add_argument("--seed", type=int)
+
     gen = command("generate", "continue a prompt with the model, streaming tokens")
     gen.add_argument("prompt", help="the text to continue")
-    gen.add_argument("--max-tokens", type=int, default=200)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    gen.add_argument("--top-k", type=int, default=50)
-    gen.add_argument("--top-p", type=float, default=0.95)
-    gen.add_argument("--seed", type=int)
+    sampling_options(gen, 0.8)
+    sampling_options(command("chat", "talk with the model; after each conversation it retrains itself on it"), 0.7)
+
+    mem = command("memory", "what the model learned from conversations: list, show ID, forget ID, reset, stats")
+    mem.add_argument("action", choices=["list", "show", "forget", "reset", "stats"])
+    mem.add_argument("id", nargs="?", type=int, help="a memory id (from `nimllm memory list`)")
 
     command("info", "describe a model folder: shape, training progress, corpora, files")
     return parser
@@ -123,7 +132,47 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "info": cmd_info}
+def cmd_chat(args) -> int:
+    from nimllm.chat import run_chat
+    from nimllm.config import ModelFolder
+    return run_chat(ModelFolder.resolve(args.model), args.device,
+                    {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
+                     "top_p": args.top_p, "seed": args.seed})
+
+
+def cmd_memory(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from nimllm import memory
+    from nimllm.checkpoint import load_config
+    from nimllm.config import ModelFolder, UserError
+    from nimllm.store import Store
+    folder = ModelFolder.resolve(args.model)
+    load_config(folder)   # a clear error when there is no model
+    if args.action in ("show", "forget") and args.id is None:
+        raise UserError(f"`nimllm memory {args.action}` needs a memory id; `nimllm memory list` shows them")
+    console = Console()
+    with Store(folder.store) as store:
+        if args.action == "list":
+            rows = memory.memory_history(folder, store)
+            table = Table("id", "when", "weights", "seconds", "conversations", "forgotten")
+            for r in rows:
+                table.add_row(str(r["id"]), r["when"], f"{r['weights']:,}", str(r["seconds"]), r["conversations"],
+                              "yes" if r["forgotten"] else "")
+            console.print(table if rows else "no memories yet: talk with `nimllm --chat`")
+        elif args.action == "show":
+            console.print(memory.show_memory(folder, store, args.id))
+        elif args.action == "stats":
+            for key, value in memory.memory_stats(folder, store).items():
+                console.print(f"[bold]{key}[/]: {value}")
+        else:
+            forgotten = memory.forget(folder, store, args.id if args.action == "forget" else None)
+            console.print(f"forgot {len(forgotten)} memor{'y' if len(forgotten) == 1 else 'ies'}; "
+                          f"the weights are the base model plus what remains")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "info": cmd_info, "chat": cmd_chat, "memory": cmd_memory}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,8 @@ def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, temperature
     generator = torch.Generator(device=device)
     if seed is not None:
         generator.manual_seed(seed)
+    else:
+        generator.seed()   # a fresh generator starts from one fixed seed: without this, every reply would repeat
     ids = list(prompt)
     cache = KVCache(model, batch_size=1) if use_cache else None
     start, cached = 0, 0  # window start in ids; how many tokens of the window the cache holds

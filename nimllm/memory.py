@@ -242,6 +242,20 @@ def memory_history(folder: ModelFolder, store: Store) -> list[dict]:
              "forgotten": d.forgotten is not None} for d in store.deltas(include_forgotten=True)]
 
 
+def show_memory(folder: ModelFolder, store: Store, delta_id: int) -> str:
+    """A memory in words: when, how big, what changed, and the conversation it came from."""
+    d = store.delta(delta_id)
+    lines = [f"memory {d.id}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(d.created))}: "
+             f"{d.n_weights:,} weights in {d.seconds:.2f} s{' (forgotten)' if d.forgotten else ''}",
+             f"loss on the conversation {d.stats.get('loss_before', 0):.3f} -> {d.stats.get('loss_after', 0):.3f}",
+             "most changed: " + ", ".join(f"{n} ({c:,})" for n, c in
+                                          sorted(d.stats.get("layers", {}).items(), key=lambda kv: -kv[1])[:5])]
+    for c in store.conversations():
+        if c.learned_delta == d.id:
+            lines += [f"conversation {c.id}:"] + [f"  {m.role}: {m.content}" for m in store.messages(c.id)]
+    return "\n".join(lines)
+
+
 def memory_stats(folder: ModelFolder, store: Store) -> dict:
     """Totals over the memories kept, and memory.png: how memory grew."""
     kept = store.deltas()

@@ -1,9 +1,9 @@
 """Conversations and memories in SQLite, in the model folder (`conversations.sqlite`).
 
-Every call that writes commits before it returns, in WAL mode with full sync: a message is on disk
-once `add_message` returns, so a chat killed at any moment loses nothing it said. Several processes
-may share one database (two chats on one model); SQLite serialises their writes and a busy timeout
-makes one wait for the other instead of failing.
+Every call that writes is one transaction, committed before it returns: a message is on disk once
+`add_message` returns, so a chat killed at any moment loses nothing it said. Several processes may
+share one database (two chats on one model): SQLite serialises their writes, and the busy timeout makes
+one wait for the other instead of failing.
 """
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from nimllm.config import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
 FEEDBACK = ("good", "bad", "fix")
+SCHEMA_VERSION = 1   # PRAGMA user_version; a later schema bumps it and migrates older files in _create
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deltas (
     id INTEGER PRIMARY KEY, created REAL NOT NULL, file TEXT NOT NULL, n_weights INTEGER NOT NULL,
@@ -31,16 +33,17 @@ CREATE TABLE IF NOT EXISTS messages (
     content TEXT NOT NULL, created REAL NOT NULL, feedback TEXT, fix TEXT, meta TEXT);
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
 """
+JSON_COLUMNS = ("meta", "stats")
 
 
 @dataclass
 class Conversation:
     id: int
-    kind: str
+    kind: str              # "chat", "agent", "server"...
     started: float
     ended: float | None
-    pid: int
-    title: str | None
+    pid: int               # the process having it
+    title: str | None      # the start of the first user message
     learned_delta: int | None
 
 
@@ -51,8 +54,8 @@ class Message:
     role: str
     content: str
     created: float
-    feedback: str | None
-    fix: str | None
+    feedback: str | None   # "good", "bad" or "fix"
+    fix: str | None        # the better answer, with "fix"
     meta: dict | None
 
 
@@ -72,7 +75,7 @@ def process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # someone else's process: alive
+    except PermissionError:   # another user's process: alive
         return True
     return True
 
@@ -80,18 +83,30 @@ def process_alive(pid: int) -> bool:
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.lock = threading.Lock()   # one connection, shareable by a server's threads
-        try:
+        self.lock = threading.Lock()   # one connection per Store, shareable by a server's threads
+        with self._errors():
             self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")   # a committed message survives a power cut too
+            # NORMAL would already survive a killed process (a commit is in the WAL file once written),
+            # but a power cut could take back the last few; FULL syncs at every commit, a few
+            # milliseconds per message, nothing next to generating the answer.
+            self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"{self.path} is damaged ({e}); move it away to start a new conversation store") from None
+        self._create()
+
+    def _create(self) -> None:
+        with self._locked(write=True) as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise UserError(f"{self.path} was written by a newer nimllm (schema {version}); upgrade nimllm")
+            if version < SCHEMA_VERSION:
+                for statement in SCHEMA.split(";")[:-1]:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        self.db.close()
+        with self.lock:
+            self.db.close()
 
     def __enter__(self):
         return self
@@ -99,101 +114,125 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
-    def _write(self, sql: str, args=()) -> int:
-        with self.lock:
-            return self.db.execute(sql, args).lastrowid
+    @contextmanager
+    def _errors(self):
+        """SQLite's errors about the file itself, as one line naming it (cli prints UserErrors)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            code = getattr(e, "sqlite_errorcode", 0) & 0xFF   # the primary code of an extended one
+            if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise UserError(f"{self.path} is damaged ({e}); move it away to start a new conversation store") \
+                    from None
+            if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+                raise UserError(f"cannot use {self.path} ({e})") from None
+            raise
 
-    def _read(self, sql: str, args=()) -> list[tuple]:
-        with self.lock:
-            return self.db.execute(sql, args).fetchall()
+    @contextmanager
+    def _locked(self, write: bool = False):
+        """The connection, one thread at a time; with `write`, the block is one committed transaction."""
+        with self.lock, self._errors():
+            if not write:
+                yield self.db
+                return
+            # take the write lock up front: a second writer waits here (busy timeout), never halfway through
+            self.db.execute("BEGIN IMMEDIATE")
+            with self.db:   # COMMIT, or ROLLBACK on any exception
+                yield self.db
+
+    def _select(self, cls, table: str, where: str = "", args=()) -> list:
+        names = [f.name for f in fields(cls)]
+        with self._locked() as db:
+            rows = db.execute(f"SELECT {', '.join(names)} FROM {table} {where}", args).fetchall()
+        return [cls(*(json.loads(v) if n in JSON_COLUMNS and v is not None else v for n, v in zip(names, row)))
+                for row in rows]
 
     # ---- conversations and messages ----
 
     def start_conversation(self, kind: str = "chat") -> int:
-        return self._write("INSERT INTO conversations (kind, started, pid) VALUES (?, ?, ?)",
-                           (kind, time.time(), os.getpid()))
+        with self._locked(write=True) as db:
+            return db.execute("INSERT INTO conversations (kind, started, pid) VALUES (?, ?, ?)",
+                              (kind, time.time(), os.getpid())).lastrowid
 
     def add_message(self, conversation_id: int, role: str, content: str, meta: dict | None = None) -> int:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                message_id = self.db.execute(
-                    "INSERT INTO messages (conversation_id, role, content, created, meta) VALUES (?, ?, ?, ?, ?)",
-                    (conversation_id, role, content, time.time(), json.dumps(meta) if meta else None)).lastrowid
-                if role == "user":
-                    title = " ".join(content.split())[:60]
-                    self.db.execute("UPDATE conversations SET title = ? WHERE id = ? AND title IS NULL",
-                                    (title, conversation_id))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self._locked(write=True) as db:
+            message_id = db.execute(
+                "INSERT INTO messages (conversation_id, role, content, created, meta) VALUES (?, ?, ?, ?, ?)",
+                (conversation_id, role, content, time.time(), None if meta is None else json.dumps(meta))).lastrowid
+            if role == "user":
+                title = " ".join(content.split())[:60] or None
+                db.execute("UPDATE conversations SET title = ? WHERE id = ? AND title IS NULL", (title, conversation_id))
         return message_id
 
     def set_feedback(self, message_id: int, feedback: str, fix: str | None = None) -> None:
         if feedback not in FEEDBACK or (feedback == "fix") != bool(fix):
             raise ValueError("feedback is good, bad, or fix with the better answer")
-        self._write("UPDATE messages SET feedback = ?, fix = ? WHERE id = ?", (feedback, fix, message_id))
+        with self._locked(write=True) as db:
+            if not db.execute("UPDATE messages SET feedback = ?, fix = ? WHERE id = ?",
+                              (feedback, fix, message_id)).rowcount:
+                raise UserError(f"no message {message_id}")
 
     def end_conversation(self, conversation_id: int) -> None:
-        self._write("UPDATE conversations SET ended = ? WHERE id = ? AND ended IS NULL", (time.time(), conversation_id))
+        with self._locked(write=True) as db:
+            db.execute("UPDATE conversations SET ended = ? WHERE id = ? AND ended IS NULL",
+                       (time.time(), conversation_id))
 
     def conversation(self, conversation_id: int) -> Conversation:
-        rows = self._read("SELECT * FROM conversations WHERE id = ?", (conversation_id,))
-        if not rows:
+        found = self._select(Conversation, "conversations", "WHERE id = ?", (conversation_id,))
+        if not found:
             raise UserError(f"no conversation {conversation_id}")
-        return Conversation(*rows[0])
+        return found[0]
 
     def conversations(self, kind: str | None = None) -> list[Conversation]:
-        rows = self._read("SELECT * FROM conversations WHERE ? IS NULL OR kind = ? ORDER BY id DESC", (kind, kind))
-        return [Conversation(*r) for r in rows]
+        """Newest first."""
+        return self._select(Conversation, "conversations", "WHERE ? IS NULL OR kind = ? ORDER BY id DESC",
+                            (kind, kind))
 
     def messages(self, conversation_id: int) -> list[Message]:
-        rows = self._read("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
-        return [Message(*r[:7], json.loads(r[7]) if r[7] else None) for r in rows]
+        return self._select(Message, "messages", "WHERE conversation_id = ? ORDER BY id", (conversation_id,))
 
     def unlearned(self) -> list[int]:
-        """Conversations with something the user said, not learned yet, and over: ended, or left by
-        a process that died (a killed chat). Conversations live processes are still having wait."""
-        rows = self._read("""SELECT c.id, c.ended, c.pid FROM conversations c WHERE c.learned_delta IS NULL
-                             AND EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.role = 'user')
-                             ORDER BY c.id""")
+        """Conversations with something the user said, not learned yet, and over: ended, or left by a
+        process that died (a killed chat). Those a live process is still having wait. Oldest first."""
+        with self._locked() as db:
+            rows = db.execute("""SELECT id, ended, pid FROM conversations c WHERE learned_delta IS NULL
+                                 AND EXISTS (SELECT 1 FROM messages WHERE conversation_id = c.id AND role = 'user')
+                                 ORDER BY id""").fetchall()
         return [cid for cid, ended, pid in rows if ended is not None or not process_alive(pid)]
 
     # ---- memories (weight deltas) ----
 
     def record_delta(self, conversation_ids: list[int], file: str, n_weights: int, seconds: float,
                      stats: dict) -> int:
-        """The delta and the 'learned' marks of its conversations, in one transaction."""
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                delta_id = self.db.execute(
-                    "INSERT INTO deltas (created, file, n_weights, seconds, stats) VALUES (?, ?, ?, ?, ?)",
-                    (time.time(), file, n_weights, seconds, json.dumps(stats))).lastrowid
-                self.db.executemany("UPDATE conversations SET learned_delta = ? WHERE id = ?",
-                                    [(delta_id, cid) for cid in conversation_ids])
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        """The delta (its file already written) and the 'learned' marks of its conversations, together."""
+        with self._locked(write=True) as db:
+            delta_id = db.execute(
+                "INSERT INTO deltas (created, file, n_weights, seconds, stats) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), file, n_weights, seconds, json.dumps(stats))).lastrowid
+            db.executemany("UPDATE conversations SET learned_delta = ? WHERE id = ?",
+                           [(delta_id, cid) for cid in conversation_ids])
         return delta_id
 
     def deltas(self, include_forgotten: bool = False) -> list[Delta]:
-        rows = self._read("SELECT * FROM deltas WHERE ? OR forgotten IS NULL ORDER BY id", (include_forgotten,))
-        return [Delta(*r[:5], json.loads(r[5]), r[6]) for r in rows]
+        """In the order they were learned."""
+        return self._select(Delta, "deltas", "WHERE ? OR forgotten IS NULL ORDER BY id", (include_forgotten,))
 
     def delta(self, delta_id: int) -> Delta:
-        found = [d for d in self.deltas(include_forgotten=True) if d.id == delta_id]
+        found = self._select(Delta, "deltas", "WHERE id = ?", (delta_id,))
         if not found:
             raise UserError(f"no memory {delta_id}; `nimllm memory list` shows them")
         return found[0]
 
     def forget_delta(self, delta_id: int) -> None:
         """Its conversations stay marked learned: a forgotten conversation is not learned again."""
-        self._write("UPDATE deltas SET forgotten = ? WHERE id = ? AND forgotten IS NULL", (time.time(), delta_id))
+        with self._locked(write=True) as db:
+            if not db.execute("SELECT 1 FROM deltas WHERE id = ?", (delta_id,)).fetchone():
+                raise UserError(f"no memory {delta_id}; `nimllm memory list` shows them")
+            db.execute("UPDATE deltas SET forgotten = ? WHERE id = ? AND forgotten IS NULL", (time.time(), delta_id))
 
     def reset(self) -> None:
-        self._write("UPDATE deltas SET forgotten = ? WHERE forgotten IS NULL", (time.time(),))
+        """Forget every memory."""
+        with self._locked(write=True) as db:
+            db.execute("UPDATE deltas SET forgotten = ? WHERE forgotten IS NULL", (time.time(),))

@@ -1,5 +1,6 @@
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -8,7 +9,9 @@ import pytest
 
 from conftest import REPO
 from nimllm.config import UserError
-from nimllm.store import Store
+from nimllm.store import SCHEMA_VERSION, Store
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 @pytest.fixture
@@ -19,90 +22,193 @@ def store(tmp_path):
 
 def test_messages_feedback_and_titles(store):
     cid = store.start_conversation()
-    u = store.add_message(cid, "user", "my sister\nIlse lives in Tromso")
-    a = store.add_message(cid, "assistant", "noted")
+    store.add_message(cid, "system", "be brief")
+    u = store.add_message(cid, "user", "my sister\nIlse lives in Tromso " + "and works on ships " * 5)
+    a = store.add_message(cid, "assistant", "noted", meta={"tokens": 2})
+    store.add_message(cid, "user", "a later question")
     store.set_feedback(a, "fix", "Ilse lives in Tromso.")
+    store.set_feedback(u, "good")
     msgs = store.messages(cid)
-    assert [(m.id, m.role) for m in msgs] == [(u, "user"), (a, "assistant")]
-    assert (msgs[1].feedback, msgs[1].fix) == ("fix", "Ilse lives in Tromso.")
-    assert store.conversation(cid).title == "my sister Ilse lives in Tromso"
+    assert [m.role for m in msgs] == ["system", "user", "assistant", "user"]
+    assert msgs[1].id == u and msgs[2].id == a and msgs[0].meta is None and msgs[2].meta == {"tokens": 2}
+    assert (msgs[2].feedback, msgs[2].fix) == ("fix", "Ilse lives in Tromso.")
+    assert (msgs[1].feedback, msgs[1].fix) == ("good", None)
+    title = store.conversation(cid).title
+    assert title.startswith("my sister Ilse lives in Tromso and") and len(title) == 60 and "\n" not in title
     second = store.start_conversation("agent")
+    assert store.conversation(second).title is None and store.conversation(second).pid == os.getpid()
     assert [c.id for c in store.conversations()] == [second, cid]
     assert [c.id for c in store.conversations("agent")] == [second]
     with pytest.raises(ValueError):
         store.set_feedback(a, "fix")
     with pytest.raises(ValueError):
+        store.set_feedback(a, "meh")
+    with pytest.raises(ValueError):
         store.add_message(cid, "robot", "hi")
-    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(UserError, match="no message 99"):
+        store.set_feedback(99, "bad")
+    with pytest.raises(UserError, match="no conversation 99"):
+        store.conversation(99)
 
 
-def test_unlearned_waits_for_live_conversations(store, tmp_path):
+def test_wal_and_schema_version(tmp_path):
+    path = tmp_path / "c.sqlite"
+    with Store(path) as store:
+        pragma = lambda name: store.db.execute(f"PRAGMA {name}").fetchone()[0]  # noqa: E731
+        assert (pragma("journal_mode"), pragma("synchronous"), pragma("foreign_keys")) == ("wal", 2, 1)
+        assert pragma("user_version") == SCHEMA_VERSION
+        store.start_conversation()
+    with Store(path) as store:      # opening again keeps what is there
+        assert len(store.conversations()) == 1
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(UserError, match="newer nimllm"):
+        Store(path)
+
+
+ORPHAN = """
+import sys
+from nimllm.store import Store
+s = Store(sys.argv[1]); c = s.start_conversation(); s.add_message(c, "user", "then I was killed")
+"""
+
+
+def test_unlearned_deltas_and_forgetting(store):
     ended = store.start_conversation()
     store.add_message(ended, "user", "a")
     store.end_conversation(ended)
     live = store.start_conversation()            # ours, still going
     store.add_message(live, "user", "b")
-    silent = store.start_conversation()
+    silent = store.start_conversation()          # nothing the user said: nothing to learn
     store.add_message(silent, "assistant", "nobody spoke")
     store.end_conversation(silent)
-    orphan_code = ("import sys; from nimllm.store import Store; s = Store(sys.argv[1]); "
-                   "c = s.start_conversation(); s.add_message(c, 'user', 'then I was killed')")
-    subprocess.run([sys.executable, "-c", orphan_code, str(store.path)], check=True,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
-    orphan = store.conversations()[0].id
+    subprocess.run([sys.executable, "-c", ORPHAN, str(store.path)], check=True, env=ENV)
+    orphan = store.conversations()[0].id         # its process has exited without ending it
+    assert store.conversation(orphan).ended is None
     assert store.unlearned() == [ended, orphan]
-    delta = store.record_delta([ended, orphan], "memory/d.safetensors", 10, 0.5, {"x": 1})
+
+    first = store.record_delta([ended, orphan], "memory/d1.safetensors", 10, 0.5, {"loss": [2.0, 1.5]})
     assert store.unlearned() == []
-    assert store.conversation(ended).learned_delta == delta and store.delta(delta).stats == {"x": 1}
-    store.forget_delta(delta)
-    assert store.deltas() == [] and store.deltas(include_forgotten=True)[0].forgotten
-    assert store.unlearned() == []               # forgotten stays forgotten
+    assert store.conversation(ended).learned_delta == first == store.conversation(orphan).learned_delta
+    assert store.delta(first).stats == {"loss": [2.0, 1.5]} and store.delta(first).file == "memory/d1.safetensors"
+    store.end_conversation(live)
+    second = store.record_delta([live], "memory/d2.safetensors", 20, 0.7, {})
+    assert [d.id for d in store.deltas()] == [first, second]
+
+    store.forget_delta(first)
+    assert [d.id for d in store.deltas()] == [second]
+    assert [d.forgotten is not None for d in store.deltas(include_forgotten=True)] == [True, False]
+    assert store.unlearned() == []               # forgotten stays forgotten: not learned again
+    store.reset()
+    assert store.deltas() == [] and len(store.deltas(include_forgotten=True)) == 2
     with pytest.raises(UserError, match="no memory 99"):
         store.delta(99)
+    with pytest.raises(UserError, match="no memory 99"):
+        store.forget_delta(99)
+
+
+def test_record_delta_is_all_or_nothing(store):
+    cid = store.start_conversation()
+    store.add_message(cid, "user", "a")
+    store.end_conversation(cid)
+    with pytest.raises(sqlite3.Error):           # fails after the delta row and the first mark went in
+        store.record_delta([cid, [1]], "memory/d.safetensors", 1, 0.1, {})
+    assert store.deltas(include_forgotten=True) == [] and store.unlearned() == [cid]
 
 
 WRITER = """
 import sys
 from nimllm.store import Store
 s = Store(sys.argv[1]); c = s.start_conversation()
-while True:
+print(c, flush=True); sys.stdin.readline()     # ready; writes when the test says go
+for i in range(int(sys.argv[2])):
     print(s.add_message(c, "user", "x" * 200), flush=True)
 """
 
 
+def writer(path, n):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(n)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc.stdout.readline()
+    return proc
+
+
+def go(proc):
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+
+
 def test_sigkill_loses_no_committed_message(tmp_path):
     path = tmp_path / "c.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = writer(path, 1_000_000)
+    go(proc)
     said = [int(proc.stdout.readline()) for _ in range(50)]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with Store(path) as store:
         stored = {m.id for c in store.conversations() for m in store.messages(c.id)}
-    assert set(said) <= stored
+        assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert set(said) <= stored
+        assert store.unlearned() == [c.id for c in store.conversations()]   # its owner is dead
 
 
-def test_two_writers_at_once(tmp_path):
-    path = tmp_path / "c.sqlite"
-    Store(path).close()
+def test_two_processes_write_at_once(tmp_path):
+    path = tmp_path / "c.sqlite"       # not there yet: both create it
+    procs = [writer(path, 200) for _ in range(2)]
+    for proc in procs:
+        go(proc)
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    with Store(path) as store:
+        assert sorted(len(store.messages(c.id)) for c in store.conversations()) == [200, 200]
+        order = [c for (c,) in store.db.execute("SELECT conversation_id FROM messages ORDER BY id")]
+    assert sum(a != b for a, b in zip(order, order[1:])) > 2    # they really did write at the same time
 
-    def write(n):
-        with Store(path) as s:
-            cid = s.start_conversation()
-            for i in range(n):
-                s.add_message(cid, "user", str(i))
 
-    threads = [threading.Thread(target=write, args=(100,)) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    with Store(path) as s:
-        assert sorted(len(s.messages(c.id)) for c in s.conversations()) == [100, 100]
+def test_one_store_shared_by_threads(tmp_path):
+    with Store(tmp_path / "c.sqlite") as store, Store(tmp_path / "c.sqlite") as other:
+        errors = []
+
+        def chat(s, n):
+            try:
+                cid = s.start_conversation("server")
+                for i in range(n):
+                    s.add_message(cid, "user", str(i))
+                    s.messages(cid)
+            except Exception as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=chat, args=(s, 50)) for s in [store] * 4 + [other] * 2]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert [len(store.messages(c.id)) for c in store.conversations("server")] == [50] * 6
+        assert [m.content for m in store.messages(store.conversations()[0].id)] == [str(i) for i in range(50)]
 
 
 def test_damaged_database(tmp_path):
     path = tmp_path / "c.sqlite"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(UserError, match="damaged"):
+    with pytest.raises(UserError, match=r"c\.sqlite is damaged"):
         Store(path)
+
+    path = tmp_path / "d.sqlite"       # a good header, damage further in: found when it is read
+    with Store(path) as store:
+        cid = store.start_conversation()
+        for i in range(300):
+            store.add_message(cid, "user", "x" * 500)
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[5 * page:-page] = b"\xab" * (len(data) - 6 * page)
+    path.write_bytes(bytes(data))
+    with Store(path) as store, pytest.raises(UserError, match=r"d\.sqlite is damaged"):
+        store.messages(cid)
+
+
+def test_folder_that_does_not_exist(tmp_path):
+    with pytest.raises(UserError, match="cannot use"):
+        Store(tmp_path / "missing" / "c.sqlite")

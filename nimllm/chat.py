@@ -1,0 +1,213 @@
+"""`nimllm --chat`: talk with your model, which learns the conversation when it ends.
+
+Everything said is stored the moment it is complete (the user's line before the model answers it),
+so a chat killed at any point loses nothing: the next chat learns what was left unlearned.
+"""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager, suppress
+from functools import partial
+
+from nimllm.config import ModelFolder, nimllm_home
+from nimllm.generate import generate
+from nimllm.memory import Memory
+
+PROMPT, MORE, REPLY = "you> ", "...> ", "nimllm> "
+HELP = """commands:
+  /remember        learn this conversation now, then talk on
+  /good, /bad      rate the last answer (a bad answer is not learned)
+  /fix ANSWER      what the last answer should have been: learned in its place
+  /stats           what the model has learned so far
+  /quit            end the chat and learn it (also Ctrl-D, or Ctrl-C at the prompt)
+a line ending with \\ continues on the next one; a block between lines of \"\"\" is one message;
+Ctrl-C while the model writes stops the answer"""
+
+
+def fit_context(turns: list[list[int]], budget: int) -> list[int]:
+    """The most recent of the rendered messages `turns` (oldest first) that fit in `budget` tokens,
+    joined. Older messages drop out whole; when even the newest alone is too long, it keeps its role
+    token and its last tokens, so a talk that outgrows the context never stops the chat."""
+    kept, used = [], 0
+    for ids in reversed(turns):
+        if used + len(ids) > budget:
+            if not kept:
+                kept.append(ids[:1] + ids[len(ids) - budget + 1:])
+            break
+        kept.append(ids)
+        used += len(ids)
+    return [t for ids in reversed(kept) for t in ids]
+
+
+def read_message(read_line) -> str | None:
+    """One message: a line, lines joined by a trailing backslash, or the lines between two lines of
+    triple quotes. None at the end of input."""
+    line = read_line(PROMPT)
+    if line is None:
+        return None
+    lines = []
+    if line.strip() == '"""':
+        while (line := read_line(MORE)) is not None and line.strip() != '"""':
+            lines.append(line)
+        return "\n".join(lines)
+    while line.endswith("\\"):
+        lines.append(line[:-1])
+        line = read_line(MORE) or ""   # the end of input ends the message; the next read ends the chat
+    return "\n".join(lines + [line])
+
+
+@contextmanager
+def line_reader(stdin, stdout):
+    """A function prompt -> line (None at the end of input). On a terminal, readline's editing and a
+    history kept across chats; otherwise plain lines, echoed after their prompt so that a piped
+    session's transcript reads as a typed one does."""
+    if stdin is sys.stdin and stdin.isatty():
+        try:
+            import readline
+        except ImportError:   # not on every platform; input() then still works, without history
+            readline = None
+        history = nimllm_home() / "chat_history"
+        if readline and history.exists():
+            readline.read_history_file(history)
+
+        def read_line(prompt):
+            try:
+                return input(prompt)
+            except EOFError:
+                return None
+        try:
+            yield read_line
+        finally:
+            if readline:
+                with suppress(OSError):   # history is a convenience: never fail a chat over it
+                    history.parent.mkdir(parents=True, exist_ok=True)
+                    readline.set_history_length(1000)
+                    readline.write_history_file(history)
+    else:
+        def read_line(prompt):
+            stdout.write(prompt)
+            stdout.flush()
+            line = stdin.readline()
+            if not line:
+                return None
+            stdout.write(line if line.endswith("\n") else line + "\n")
+            return line.rstrip("\r\n")
+        yield read_line
+
+
+class Chat:
+    """One chat session: the stored conversation, and the recent turns the model sees."""
+
+    def __init__(self, mem: Memory, sampling: dict, stdout):
+        self.mem, self.sampling, self.out = mem, sampling, stdout
+        self.tokenizer = mem.tokenizer
+        block = mem.model.cfg.block_size
+        # Room for the answer; a max_tokens as long as the context (tiny preset: 128 vs 200) still
+        # leaves half of it for the talk, and generate slides its window if the answer runs on.
+        self.budget = max(block - sampling["max_tokens"], block // 2)
+        self.context: list[tuple[str, str]] = []   # outlives /remember, so the talk flows on
+        self.conversation = mem.store.start_conversation(kind="chat")
+        self.last_answer: int | None = None        # message id that /good, /bad and /fix rate
+
+    def say(self, *text, end="\n") -> None:
+        print(*text, end=end, file=self.out, flush=True)
+
+    def handle(self, text: str) -> bool:
+        """Act on one message or command; False when the chat is over."""
+        if not text.strip():
+            return True
+        if not text.startswith("/"):
+            self.answer(text)
+            return True
+        command = text.split(maxsplit=1)[0]
+        if command == "/quit":
+            return False
+        if command == "/help":
+            self.say(HELP)
+        elif command == "/remember":
+            self.remember()
+        elif command in ("/good", "/bad"):
+            self.rate(command[1:])
+        elif command == "/fix":
+            self.rate("fix", text[len(command):].strip())
+        elif command == "/stats":
+            for key, value in self.mem.stats().items():
+                self.say(f"  {key}: {value}")
+        else:
+            self.say(f"unknown command {command}; /help lists the commands")
+        return True
+
+    def answer(self, text: str) -> None:
+        store = self.mem.store
+        store.add_message(self.conversation, "user", text)   # before generating: a kill loses nothing said
+        self.context.append(("user", text))
+        reply = self.generate_reply()
+        self.last_answer = store.add_message(self.conversation, "assistant", reply)
+        self.context.append(("assistant", reply))
+
+    def generate_reply(self) -> str:
+        tok, s = self.tokenizer, self.sampling
+        turns = [tok.render_conversation([message])[0] for message in self.context]
+        prompt = fit_context(turns, self.budget - 1) + [tok.special("<|assistant|>")]   # -1: that last token
+        ids = generate(self.mem.model, prompt, s["max_tokens"], s["temperature"], s["top_k"], s["top_p"],
+                       s["seed"], stop_ids=[tok.special("<|end|>"), tok.eot_id])
+        pieces = []
+        self.say(REPLY, end="")
+        try:
+            for piece in tok.decode_stream(ids):
+                pieces.append(piece)
+                self.say(piece, end="")
+        except KeyboardInterrupt:   # stop this answer, keep the chat and what was written
+            self.say(" [stopped]", end="")
+        self.say()
+        return "".join(pieces)
+
+    def rate(self, feedback: str, fix: str | None = None) -> None:
+        if self.last_answer is None:
+            self.say("no answer to rate yet in this conversation")
+            return
+        if feedback == "fix" and not fix:
+            self.say("usage: /fix THE BETTER ANSWER")
+            return
+        self.mem.store.set_feedback(self.last_answer, feedback, fix)
+        if fix:
+            self.context[-1] = ("assistant", fix)   # the model should go on from the answer it should have given
+        self.say({"good": "noted: a good answer", "bad": "noted: this answer will not be learned",
+                  "fix": "noted: your answer will be learned instead"}[feedback])
+
+    def end(self) -> bool:
+        """End the stored conversation and learn it; False when the user said nothing to learn."""
+        store = self.mem.store
+        store.end_conversation(self.conversation)
+        if not any(m.role == "user" for m in store.messages(self.conversation)):
+            return False
+        self.say("remembering this conversation...", end=" ")
+        self.mem.learn([self.conversation], log=self.say)   # it prints its report
+        return True
+
+    def remember(self) -> None:
+        if not self.end():
+            self.say("nothing to remember yet")
+        self.conversation = self.mem.store.start_conversation(kind="chat")
+        self.last_answer = None
+
+
+def run_chat(folder: ModelFolder, device: str | None, sampling: dict, stdin=sys.stdin, stdout=sys.stdout) -> int:
+    """The REPL. `sampling` holds temperature, top_k, top_p, max_tokens and seed; returns the exit code."""
+    mem = Memory(folder, device)
+    mem.learn_pending(log=partial(print, file=stdout, flush=True))   # what a killed chat left unlearned
+    chat = Chat(mem, sampling, stdout)
+    chat.say("talk to your model; /help lists the commands, /quit or Ctrl-D ends and remembers")
+    with line_reader(stdin, stdout) as read_line:
+        while True:
+            try:
+                text = read_message(read_line)
+            except KeyboardInterrupt:   # at the prompt: leave as /quit does
+                text = None
+            if text is None:
+                chat.say()
+                break
+            if not chat.handle(text):
+                break
+    chat.end()
+    return 0

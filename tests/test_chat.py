@@ -1,0 +1,195 @@
+"""The chat REPL: piped sessions of the real command, a session in-process with a scripted model, and
+the context window and input reading without any model."""
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, real_text, run_cli
+
+from nimllm.chat import fit_context, read_message, run_chat
+from nimllm.config import ModelFolder
+from nimllm.store import Store
+from nimllm.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat")
+    (root / "corpus.txt").write_text(real_text(200_000))
+    out = run_cli("train", root / "corpus.txt", "--model", root / "model", "--preset", "tiny", "--vocab-size", "300",
+                  "--steps", "5")
+    assert out.returncode == 0, out.stderr
+    return root / "model"
+
+
+@pytest.fixture
+def folder(trained, tmp_path, home) -> ModelFolder:
+    """A copy of the trained model for each test, with a conversation store of its own."""
+    shutil.copytree(trained, tmp_path / "model")
+    return ModelFolder(tmp_path / "model")
+
+
+def chat(folder: ModelFolder, text: str, max_tokens: int = 8) -> str:
+    out = run_cli("chat", "--model", folder.root, "--max-tokens", max_tokens, "--seed", "0", input=text)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    return out.stdout
+
+
+def stored(folder: ModelFolder) -> list[list]:
+    """Every conversation's messages, oldest conversation first."""
+    with Store(folder.store) as store:
+        return [store.messages(c.id) for c in reversed(store.conversations())]
+
+
+def test_a_piped_session_is_stored_and_learned(folder):
+    out = chat(folder, "hello\n/quit\n")
+    assert "you> hello\nnimllm> " in out and "you> /quit\n" in out
+    assert "remembering this conversation... updated " in out
+    [messages] = stored(folder)
+    assert [m.role for m in messages] == ["user", "assistant"] and messages[0].content == "hello"
+    with Store(folder.store) as store:
+        [conversation] = store.conversations()
+    assert conversation.ended is not None and conversation.learned_delta is not None
+
+
+def test_missing_model_is_a_one_line_error(tmp_path):
+    out = run_cli("--chat", "--model", tmp_path / "nothing", input="hello\n")
+    assert out.returncode == 1 and out.stderr.startswith("nimllm: error: no model in") and "Traceback" not in out.stderr
+
+
+def test_feedback_commands_and_multi_line_input(folder):
+    out = chat(folder, "/good\none\\\ntwo\n/good\nsecond\n/bad\nthird\n/fix a better\\\nanswer\n/help\n/frobnicate\n"
+                       '"""\nblock one\n\nblock two\n"""\n')   # no /quit: the end of input quits
+    assert "no answer to rate yet" in out
+    assert "...> " in out and "/remember" in out and "/fix" in out         # continuation prompt, the help
+    assert "unknown command /frobnicate; /help lists the commands" in out
+    assert "remembering this conversation..." in out
+    [messages] = stored(folder)
+    assert [(m.role, m.content) for m in messages if m.role == "user"] == [
+        ("user", "one\ntwo"), ("user", "second"), ("user", "third"), ("user", "block one\n\nblock two")]
+    assert [(m.feedback, m.fix) for m in messages if m.role == "assistant"] == [
+        ("good", None), ("bad", None), ("fix", "a better\nanswer"), (None, None)]
+
+
+def test_a_talk_longer_than_the_context(folder):
+    lines = [f"line {i}: " + "the quick brown fox jumps over the lazy dog " * 8 for i in range(30)]
+    lines.insert(10, "one enormous message " * 500)
+    out = chat(folder, "\n".join(lines) + "\n/quit\n", max_tokens=100)   # the tiny preset's context is 128
+    assert out.count("nimllm> ") == 31
+    [messages] = stored(folder)
+    assert [m.role for m in messages] == ["user", "assistant"] * 31
+
+
+def test_remember_learns_and_starts_a_new_conversation(folder):
+    out = chat(folder, "/remember\nhello\n/remember\nagain\n/stats\n/quit\n")
+    assert "nothing to remember yet" in out
+    assert out.count("remembering this conversation... updated ") == 2
+    assert "memories kept: 1" in out                                      # /stats, between the two
+    empty, first, second = stored(folder)
+    assert empty == [] and [m.content for m in first if m.role == "user"] == ["hello"]
+    assert [m.content for m in second if m.role == "user"] == ["again"]
+    with Store(folder.store) as store:
+        assert [c.learned_delta is not None for c in reversed(store.conversations())] == [False, True, True]
+
+
+def test_context_flows_on_after_remember_and_ctrl_c_keeps_a_partial_answer(folder, monkeypatch):
+    tokenizer = Tokenizer.load(folder.tokenizer)
+    prompts = []
+
+    def interrupted_generate(model, prompt, *args, **kwargs):
+        prompts.append(tokenizer.decode(prompt))
+        yield from tokenizer.encode("so far")
+        raise KeyboardInterrupt   # Ctrl-C while the model writes
+
+    monkeypatch.setattr("nimllm.chat.generate", interrupted_generate)
+    stdout = io.StringIO()
+    sampling = {"temperature": 0.7, "top_k": 50, "top_p": 0.95, "max_tokens": 20, "seed": None}
+    code = run_chat(folder, "cpu", sampling, stdin=io.StringIO("hello\n/remember\nagain\n"), stdout=stdout)
+    assert code == 0
+    assert "nimllm> so far [stopped]\n" in stdout.getvalue()
+    assert prompts[1] == "<|user|>hello<|end|><|assistant|>so far<|end|><|user|>again<|end|><|assistant|>"
+    first, second = stored(folder)
+    assert [(m.role, m.content) for m in first] == [("user", "hello"), ("assistant", "so far")]
+    assert [(m.role, m.content) for m in second] == [("user", "again"), ("assistant", "so far")]
+
+
+def test_fit_context_keeps_the_most_recent_messages_that_fit():
+    turns = [[3, 10, 11, 5], [4, 12, 5], [3, 13, 14, 15, 5]]   # role token, content, end
+    assert fit_context(turns, 100) == [3, 10, 11, 5, 4, 12, 5, 3, 13, 14, 15, 5]
+    assert fit_context(turns, 8) == [4, 12, 5, 3, 13, 14, 15, 5]
+    assert fit_context(turns, 7) == [3, 13, 14, 15, 5]            # an older message drops out whole
+    assert fit_context(turns, 3) == [3, 15, 5]                     # the newest alone is too long: its tail
+    assert fit_context([], 10) == []
+
+
+def test_read_message_joins_continued_lines_and_blocks():
+    def reader(*lines):
+        queue = iter(lines)
+        return lambda prompt: next(queue, None)
+    assert read_message(reader("plain", "next")) == "plain"
+    assert read_message(reader("a\\", "b\\", "c", "next")) == "a\nb\nc"
+    assert read_message(reader('"""', "x", "", "y\\", '"""', "next")) == "x\n\ny\\"
+    assert read_message(reader()) is None
+
+
+def kill_chat_when(folder: ModelFolder, text: str, ready) -> None:
+    """Start `nimllm chat` on piped input and SIGKILL it once ready(stdout so far) is true."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "nimllm.cli", "chat", "--model", str(folder.root), "--max-tokens",
+                             "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    proc.stdin.write(text)
+    proc.stdin.flush()
+    seen = ""
+    while not ready(seen):
+        seen += proc.stdout.read(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_mid_conversation_loses_nothing_and_is_learned_next_time(folder):
+    kill_chat_when(folder, "remember the lighthouse\n", lambda out: out.count("you> ") >= 2)
+    [messages] = stored(folder)
+    assert [m.content for m in messages][:1] == ["remember the lighthouse"] and len(messages) == 2
+    out = chat(folder, "/quit\n")
+    assert "remembering an earlier conversation" in out and "updated" in out
+    with Store(folder.store) as store:
+        assert store.unlearned() == [] and len(store.deltas()) == 1
+
+
+def test_killed_mid_update_keeps_the_weights_and_learns_again(folder):
+    from nimllm.memory import Memory
+    chat(folder, "first fact\n/quit\n")                    # one memory already there
+    before = [p.detach().clone() for p in Memory(folder, "cpu").model.parameters()]
+    kill_chat_when(folder, "second fact\n/quit\n", lambda out: "remembering this conversation..." in out)
+    time.sleep(0.1)
+    after = [p.detach().clone() for p in Memory(folder, "cpu").model.parameters()]
+    with Store(folder.store) as store:
+        learned = len(store.deltas())
+    if learned == 1:    # killed before the delta was recorded: the weights are exactly the old ones
+        assert all(a.equal(b) for a, b in zip(before, after))
+        assert "remembering an earlier conversation" in chat(folder, "/quit\n")
+    with Store(folder.store) as store:
+        assert store.unlearned() == [] and len(store.deltas()) == 2
+        assert [m.content for m in store.messages(store.conversations()[-2].id)][0] == "second fact"
+
+
+def test_memory_commands(folder):
+    chat(folder, "the boat is called Blue Heron\n/quit\n")
+    chat(folder, "the cat is called Miso\n/quit\n")
+    listing = run_cli("memory", "list", "--model", folder.root)
+    assert listing.returncode == 0 and "Blue Heron" in listing.stdout and "Miso" in listing.stdout
+    shown = run_cli("memory", "show", "1", "--model", folder.root)
+    assert "user: the boat is called Blue Heron" in shown.stdout and "weights" in shown.stdout
+    stats = run_cli("memory", "stats", "--model", folder.root)
+    assert "memories kept: 2" in stats.stdout and (folder.root / "memory.png").exists()
+    assert "forgot 1 memory" in run_cli("memory", "forget", "1", "--model", folder.root).stdout
+    assert "memories kept: 1" in run_cli("memory", "stats", "--model", folder.root).stdout
+    assert "forgot 1 memor" in run_cli("memory", "reset", "--model", folder.root).stdout
+    missing = run_cli("memory", "show", "99", "--model", folder.root)
+    assert missing.returncode == 1 and "no memory 99" in missing.stderr and "Traceback" not in missing.stderr
