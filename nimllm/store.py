@@ -162,8 +162,9 @@ class Store:
                 "INSERT INTO messages (conversation_id, role, content, created, meta) VALUES (?, ?, ?, ?, ?)",
                 (conversation_id, role, content, time.time(), None if meta is None else json.dumps(meta))).lastrowid
             if role == "user":
-                title = " ".join(content.split())[:60] or None
-                db.execute("UPDATE conversations SET title = ? WHERE id = ? AND title IS NULL", (title, conversation_id))
+                title = " ".join(content.split())[:60] or None   # one line; blank lines leave it to the next
+                db.execute("UPDATE conversations SET title = ? WHERE id = ? AND title IS NULL",
+                           (title, conversation_id))
         return message_id
 
     def set_feedback(self, message_id: int, feedback: str, fix: str | None = None) -> None:

@@ -78,12 +78,12 @@ def test_feedback_commands_and_multi_line_input(folder):
 
 
 def test_a_talk_longer_than_the_context(folder):
-    lines = [f"line {i}: " + "the quick brown fox jumps over the lazy dog " * 8 for i in range(30)]
-    lines.insert(10, "one enormous message " * 500)
-    out = chat(folder, "\n".join(lines) + "\n/quit\n", max_tokens=100)   # the tiny preset's context is 128
-    assert out.count("nimllm> ") == 31
+    lines = [f"line {i}: " + "the quick brown fox jumps over the lazy dog " * 4 for i in range(12)]
+    lines.insert(5, "one enormous message " * 100)
+    out = chat(folder, "\n".join(lines) + "\n/quit\n", max_tokens=60)   # the tiny preset's context is 128
+    assert out.count("nimllm> ") == 13
     [messages] = stored(folder)
-    assert [m.role for m in messages] == ["user", "assistant"] * 31
+    assert [m.role for m in messages] == ["user", "assistant"] * 13
 
 
 def test_remember_learns_and_starts_a_new_conversation(folder):
