@@ -31,3 +31,17 @@ def test_quality_bench_scores_the_shakespeare_split(tmp_path):
     run_bench("bench/quality.py", "--preset", "tiny", "--steps", "10", "--vocab-size", "300", "--out", out)
     row = json.loads(out.read_text())["rows"][0]
     assert row["val_chars"] == 111540 and 0 < row["val_bits_per_char"] < 8
+
+
+def test_memory_bench_teaches_and_scores_facts(tmp_path):
+    from conftest import real_text
+    (tmp_path / "corpus.txt").write_text(real_text(100_000))
+    run_bench("-m", "nimllm.cli", "train", tmp_path / "corpus.txt", "--model", tmp_path / "model",
+                    "--preset", "tiny", "--vocab-size", "300", "--steps", "5")
+    result = tmp_path / "memory.json"
+    run_bench("bench/memory.py", "--model", tmp_path / "model", "--k", "1", "2", "--variants", "mask+ewc", "full",
+              "--steps", "2", "--out", result)
+    rows = json.loads(result.read_text())["rows"]
+    assert [(r["variant"], r["k"]) for r in rows] == [("mask+ewc", 1), ("mask+ewc", 2), ("full", 1), ("full", 2)]
+    assert all(0 <= r["recall"] <= 1 and r["base_val_bpb"] > 0 for r in rows)
+    assert rows[2]["mask_fraction"] == 1.0 and rows[2]["ewc_lambda"] == 0.0
