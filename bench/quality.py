@@ -40,7 +40,8 @@ def score(folder: ModelFolder, rt) -> dict:
     model, cfg = checkpoint.load_model(folder, rt.device)
     val = TokenShards(folder.root / cfg["corpora"][0]["data"], "val")
     result = evaluate(model, val, rt, batch_size=64, max_tokens=None)
-    chars = len(SHAKESPEARE.read_text()) - int(len(SHAKESPEARE.read_text()) * 0.9)
+    n = len(SHAKESPEARE.read_text())
+    chars = n - int(n * 0.9)
     # bits per byte and per character coincide: the text is ASCII; say so if that ever changes
     assert val.num_bytes == chars, (val.num_bytes, chars)
     return {"val_bits_per_char": result["bpb"], "val_nats_per_char": result["bpb"] * math.log(2),
