@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  nimllm --train mybooks.txt       train (or resume) the default model\n"
                "  nimllm generate \"Once upon a time\"\n  nimllm --chat                     talk; it learns from it\n"
                "  nimllm memory list                what it learned, to show or forget\n  nimllm info\n"
+               "  nimllm eval notes.txt             bits per byte of the model on a text\n"
+               "  nimllm export --format hf DIR     for transformers (or --format gguf FILE for llama.cpp)\n"
                "model folders live in $NIMLLM_HOME/models (default ~/.nimllm/models)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     from nimllm import __version__
@@ -68,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("id", nargs="?", type=int, help="a memory id (from `nimllm memory list`)")
 
     command("info", "describe a model folder: shape, training progress, corpora, files")
+
+    ev = command("eval", "how well the model knows a text: bits per byte, loss per token and perplexity")
+    ev.add_argument("text", help="a file or folder of text (.txt, .md, code, .jsonl with a text field)")
+    ev.add_argument("--json", action="store_true", help="print the figures as one JSON object, for scripts")
+    ev.add_argument("--max-tokens", type=int, help="score only the first N tokens (default: all)")
+    ev.add_argument("--batch-size", type=int, default=8, help="windows scored at once (default 8)")
+
+    export = command("export", "write the model for transformers (--format hf, a folder) or for llama.cpp and "
+                               "Ollama (--format gguf, one file; ReLU² models only)")
+    export.add_argument("dest", help="the folder (hf) or file (gguf) to create")
+    export.add_argument("--format", choices=["hf", "gguf"], required=True)
+    export.add_argument("--outtype", choices=["f32", "f16", "q8_0"], default="f32",
+                        help="GGUF weight type (default f32; q8_0 is a quarter of the size)")
     return parser
 
 
@@ -172,7 +187,32 @@ def cmd_memory(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "info": cmd_info, "chat": cmd_chat, "memory": cmd_memory}
+def cmd_eval(args) -> int:
+    import json
+    from nimllm.config import ModelFolder
+    from nimllm.evaluate import evaluate_text
+    r = evaluate_text(ModelFolder.resolve(args.model), args.text, args.device, args.batch_size, args.max_tokens)
+    print(json.dumps(r) if args.json else
+          f"{r['bpb']:.4f} bits per byte | loss {r['loss']:.4f} per token | perplexity {r['perplexity']:.2f} | "
+          f"{r['tokens']:,} tokens, {r['bytes']:,} bytes of {r['text']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from nimllm import export
+    from nimllm.config import ModelFolder
+    folder = ModelFolder.resolve(args.model)
+    if args.format == "hf":
+        out = export.export_hf(folder, Path(args.dest))
+        print(f"wrote {out}: load it with transformers' AutoModelForCausalLM and AutoTokenizer.from_pretrained")
+    else:
+        out = export.export_gguf(folder, Path(args.dest), args.outtype)
+        print(f"wrote {out} ({args.outtype}): run it with llama.cpp (llama-cli -m {out}) or import it into Ollama")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "info": cmd_info, "chat": cmd_chat, "memory": cmd_memory,
+            "eval": cmd_eval, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,8 +162,11 @@ def batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
 # ---- evaluation --------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(model: GPT, shards: TokenShards, rt: Runtime, batch_size: int, max_tokens: int | None) -> dict:
-    """Mean loss per token over the first max_tokens of a split, and the same in bits per byte."""
+def evaluate(model: GPT, shards: TokenShards, rt: Runtime, batch_size: int, max_tokens: int | None,
+             progress=None) -> dict:
+    """Mean loss per token over the first max_tokens of a split, and the same in bits per byte.
+    Training's validation, book training's report and `nimllm eval` all score with this.
+    `progress(targets scored so far)` is called after each batch."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -173,6 +176,8 @@ def evaluate(model: GPT, shards: TokenShards, rt: Runtime, batch_size: int, max_
         total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.to(rt.device).flatten(),
                                                    reduction="sum").item()
         count += y.numel()
+        if progress:
+            progress(count)
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "bpb": loss / math.log(2) * shards.num_tokens / max(shards.num_bytes, 1)}

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nimllm.config import ModelConfig
-from nimllm.generate import KVCache, generate, sample_next
+from nimllm.generate import Decoder, KVCache, generate, generate_batch, sample_next, with_weights
 from nimllm.model import GPT
 
 
@@ -64,3 +64,68 @@ def test_top_k_and_top_p_restrict_choices():
     assert {int(sample_next(logits, 1.0, top_p=0.5, generator=g)) for _ in range(100)} == {0}
     assert {int(sample_next(logits, 1.0, top_p=0.8, generator=g)) for _ in range(300)} == {0, 1}
     assert int(sample_next(logits, 0.0)) == 0
+
+
+def collect(steps) -> list[list[int]]:
+    """generate_batch's per-step tokens, as one list per sequence."""
+    rows = None
+    for tokens in steps:
+        rows = rows or [[] for _ in tokens]
+        for row, token in zip(rows, tokens):
+            if token is not None:
+                row.append(token)
+    return rows
+
+
+def test_batched_decoding_equals_each_sequence_decoded_plainly():
+    model = small_model(block_size=24)
+    g = torch.Generator().manual_seed(1)
+    # prompts shorter than, equal to and longer than the context; 50 tokens take every one past it
+    prompts = [torch.randint(0, 40, (n,), generator=g).tolist() for n in (1, 9, 24, 31)]
+    plain = [list(generate(model, p, 50, temperature=0, use_cache=False)) for p in prompts]
+    assert collect(generate_batch(Decoder(model, batch_size=5), prompts, 50, temperature=0)) == plain
+    stop = plain[1][7]
+    stopped = collect(generate_batch(Decoder(model, batch_size=4), prompts, 50, temperature=0, stop_ids=[stop]))
+    assert stopped == [p[:p.index(stop)] if stop in p else p for p in plain]
+
+
+def assert_greedy(model, prompt, tokens, tie=0.0):
+    """`tokens` are the model's greedy continuation of `prompt` on the plain path (a full forward
+    over the sequence for each token), except at a near-tie: where the plain path's two best logits
+    are within `tie` (rounding in bf16 can order them either way), either may come, and the
+    sequences may part from there. Stays inside the context."""
+    ids = list(prompt)
+    for token in tokens:
+        with torch.no_grad():
+            best = model(torch.tensor([ids], device=next(model.parameters()).device))[0, -1].float().topk(2)
+        if token != best.indices[0]:
+            assert token == best.indices[1] and best.values[0] - best.values[1] <= tie, (ids, token, best)
+            return
+        ids.append(token)
+
+
+@pytest.mark.parametrize("weights, tolerance", [("float32", 1e-5), ("bfloat16", 3e-2), ("float16", 2e-3),
+                                                ("int8", 3e-2)])
+def test_every_weight_format_decodes_like_its_plain_path_and_stays_close(weights, tolerance):
+    model = small_model(block_size=64)
+    fast = with_weights(model, weights)
+    idx = torch.randint(0, 40, (2, 64), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference, logits = model(idx), fast(idx).float()
+    assert ((logits - reference).norm() / reference.norm()).item() < tolerance
+    prompts = [[3, 1, 4, 1, 5], [9, 2, 6]]
+    decoded = collect(generate_batch(Decoder(model, batch_size=2, weights=weights), prompts, 50, temperature=0))
+    tie = 0 if weights in ("float32", "float16") else 2 * tolerance * reference.abs().max().item()
+    for prompt, tokens in zip(prompts, decoded):
+        assert len(tokens) == 50
+        assert_greedy(fast, prompt, tokens, tie)
+
+
+def test_seeded_batched_sampling_is_reproducible():
+    model = small_model()
+    decoder = Decoder(model, batch_size=3)
+    a = collect(generate_batch(decoder, [[1], [2], [3]], 20, temperature=1.0, top_k=10, seed=5))
+    b = collect(generate_batch(decoder, [[1], [2], [3]], 20, temperature=1.0, top_k=10, seed=5))
+    assert a == b and len(set(map(tuple, a))) == 3
+    with pytest.raises(ValueError):
+        next(generate_batch(decoder, [[1]] * 4, 5))

@@ -1,0 +1,83 @@
+"""`nimllm eval`: how well a model knows a text, in bits per byte, loss per token and perplexity.
+
+The text is read the way training reads a corpus (a file, or every text file of a folder with
+binaries skipped, JSONL by its "text" fields, each document followed by <|endoftext|>) and scored
+by `train.evaluate`, the function behind training's validation and book training's before/after
+report: the same text gives the same figures here as there.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from nimllm.checkpoint import load_model
+from nimllm.config import ModelFolder, UserError
+from nimllm.data import Corpus, TokenShards, batched, named_like_binary
+from nimllm.tokenizer import Tokenizer
+from nimllm.train import Runtime, evaluate, pick_device
+
+
+class TextTokens(TokenShards):
+    """A tokenized text held in memory, read like a split of a prepared corpus."""
+
+    def __init__(self, ids: np.ndarray, num_bytes: int):
+        self.shards, self.starts = [ids], np.array([0, len(ids)])
+        self.num_tokens, self.num_bytes = len(ids), num_bytes
+
+
+def open_text(path: Path) -> Corpus:
+    """The corpus at path, with a one-line error for what cannot be evaluated."""
+    if not path.exists():
+        raise UserError(f"no such file or folder: {path}")
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(8192)
+        if not head:
+            raise UserError(f"{path} is empty: there is no text to evaluate")
+        if b"\0" in head or named_like_binary(path):
+            raise UserError(f"{path} is a binary file, not text")
+    try:
+        return Corpus(path)
+    except UserError:
+        raise UserError(f"{path} has no text files to evaluate") from None
+
+
+def tokenize_text(path: Path, tokenizer: Tokenizer, progress: Progress) -> TextTokens:
+    corpus = open_text(path)
+    task = progress.add_task("tokenizing", total=corpus.total_bytes)
+    chunks = (chunk for f in corpus.files
+              for chunk in (corpus.jsonl_chunks(f, lambda offset: "eval") if f.jsonl
+                            else corpus.file_chunks(f, lambda text: [("eval", text)])))
+    pieces, num_bytes = [], 0
+    for batch in batched(chunks):
+        for chunk, ids in zip(batch, tokenizer.encode_batch([c.text for c in batch])):
+            pieces.append(np.asarray(ids + [tokenizer.eot_id] if chunk.ends_document else ids, dtype=np.int32))
+            num_bytes += len(chunk.text.encode("utf-8"))
+        progress.update(task, completed=corpus.stats.bytes_read)
+    if not pieces:   # JSONL lines without a "text" string
+        raise UserError(f'{path} has no text to evaluate (JSONL lines need a "text" string)')
+    return TextTokens(np.concatenate(pieces), num_bytes)   # every document ends in <|endoftext|>: 2+ tokens
+
+
+def evaluate_text(folder: ModelFolder, path: str | Path, device: str | None = None, batch_size: int = 8,
+                  max_tokens: int | None = None) -> dict:
+    """Loss per token, perplexity and bits per byte of the model in `folder` on the text at `path`."""
+    path = Path(path).expanduser()
+    rt = Runtime(pick_device(device))
+    model, _ = load_model(folder, rt.device)
+    tokenizer = Tokenizer.load(folder.tokenizer)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
+        tokens = tokenize_text(path, tokenizer, progress)
+        targets = tokens.num_tokens - 1 if max_tokens is None else min(max_tokens, tokens.num_tokens - 1)
+        task = progress.add_task("scoring", total=targets)
+        result = evaluate(model, tokens, rt, batch_size, max_tokens,
+                          progress=lambda done: progress.update(task, completed=done))
+    return {"text": str(path), "model": str(folder.root), "tokens": targets, "bytes": tokens.num_bytes,
+            "loss": result["loss"], "perplexity": math.exp(result["loss"]), "bpb": result["bpb"]}
