@@ -4,9 +4,9 @@
 prefill (one sequence's window from position 0, causal attention) and step (one new token for
 every sequence, each at its own position, attending to what that sequence has cached). A step has
 the same shapes every time, which is what lets it be captured as a CUDA graph (compiled first, if
-asked) and replayed for ~1/10 of the launch cost. The same engine runs float32 weights, bf16
-weights, or int8 weights (a quarter of float32's memory traffic, what a CPU decoder waits for).
-`generate_batch` drives any number of sequences through it; `generate` is its one-sequence stream.
+asked) and replayed without Python launching each kernel. The same engine runs the weights in
+float32, bf16, float16 (fbgemm's CPU kernel: half the memory traffic, float32 arithmetic) or int8.
+`generate_batch` drives B sequences through it; `generate` is its one-sequence stream.
 
 When a sequence outgrows the model's context, its window jumps forward to keep the last half of
 the context and is prefilled again; the plain path (no cache) follows the same rule, so every path
@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nimllm.model import GPT, apply_rotary
 
@@ -124,10 +125,15 @@ def with_weights(model: GPT, weights: str) -> GPT:
     return fast
 
 
+# Prompts come in every length, and cuDNN (SDPA's first choice for bf16 on a GPU) plans each new
+# length afresh, which cost ~40 ms a step when decode steps still changed shape; the others do not
+PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 # ---- the engine --------------------------------------------------------------------------------
 
 class Decoder:
-    """Up to `batch_size` sequences decoded side by side from one preallocated KV cache.
+    """`batch_size` sequences decoded side by side from one preallocated KV cache.
 
     prefill(row, ids): a sequence's window from position 0 into its row; logits of its last token.
     step(tokens, positions): one token per row at that row's position; logits (B, V). A row that
@@ -144,7 +150,9 @@ class Decoder:
         linear = WEIGHTS[weights][1]
         self.head = linear(wte) if linear else partial(F.linear, weight=wte)   # tied to the embedding
         self.key_positions = torch.arange(self.cfg.block_size, device=self.device)
-        self.static = cuda_graph or compile      # attention always spans the whole cache
+        # attention spans the whole cache: shapes that never change let a step be a graph, and spare
+        # cuDNN (SDPA's choice on a GPU) from planning anew for every length
+        self.static = cuda_graph or compile or self.device.type == "cuda"
         self.run_step = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
         self.graph = self._capture() if cuda_graph else None
 
@@ -171,7 +179,8 @@ class Decoder:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
         idx = torch.tensor([ids], device=self.device)
-        x = self._layers(idx, self.model.rope_cos[:T], self.model.rope_sin[:T], attend)
+        with sdpa_kernel(PREFILL_ATTENTION):
+            x = self._layers(idx, self.model.rope_cos[:T], self.model.rope_sin[:T], attend)
         return self.head(x[0, -1:])[0]                                                   # (V,)
 
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
@@ -204,16 +213,19 @@ class Decoder:
         return graph
 
     @torch.no_grad()
-    def step(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        tokens_t = torch.tensor(tokens, device=self.device)
-        positions_t = torch.tensor(positions, device=self.device)
+    def step(self, tokens: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """tokens (B,) on the device, positions (B,) on the host -> logits (B, V). Queued without
+        waiting for the device: the positions travel from pinned memory."""
+        positions_t = torch.tensor(positions)
+        if self.device.type == "cuda":
+            positions_t = positions_t.pin_memory().to(self.device, non_blocking=True)
         if self.graph is not None:
-            self.graph_tokens.copy_(tokens_t)
+            self.graph_tokens.copy_(tokens)
             self.graph_positions.copy_(positions_t)
             self.graph.replay()
             return self.graph_logits
         length = self.cfg.block_size if self.static else max(positions) + 1
-        return self.run_step(tokens_t, positions_t, length)
+        return self.run_step(tokens, positions_t, length)
 
 
 def new_generator(device: torch.device, seed: int | None) -> torch.Generator:
@@ -225,44 +237,81 @@ def new_generator(device: torch.device, seed: int | None) -> torch.Generator:
     return generator
 
 
+class TokensToHost:
+    """Sampled tokens (B,) on their way to the host: the copy is queued now, and read() waits for it
+    alone, not for work queued on the device after it."""
+
+    def __init__(self, tokens: torch.Tensor):
+        self.tokens = tokens
+        self.host = tokens.to("cpu", non_blocking=True)      # from a GPU: into pinned memory
+        self.copied = None
+        if tokens.is_cuda:
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+
+    def read(self) -> list[int]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.host.tolist()
+
+
 @torch.no_grad()
-def generate_batch(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-           stop_ids: Sequence[int] = ()) -> Iterator[list[int | None]]:
+def generate_batch(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[list[int | None]]:
     """For each new position, every sequence's new token, or None once it has stopped. A sequence
-    stops at a stop id (not given) or after max_new_tokens; decoding ends when all have."""
+    stops at a stop id (not given) or after max_new_tokens; decoding ends when all have.
+
+    The device works one step ahead of Python: the step for token n + 1 is queued on the tokens n,
+    still on the device, before Python reads them, so Python's bookkeeping hides behind the GPU's
+    work. (A sequence that has just stopped costs that step, whose result is dropped.) Where a
+    sequence must be prefilled again, its tokens are read first."""
     B, block = len(prompts), decoder.cfg.block_size
-    if not B or B > decoder.batch_size or not all(prompts):
-        raise ValueError(f"decoding needs 1 to {decoder.batch_size} prompts of at least one token")
+    if B != decoder.batch_size or not all(prompts):
+        raise ValueError(f"this decoder takes {decoder.batch_size} prompts of at least one token")
     generator = new_generator(decoder.device, seed)
     ids = [list(p) for p in prompts]
     cached, live = [0] * B, [True] * B
-    idle = [0] * decoder.batch_size
-    for _ in range(max_new_tokens):
-        # a live sequence with an empty or full cache is prefilled (from its window), the others step
+
+    def step_live_rows(tokens: torch.Tensor) -> torch.Tensor:
+        positions = [cached[r] if live[r] else 0 for r in range(B)]   # a finished row writes harmlessly at 0
+        for r in range(B):
+            cached[r] += live[r]
+        return decoder.step(tokens, positions)
+
+    def logits_from_host() -> torch.Tensor:
+        """Live rows with an empty or full cache are prefilled from their window; the others step."""
         refill = [r for r in range(B) if live[r] and cached[r] in (0, block)]
-        stepping = [r for r in range(B) if live[r] and cached[r] not in (0, block)]
-        if stepping:
-            tokens, positions = idle.copy(), idle.copy()
-            for r in stepping:
-                tokens[r], positions[r] = ids[r][-1], cached[r]
-                cached[r] += 1
+        stepping = [live[r] and r not in refill for r in range(B)]
+        if any(stepping):
+            tokens = torch.tensor([ids[r][-1] if stepping[r] else 0 for r in range(B)], device=decoder.device)
+            positions = [cached[r] if stepping[r] else 0 for r in range(B)]
+            for r in range(B):
+                cached[r] += stepping[r]
             logits = decoder.step(tokens, positions)
         else:
-            logits = torch.zeros(decoder.batch_size, decoder.cfg.vocab_size, device=decoder.device,
-                                 dtype=decoder.cache.k.dtype)
+            logits = torch.zeros(B, decoder.cfg.vocab_size, device=decoder.device, dtype=decoder.cache.k.dtype)
         for r in refill:
             window = ids[r] if len(ids[r]) <= block else ids[r][-(block // 2):]
             logits[r] = decoder.prefill(r, window)
             cached[r] = len(window)
-        new = sample_next(logits[:B], temperature, top_k, top_p, generator).tolist()
+        return logits
+
+    logits = None
+    for n in range(max_new_tokens):
+        if logits is None:             # nothing queued ahead: the first token, or a sequence to prefill again
+            logits = logits_from_host()
+        new = TokensToHost(sample_next(logits, temperature, top_k, top_p, generator))
+        ahead = n + 1 < max_new_tokens and all(cached[r] < block for r in range(B) if live[r])
+        logits = step_live_rows(new.tokens) if ahead else None
+        tokens = new.read()
         for r in range(B):
-            live[r] = live[r] and new[r] not in stop_ids
+            live[r] = live[r] and tokens[r] not in stop_ids
             if live[r]:
-                ids[r].append(new[r])
+                ids[r].append(tokens[r])
         if not any(live):
             return
-        yield [token if alive else None for token, alive in zip(new, live)]
+        yield [token if alive else None for token, alive in zip(tokens, live)]
 
 
 @torch.no_grad()

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from conftest import run_cli
+from test_generate import assert_greedy, collect
 from nimllm import checkpoint
 from nimllm.config import ModelConfig, ModelFolder, TrainConfig
-from nimllm.generate import generate
+from nimllm.generate import Decoder, generate, generate_batch, with_weights
 from nimllm.model import GPT
 from nimllm.train import build_optimizer
 
@@ -73,3 +74,36 @@ def test_cuda_training_run_compiles_and_loads_on_cpu(corpus, home):
     assert list(generate(model, [1, 2, 3], 5, temperature=0))
     progress = checkpoint.read_progress(folder)
     assert progress["finished"] and progress["step"] == 60
+
+
+def peaked_model(cfg=CFG, dtype=torch.float32) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(cfg).cuda().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0 if p.dim() > 1 else 1.0)
+    return model.to(dtype)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graph_decoding_equals_the_plain_path_in_float32(compile):
+    model = peaked_model()
+    prompts = [torch.randint(0, 512, (n,)).tolist() for n in (5, 40, 64, 90)]   # 90 > the context of 64
+    decoder = Decoder(model, batch_size=4, cuda_graph=True, compile=compile)
+    plain = [list(generate(model, p, 100, temperature=0, use_cache=False)) for p in prompts]
+    assert collect(generate_batch(decoder, prompts, 100, temperature=0)) == plain
+    single = Decoder(model, batch_size=1, cuda_graph=True, compile=compile)
+    assert list(generate(model, prompts[2], 100, temperature=0, decoder=single)) == plain[2]
+
+
+def test_compiled_cuda_graph_decoding_in_bf16_follows_the_bf16_plain_path():
+    model = peaked_model()
+    fast = with_weights(model, "bfloat16")
+    prompts = [torch.randint(0, 512, (n,)).tolist() for n in (3, 17, 8, 30, 1, 12, 6, 9)]
+    decoded = collect(generate_batch(Decoder(model, 8, "bfloat16", cuda_graph=True, compile=True), prompts, 30,
+                                     temperature=0))
+    with torch.no_grad():
+        scale = fast(torch.tensor([prompts[1]], device="cuda")).float().abs().max().item()
+    for prompt, tokens in zip(prompts, decoded):
+        assert len(tokens) == 30
+        assert_greedy(fast, prompt, tokens, tie=0.06 * scale)
