@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-FLAG_FORMS = {"--train": "train", "--chat": "chat"}   # the seed's flag spelling of each subcommand
+FLAG_FORMS = {"--train": "train", "--chat": "chat", "--agent": "agent"}   # the seed's flag spelling of each subcommand
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nimllm", description="Train a language model of your own, from scratch, on your own text.",
         epilog="examples:\n  nimllm --train mybooks.txt       train (or resume) the default model\n"
                "  nimllm generate \"Once upon a time\"\n  nimllm --chat                     talk; it learns from it\n"
+               "  nimllm --agent                    a model with hands: shell commands in a sandbox\n"
                "  nimllm memory list                what it learned, to show or forget\n  nimllm info\n"
                "  nimllm eval notes.txt             bits per byte of the model on a text\n"
                "  nimllm export --format hf DIR     for transformers (or --format gguf FILE for llama.cpp)\n"
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dropout", type=float, help="dropout of a new model (default: the preset's)")
     train.add_argument("--seed", type=int)
     train.add_argument("--fresh", action="store_true", help="start over: discard this model and train a new one")
+    train.add_argument("--agent-skills", nargs="?", type=int, const=5000, metavar="N",
+                       help="mix N episodes of everyday shell tasks, run for real, into the corpus (default 5000), "
+                            "so that the model learns to use tools in `nimllm --agent`")
 
     def sampling_options(p, temperature):
         p.add_argument("--max-tokens", type=int, default=200)
@@ -64,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help="the text to continue")
     sampling_options(gen, 0.8)
     sampling_options(command("chat", "talk with the model; after each conversation it retrains itself on it"), 0.7)
+
+    agent = command("agent", "a model with hands: it plans shell commands for your requests, runs them in a sandbox "
+                             "once you say yes, answers, and learns the tasks you approve")
+    sampling_options(agent, 0.0)
+    agent.set_defaults(max_tokens=64)
+    agent.add_argument("--folder", default=".", help="the working folder, the only one commands may write "
+                                                     "(default: the current folder)")
+    agent.add_argument("--yes", action="store_true", help="run commands without asking; refused unless the "
+                                                          "sandbox works (destructive commands are refused anyway)")
+    agent.add_argument("--max-steps", type=int, default=5, help="commands per task before it stops (default 5)")
+    agent.add_argument("--timeout", type=_duration, default=10.0, help="time limit of each command (default 10s)")
 
     mem = command("memory", "what the model learned from conversations: list, show ID, forget ID, reset, stats")
     mem.add_argument("action", choices=["list", "show", "forget", "reset", "stats"])
@@ -105,10 +120,13 @@ def normalize_argv(argv: list[str]) -> list[str]:
 def cmd_train(args) -> int:
     from nimllm.config import ModelFolder
     from nimllm.data import default_corpus
+    from nimllm.skills import corpus_for
     from nimllm.train import run_training
     corpus = Path(args.corpus) if args.corpus else default_corpus()
+    folder = ModelFolder.resolve(args.model)
+    mix_in = [corpus_for(folder.root, args.agent_skills)] if args.agent_skills else []
     summary = run_training(
-        corpus, ModelFolder.resolve(args.model), preset=args.preset, steps=args.steps, time_budget=args.time,
+        corpus, folder, preset=args.preset, mix_in=mix_in, steps=args.steps, time_budget=args.time,
         model_overrides={"activation": args.activation, "dropout": args.dropout},
         train_overrides={"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "lr": args.lr,
                          "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
@@ -153,6 +171,14 @@ def cmd_chat(args) -> int:
     return run_chat(ModelFolder.resolve(args.model), args.device,
                     {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
                      "top_p": args.top_p, "seed": args.seed})
+
+
+def cmd_agent(args) -> int:
+    from nimllm.agent import run_agent
+    from nimllm.config import ModelFolder
+    return run_agent(ModelFolder.resolve(args.model), Path(args.folder), args.device,
+                     {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
+                      "top_p": args.top_p, "seed": args.seed}, args.yes, args.max_steps, args.timeout)
 
 
 def cmd_memory(args) -> int:
@@ -211,7 +237,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "info": cmd_info, "chat": cmd_chat, "memory": cmd_memory,
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "info": cmd_info, "chat": cmd_chat, "agent": cmd_agent,
+            "memory": cmd_memory,
             "eval": cmd_eval, "export": cmd_export}
 
 

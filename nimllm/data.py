@@ -19,7 +19,7 @@ import sys
 import sysconfig
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -29,7 +29,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from nimllm.config import UserError
 from nimllm.fileio import atomic_write
-from nimllm.tokenizer import Tokenizer
+from nimllm.tokenizer import Tokenizer, json_messages
 
 BLOCK_BYTES = 1 << 20      # a file is read in pieces of about this size, cut after a newline
 SHARD_TOKENS = 1 << 28     # at most 256M tokens per shard file
@@ -78,6 +78,7 @@ class Chunk(NamedTuple):
     split: str                        # "train" or "val"
     text: str                         # a document, or a piece of one of about BLOCK_BYTES
     ends_document: bool               # an end-of-text token follows this chunk
+    messages: list | None = None      # a conversation (JSONL "messages"), rendered with the chat template
 
 
 def decode_utf8(data: bytes) -> tuple[str, int]:
@@ -154,7 +155,9 @@ def walk_corpus(root: Path) -> list[tuple[Path, str]]:
 
 def corpus_fingerprint(path: str | Path) -> str:
     """A short hash of the corpus files' names, sizes and modification times: it changes when the
-    corpus does, without reading a byte of it."""
+    corpus does, without reading a byte of it. Of several corpora, a hash of theirs."""
+    if isinstance(path, list):
+        return hashlib.sha256(" ".join(map(corpus_fingerprint, path)).encode()).hexdigest()[:16]
     digest = hashlib.sha256()
     for file, rel in walk_corpus(Path(path).expanduser()):
         if named_like_binary(file):
@@ -276,7 +279,12 @@ class Corpus:
                     record = json.loads(text)
                 except ValueError:
                     record = None
-                if not (isinstance(record, dict) and isinstance(record.get("text"), str)):
+                messages = conversation(record)
+                if messages:
+                    self.stats.documents += 1
+                    text = "\n".join(content for _, content in messages)
+                    yield Chunk(split, LONE_SURROGATE.sub("\ufffd", text), ends_document=True, messages=messages)
+                elif not (isinstance(record, dict) and isinstance(record.get("text"), str)):
                     self.stats.skipped_lines += 1
                 elif record["text"]:
                     self.stats.documents += 1
@@ -284,12 +292,42 @@ class Corpus:
         self.stats.files_with_replaced_bytes += self.stats.replaced_bytes > replaced_before
 
 
+def conversation(record) -> list[tuple[str, str]] | None:
+    """The messages of a JSONL record {"messages": [{"role": ..., "content": ...}, ...]}, or None."""
+    try:
+        return json_messages(record["messages"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+class Corpora:
+    """Several corpora read as one (a user's text and the agent skills, say), each split its own way."""
+
+    def __init__(self, paths: list, val_fraction: float = 0.1):
+        self.parts = [Corpus(p, val_fraction) for p in paths]
+        self.root = self.parts[0].root
+        self.total_bytes = sum(c.total_bytes for c in self.parts)
+
+    @property
+    def stats(self) -> CorpusStats:
+        return CorpusStats(*(sum(getattr(c.stats, f.name) for c in self.parts) for f in fields(CorpusStats)))
+
+    def chunks(self) -> Iterator[Chunk]:
+        for corpus in self.parts:
+            yield from corpus.chunks()
+
+
+def open_corpus(path, val_fraction: float = 0.1) -> Corpus | Corpora:
+    """A path is one corpus; a list of paths, several read as one."""
+    return Corpora(path, val_fraction) if isinstance(path, list) else Corpus(path, val_fraction)
+
+
 def iter_texts_for_tokenizer(path: str | Path, max_bytes: int = 50_000_000,
                              val_fraction: float = 0.1) -> Iterator[str]:
     """The start of the training split, up to about max_bytes: enough to learn a vocabulary from,
     and quick even for a huge corpus."""
     seen = 0
-    for chunk in Corpus(path, val_fraction).chunks():
+    for chunk in open_corpus(path, val_fraction).chunks():
         if chunk.split == "train":
             yield chunk.text
             seen += len(chunk.text.encode("utf-8"))
@@ -376,7 +414,7 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
                    *, block_size: int, quiet: bool = False, shard_tokens: int = SHARD_TOKENS) -> CorpusInfo:
     """Tokenize a corpus into train_*.bin and val_*.bin shards and meta.json in out_dir. The
     folder appears complete or not at all: it is built beside out_dir and renamed into place."""
-    corpus = Corpus(path, val_fraction)
+    corpus = open_corpus(path, val_fraction)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
@@ -386,6 +424,8 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
         with bytes_progress(corpus.total_bytes, quiet) as show:
             for batch in batched(corpus.chunks()):
                 for chunk, ids in zip(batch, tokenizer.encode_batch([c.text for c in batch])):
+                    if chunk.messages:
+                        ids = tokenizer.render_conversation(chunk.messages)[0]
                     writer = writers[chunk.split]
                     writer.write(ids + [tokenizer.eot_id] if chunk.ends_document else ids)
                     writer.info.bytes += len(chunk.text.encode("utf-8"))
@@ -401,7 +441,7 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
                             f"{block_size + 1} for one context window of {block_size}")
         if val.tokens < 2:
             raise UserError(f"corpus too short: {val.tokens} validation tokens, need at least 2")
-        info = CorpusInfo(str(corpus.root.resolve()), corpus_fingerprint(corpus.root), dtype.name,
+        info = CorpusInfo(str(corpus.root.resolve()), corpus_fingerprint(path), dtype.name,
                           tokenizer.vocab_size, val_fraction, train, val, corpus.stats)
         atomic_write(build / "meta.json", json.dumps(asdict(info), indent=2).encode())
         if out_dir.exists():

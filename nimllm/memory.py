@@ -105,12 +105,19 @@ def load_delta(path: Path) -> Delta:
 # ---- turning a conversation into training text -------------------------------------------------
 
 def conversation_messages(messages) -> list[tuple[str, str]]:
-    """What is learned from stored messages: a bad answer is left out, a fixed one replaced."""
-    kept = []
-    for m in messages:
-        if m.role == "assistant" and m.feedback == "bad":
-            continue
-        kept.append((m.role, m.fix if m.feedback == "fix" and m.fix else m.content))
+    """What is learned from stored messages: a bad answer is left out, a fixed one replaced. An agent's
+    command (meta "tool_call") is a ("tool_call", command) message, and a bad one takes its output with
+    it; an agent's task (meta "agent" on its request) is learned only once the user approved it (/good)
+    or corrected it (/fix, an edited command): a wrong command learned would be run again."""
+    calls = [bool((m.meta or {}).get("tool_call")) for m in messages]
+    agent = any(calls) or any((m.meta or {}).get("agent") for m in messages)
+    if agent and not any(m.feedback in ("good", "fix") for m in messages):
+        return []
+    kept, dropped = [], False
+    for m, call in zip(messages, calls):
+        dropped = (m.role == "assistant" and m.feedback == "bad") or (m.role == "tool" and dropped)
+        if not dropped:
+            kept.append(("tool_call" if call else m.role, m.fix if m.feedback == "fix" and m.fix else m.content))
     return kept
 
 

@@ -28,7 +28,19 @@ SPECIAL_TOKENS = [
     "<|/tool_result|>",
     *(f"<|reserved_{i}|>" for i in range(6)),
 ]
-ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>", "tool": "<|tool_result|>"}
+ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>", "tool": "<|tool_result|>",
+               "tool_call": "<|assistant|>"}   # a tool call is an assistant turn spent on running something
+
+
+def json_messages(value) -> list[tuple[str, str]]:
+    """A conversation stored as JSON, a list of {"role": ..., "content": ...} objects, as the
+    (role, content) messages render_conversation takes; ValueError if it is anything else."""
+    if not isinstance(value, list) or not value:
+        raise ValueError("messages must be a non-empty list")
+    messages = [(m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None) for m in value]
+    if any(role not in ROLE_TOKENS or not isinstance(content, str) for role, content in messages):
+        raise ValueError('each message must be {"role": ..., "content": "..."} with a known role')
+    return messages
 
 
 class Tokenizer:
@@ -80,13 +92,19 @@ class Tokenizer:
     def render_conversation(self, messages: list[tuple[str, str]],
                             add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
         """The chat template: `<|role|>content<|end|>` per message, then `<|assistant|>` when the model
-        is to answer. Returns ids and a loss mask that is 1 on what was said (content and its
-        closing `<|end|>`, by anyone: a user's statement is what memory learns) and 0 on role tokens."""
+        is to answer. Tools: a ("tool_call", command) message is the assistant's turn spent on a call,
+        `<|assistant|><|tool_call|>command<|/tool_call|>`, and ("tool", output) brings back what it
+        printed, `<|tool_result|>output<|end|>` (several calls are several such pairs). Returns ids and
+        a loss mask that is 1 on what was said (content and its closing token, by anyone but a tool: a
+        user's statement is what memory learns, a command's output is not the model's to predict) and
+        0 on role tokens and tool output."""
         ids, mask = [], []
         for role, content in messages:
             said = self.encode(content) + [self.special("<|end|>")]
+            if role == "tool_call":
+                said = [self.special("<|tool_call|>")] + said[:-1] + [self.special("<|/tool_call|>")]
             ids += [self.special(ROLE_TOKENS[role])] + said
-            mask += [0] + [1] * len(said)
+            mask += [0] + [int(role != "tool")] * len(said)
         if add_generation_prompt:
             ids.append(self.special("<|assistant|>"))
             mask.append(0)

@@ -265,15 +265,17 @@ class StopRequest:
 def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, model_overrides: dict | None = None,
                  train_overrides: dict | None = None, steps: int | None = None, time_budget: float | None = None,
                  vocab_size: int = 8192, fresh: bool = False, device: str | None = None,
-                 log=print) -> dict:
-    """Train (or resume, or continue) the model in `folder` on `corpus`. Returns a summary dict;
-    'interrupted' is True when Ctrl-C stopped it (the checkpoint is saved and resumable)."""
+                 log=print, mix_in: list[Path] = ()) -> dict:
+    """Train (or resume, or continue) the model in `folder` on `corpus`, with the corpora `mix_in`
+    (the agent skills) read as part of it. Returns a summary dict; 'interrupted' is True when Ctrl-C
+    stopped it (the checkpoint is saved and resumable)."""
     rt = setup_runtime(device)
     log = log if rt.is_main else (lambda *a, **k: None)
     corpus = Path(corpus).expanduser()
     if not corpus.exists():
         raise UserError(f"no such file or folder: {corpus}")
-    fingerprint = corpus_fingerprint(corpus)
+    sources = [corpus, *map(Path, mix_in)] if mix_in else corpus
+    fingerprint = corpus_fingerprint(sources)
     action = plan(folder, fingerprint, fresh)
     if action == "done":
         progress = checkpoint.read_progress(folder)
@@ -293,7 +295,7 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
                 clear_for_fresh_start(folder)
             folder.root.mkdir(parents=True, exist_ok=True)
             log(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {corpus} ...")
-            Tokenizer.train(iter_texts_for_tokenizer(corpus), vocab_size=vocab_size).save(folder.tokenizer)
+            Tokenizer.train(iter_texts_for_tokenizer(sources), vocab_size=vocab_size).save(folder.tokenizer)
     else:
         saved = checkpoint.load_config(folder)
         preset, model_cfg, corpora = saved["preset"], saved["model"], saved["corpora"]
@@ -305,13 +307,13 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
     data_dir = folder.data / fingerprint
     if rt.is_main and not (data_dir / "meta.json").exists():
         log(f"tokenizing {corpus} ...")
-        report_corpus(prepare_corpus(corpus, tokenizer, data_dir, block_size=model_cfg.block_size), log)
+        report_corpus(prepare_corpus(sources, tokenizer, data_dir, block_size=model_cfg.block_size), log)
     rt.barrier()
     train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     if action != "resume":
         corpora = [c for c in corpora if c["fingerprint"] != fingerprint]
         corpora.append({"path": str(corpus.resolve()), "fingerprint": fingerprint, "data": f"data/{fingerprint}",
-                        "tokens": train_shards.num_tokens})
+                        "tokens": train_shards.num_tokens, **({"mixed_in": list(map(str, mix_in))} if mix_in else {})})
     if tcfg.low_memory:
         tcfg = replace(tcfg, grad_accum=1)
         if rt.world_size > 1:

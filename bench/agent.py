@@ -1,0 +1,150 @@
+"""How often does the agent do what was asked? Tasks in fresh scratch folders, each checked against
+the folder itself, before and after the model learns from its own successful episodes.
+
+    python3 bench/agent.py --model ~/.nimllm/models/agent-10m --per-group 40 --learn 60 \
+        --out bench/results/agent_10m_cpu.json
+
+Three groups of tasks, each a request, a new scratch folder of random names (nimllm/skills.py) and a
+check: the expected text in the final answer, or in what was shown (a command's output), or the
+files as asked. "trained" asks the kinds and phrasings the agent-skill corpus teaches (about folders
+it never saw), "held-out phrasings" the same kinds in words the corpus never uses, "held-out kinds"
+tasks of kinds it never has. The agent runs as `nimllm --agent --yes` would (sandboxed, greedy);
+then it works through a separate learning set of the same groups, every success is approved and
+learned exactly as /good does, and the first three groups are asked again.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from nimllm import skills  # noqa: E402
+from nimllm.agent import Agent  # noqa: E402
+from nimllm.config import ModelFolder  # noqa: E402
+from nimllm.memory import Memory  # noqa: E402
+from nimllm.sandbox import Sandbox  # noqa: E402
+
+GROUPS = ("trained", "held-out phrasings", "held-out kinds")
+
+
+def make_tasks(group: str, n: int, seed: int, parent: Path) -> list[tuple[skills.Task, skills.Scratch]]:
+    """n tasks of a group, each with a scratch folder of its own, spread evenly over the kinds."""
+    trained = [k for k in skills.KINDS.values() if k.trained_kind]
+    kinds = [k for k in skills.KINDS.values() if not k.trained_kind] if group == "held-out kinds" else trained
+    rng, made = random.Random(seed), []
+    while len(made) < n:
+        kind = kinds[len(made) % len(kinds)]
+        scratch = skills.make_scratch(rng, parent)
+        task = skills.make_task(kind, rng, scratch, held_out_phrasing=group != "trained")
+        if task:
+            made.append((task, scratch))
+        else:
+            shutil.rmtree(scratch.root)
+    return made
+
+
+def attempt(mem: Memory, task: skills.Task, scratch: skills.Scratch, max_steps: int, learn: bool) -> dict:
+    """Run the agent on one task and check the outcome; with `learn`, a success is approved and learned."""
+    sandbox = Sandbox(scratch.root)
+    expected = None if task.kind.check == "files" else task.expected(sandbox.run(task.command).output)
+    transcript = io.StringIO()
+    agent = Agent(mem, sandbox, {"temperature": 0.0, "top_k": None, "top_p": None, "max_tokens": 48, "seed": 0},
+                  read_line=lambda prompt: None, out=transcript, yes=True, max_steps=max_steps)
+    start = time.time()
+    answer = agent.do(task.request) or ""
+    messages = mem.store.messages(agent.task)
+    calls = [m.content for m in messages if (m.meta or {}).get("tool_call")]
+    shown = "\n".join((m.meta or {}).get("output", "") for m in messages if m.role == "tool")
+    if task.kind.check == "files":
+        success = task.kind.files(scratch.root, task.values)
+    else:
+        seen = answer if task.kind.check == "answer" else answer + "\n" + shown
+        success = bool(expected) and expected.lower() in seen.lower()
+    if learn and success:
+        mem.store.set_feedback(messages[-1].id, "good")
+    agent.close_task()
+    shutil.rmtree(scratch.root)
+    return {"kind": task.kind.name, "request": task.request, "reference": task.command, "expected": expected,
+            "commands": calls, "answer": answer, "success": success, "ran_command": bool(calls),
+            "right_command": task.command in calls, "well_formed": "could not be read" not in transcript.getvalue(),
+            "seconds": round(time.time() - start, 2)}
+
+
+def summary(rows: list[dict]) -> dict:
+    n = max(len(rows), 1)
+    return {"tasks": len(rows), "success": sum(r["success"] for r in rows) / n,
+            "well_formed": sum(r["well_formed"] for r in rows) / n, "ran_command": sum(r["ran_command"] for r in rows) / n,
+            "right_command": sum(r["right_command"] for r in rows) / n,
+            "by_kind": {k: sum(r["success"] for r in rows if r["kind"] == k) / sum(r["kind"] == k for r in rows)
+                        for k in sorted({r["kind"] for r in rows})}}
+
+
+def evaluate(mem: Memory, args, seed: int, parent: Path, learn: bool = False) -> dict[str, list[dict]]:
+    results = {}
+    for i, group in enumerate(GROUPS):
+        n = args.learn // len(GROUPS) if learn else args.per_group
+        results[group] = [attempt(mem, task, scratch, args.max_steps, learn)
+                          for task, scratch in make_tasks(group, n, seed + 1000 * i, parent)]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a model folder (it is copied: the bench learns in the copy)")
+    parser.add_argument("--per-group", type=int, default=40, help="test tasks per group")
+    parser.add_argument("--learn", type=int, default=60, help="tasks of the learning set, over the three groups")
+    parser.add_argument("--max-steps", type=int, default=3)
+    parser.add_argument("--device")
+    parser.add_argument("--seed", type=int, default=20_000_000, help="far from the corpus's folder seeds")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/agent.json"))
+    args = parser.parse_args()
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="nimllm-agent-bench-") as tmp:
+        tmp = Path(tmp)
+        shutil.copytree(Path(args.model).expanduser(), tmp / "model", ignore=shutil.ignore_patterns(   # the base model
+            "agent-skills", "train_state.safetensors", "memory", "conversations.sqlite*"))
+        if not Sandbox(tmp).active:
+            sys.exit(f"the agent bench runs model-written commands, so it needs the sandbox: {Sandbox(tmp).reason}")
+        mem = Memory(ModelFolder(tmp / "model"), args.device)
+        (tmp / "work").mkdir()
+        before = evaluate(mem, args, args.seed, tmp / "work")
+        start = time.time()
+        learning = evaluate(mem, args, args.seed + 500_000, tmp / "work", learn=True)
+        learn_seconds = time.time() - start
+        after = evaluate(mem, args, args.seed, tmp / "work")
+        learned = len(mem.store.deltas())
+    result = {"model": str(args.model), "preset": mem.config.get("preset"), "device": str(mem.device),
+              "params": sum(p.numel() for p in mem.model.parameters()), "args": {k: str(v) for k, v in vars(args).items()},
+              "episodes_learned": learned, "learning_seconds": round(learn_seconds, 1),
+              "groups": {g: {"before": summary(before[g]), "after": summary(after[g]),
+                             "learning_set": summary(learning[g])} for g in GROUPS},
+              "tasks": {"before": before, "learning": learning, "after": after}}
+    table = Table("group", "tasks", "success before", "success after", "well-formed turns", "ran a command",
+                  "ran the reference command",
+                  title=f"agent tasks: {args.model} ({result['preset']}, {result['device']}), "
+                        f"{learned} successful episodes learned in between")
+    for g in GROUPS:
+        b, a = result["groups"][g]["before"], result["groups"][g]["after"]
+        table.add_row(g, str(b["tasks"]), f"{b['success']:.1%}", f"{a['success']:.1%}",
+                      f"{b['well_formed']:.0%} -> {a['well_formed']:.0%}",
+                      f"{b['ran_command']:.0%} -> {a['ran_command']:.0%}",
+                      f"{b['right_command']:.0%} -> {a['right_command']:.0%}")
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

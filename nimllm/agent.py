@@ -1,0 +1,317 @@
+"""`nimllm --agent`: a local model with hands. It reads a request, plans a shell command, runs it in a
+sandbox once the user says yes, reads what it printed, answers, and learns the tasks the user approves.
+
+A turn of the model is either a call, `<|tool_call|>command<|/tool_call|>`, or an answer ending in
+`<|end|>` (nimllm/tokenizer.py's template). Each call is checked (nimllm/shell.py), confirmed,
+run (nimllm/sandbox.py), and what it printed goes back as a tool message, trimmed, with its exit
+code; the model goes on until it answers or reaches the step limit. Every task is one stored
+conversation of kind "agent"; /good, /bad and /fix rate it, and an approved one is learned when it
+closes (nimllm/memory.py learns only approved tasks that ran commands).
+"""
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+from nimllm import shell
+from nimllm.config import ModelFolder, UserError
+from nimllm.generate import generate
+from nimllm.memory import Memory, conversation_messages
+from nimllm.sandbox import Limits, Sandbox, trim, visible
+
+PROMPT, REPLY, PLAN = "you> ", "nimllm> ", "nimllm plans: "
+HELP = """commands:
+  /good            the last task went well: it will be learned
+  /bad             it went wrong: it will not be learned
+  /fix COMMAND     the command that should have run: it runs (once you say yes) and is learned instead
+  /trust           run read-only commands without asking from now on (only with the sandbox)
+  /quit            end (also Ctrl-D); approved tasks are learned as they close
+when a command is planned: y runs it, n skips it and ends the task, e lets you edit it first,
+a runs it and trusts read-only commands from now on (with the sandbox)"""
+
+
+class Turn(NamedTuple):
+    """What one turn of the model means."""
+    kind: str          # "call", "answer" or "malformed"
+    text: str          # the command, the answer, or what was wrong
+
+
+def parse_turn(tokenizer, ids: list[int]) -> Turn:
+    """Read the tokens of one turn: `<|tool_call|>command<|/tool_call|>` (text before it is let go),
+    `answer<|end|>`, or anything else as malformed: other special tokens, an empty command or
+    answer, or no closing token before the token limit."""
+    call, close, end = (tokenizer.special(t) for t in ("<|tool_call|>", "<|/tool_call|>", "<|end|>"))
+    specials = [i for i in ids if i < len(tokenizer.special_ids)]
+    if call in ids:
+        body = ids[ids.index(call) + 1:]
+        if not body or body[-1] != close:
+            return Turn("malformed", "a command with no end")
+        if any(i < len(tokenizer.special_ids) for i in body[:-1]):
+            return Turn("malformed", "a special token inside a command")
+        command = tokenizer.decode(body[:-1]).strip()
+        return Turn("call", command) if command else Turn("malformed", "an empty command")
+    if not ids or ids[-1] not in (end, tokenizer.eot_id):
+        return Turn("malformed", "no end before the token limit")
+    if specials != [ids[-1]]:
+        return Turn("malformed", "a stray special token")
+    answer = tokenizer.decode(ids[:-1]).strip()
+    return Turn("answer", answer) if answer else Turn("malformed", "an empty answer")
+
+
+def fit(ids: list[int], budget: int, keep: int) -> list[int]:
+    """The prompt within budget tokens: its first `keep` tokens (the request) and as much of the
+    end as fits; a request longer than the budget keeps its end."""
+    if len(ids) <= budget:
+        return ids
+    keep = min(keep, budget // 2)
+    return ids[:keep] + ids[len(ids) - (budget - keep):]
+
+
+class Agent:
+    """One agent session: the model, the sandbox, the store, the user's answers."""
+
+    def __init__(self, mem: Memory, sandbox: Sandbox, sampling: dict, read_line, out, yes: bool = False,
+                 max_steps: int = 5, retries: int = 2):
+        self.mem, self.sandbox, self.sampling, self.read_line, self.out = mem, sandbox, sampling, read_line, out
+        self.yes, self.trusted, self.max_steps, self.retries = yes, False, max_steps, retries
+        self.tokenizer, self.store = mem.tokenizer, mem.store
+        self.task: int | None = None              # the stored conversation of the current task
+        self.last_model_message: int | None = None
+
+    def say(self, *text, end="\n") -> None:
+        print(*text, end=end, file=self.out, flush=True)
+
+    # ---- one task ------------------------------------------------------------------------------
+
+    def do(self, request: str) -> str | None:
+        """Work on a new request; the answer, or None when the task ended without one."""
+        self.close_task()
+        self.task = self.store.start_conversation(kind="agent")
+        self.store.add_message(self.task, "user", request, {"agent": True})
+        return self.work([("user", request)])
+
+    def work(self, messages: list[tuple[str, str]]) -> str | None:
+        """Turns of the model until it answers, its output cannot be read, the user says no to a
+        command, or the step limit."""
+        for _ in range(self.max_steps):
+            turn = self.next_turn(messages)
+            if turn.kind == "malformed":
+                self.say(f"{REPLY}[the model's output could not be read as a command or an answer: {turn.text}]")
+                return None
+            if turn.kind == "answer":
+                self.last_model_message = self.store.add_message(self.task, "assistant", turn.text)
+                self.say(f"{REPLY}{visible(turn.text.encode())}")
+                return turn.text
+            if not self.call(turn.text, messages):
+                return None
+        self.say(f"{REPLY}[stopped after {self.max_steps} steps without an answer]")
+        return None
+
+    def fix(self, command: str) -> str | None:
+        """/fix: the task's commands and answer so far are let go, the user's command runs (once
+        confirmed) as the task's first step, and the model answers from what it really printed."""
+        stored = self.store.messages(self.task)
+        for m in stored:
+            if m.role == "assistant" and m.feedback is None:
+                self.store.set_feedback(m.id, "bad")
+        messages = [("user", stored[0].content)]
+        if not self.call(command, messages, fixed=True):
+            return None
+        return self.work(messages)
+
+    def next_turn(self, messages: list[tuple[str, str]]) -> Turn:
+        """The model's next turn; a malformed one is asked again with more randomness, a few times."""
+        tok, s = self.tokenizer, self.sampling
+        ids, _ = tok.render_conversation(messages, add_generation_prompt=True)
+        request = len(tok.render_conversation(messages[:1])[0])
+        prompt = fit(ids, self.mem.model.cfg.block_size - s["max_tokens"], request)
+        stops = {tok.special("<|/tool_call|>"), tok.special("<|end|>"), tok.eot_id}
+        for attempt in range(self.retries + 1):
+            temperature = s["temperature"] if attempt == 0 else max(s["temperature"], 0.8)
+            seed = None if s["seed"] is None else s["seed"] + attempt
+            out = []
+            for token in generate(self.mem.model, prompt, s["max_tokens"], temperature, s["top_k"], s["top_p"], seed):
+                out.append(token)
+                if token in stops:
+                    break
+            turn = parse_turn(tok, out)
+            if turn.kind != "malformed":
+                break
+        return turn
+
+    def call(self, command: str, messages: list[tuple[str, str]], fixed: bool = False) -> bool:
+        """Show a planned command (or the user's, `fixed`), check it, ask, run it, and put what it
+        printed in the context. False when the task ends here (refused /fix, or the user said no)."""
+        self.say(f"{PLAN}{visible(command.encode())}")
+        refused = shell.refusal(command, self.sandbox.folder)
+        if refused:
+            self.record(command, f"[refused: {refused}]", {"refused": refused}, bad=True)
+            self.say(f"  refused: {refused}")
+            messages += [("tool_call", command), ("tool", f"[refused: {refused}]")]
+            return not fixed
+        choice, command = self.confirm(command)
+        if choice == "n":
+            self.record(command, "[not run: the user said no]", {"declined": True}, bad=True)
+            self.say("  not run; the task ends here")
+            return False
+        result = self.sandbox.run(command)
+        self.show(result.output, result.status())
+        observation = result.observation()
+        self.record(command, observation, {"exit_code": result.exit_code, "status": result.status(),
+                                           "seconds": round(result.seconds, 3), "sandboxed": result.sandboxed,
+                                           "output": result.output[:65536]},
+                    original=choice[2:] if choice.startswith("e:") else None if fixed else command)
+        messages += [("tool_call", command), ("tool", observation)]
+        return True
+
+    def confirm(self, command: str) -> tuple[str, str]:
+        """("y" or "n", the command to run): asked unless --yes or trusted read-only; a command edited
+        by the user comes back as ("e:" + the model's command, the user's)."""
+        read_only = self.sandbox.active and shell.read_only(command)
+        if self.sandbox.active and (self.yes or (self.trusted and read_only)):   # never unsandboxed
+            self.say("  (runs without asking: " + ("--yes" if self.yes else "trusted read-only") + ")")
+            return "y", command
+        options = "y/n/e(dit)/a(lways for read-only)" if read_only else "y/n/e(dit)"
+        if not self.sandbox.active:
+            options += "; NOT sandboxed"
+        while True:
+            answer = (self.read_line(f"run it? [{options}] ") or "n").strip().lower()[:1]
+            if answer == "a" and read_only:
+                self.trusted = True
+                self.say("  read-only commands now run without asking")
+                return "y", command
+            if answer in ("y", "n"):
+                return answer, command
+            if answer == "e":
+                edited = (self.read_line("command> ") or "").strip()
+                if not edited:
+                    return "n", command
+                refused = shell.refusal(edited, self.sandbox.folder)
+                if refused:
+                    self.say(f"  refused: {refused}")
+                    continue
+                return f"e:{command}", edited
+
+    def record(self, command: str, observation: str, meta: dict, bad: bool = False, original: str | None = None) -> None:
+        """Store a call and what came back. A refused or declined call is marked bad (never learned);
+        one the user wrote or edited (original: the model's, or None) is marked fixed: learned, and
+        an approval of the task."""
+        call = self.store.add_message(self.task, "assistant", original or command, {"tool_call": True})
+        if bad:
+            self.store.set_feedback(call, "bad")
+        elif original != command:
+            self.store.set_feedback(call, "fix", command)
+        self.store.add_message(self.task, "tool", observation, meta)
+        self.last_model_message = call
+
+    def show(self, output: str, status: str) -> None:
+        shown = output.rstrip()
+        if shown:
+            self.say("\n".join("  " + line for line in trim(shown, 40, 4000).splitlines()))
+        if status != "exit 0":
+            self.say(f"  [{status}]")
+
+    # ---- the user's verdicts -------------------------------------------------------------------
+
+    def rate(self, feedback: str) -> None:
+        if self.last_model_message is None:
+            self.say("no task to rate yet")
+            return
+        self.store.set_feedback(self.last_model_message, feedback)
+        self.say({"good": "noted: this task will be learned when it closes",
+                  "bad": "noted: this task will not be learned"}[feedback])
+
+    def close_task(self) -> None:
+        """End the current task, and learn it if the user approved it."""
+        if self.task is None:
+            return
+        task, self.task, self.last_model_message = self.task, None, None
+        self.store.end_conversation(task)
+        if conversation_messages(self.store.messages(task)):
+            self.say("learning this task...", end=" ")
+            self.mem.learn([task], log=self.say)
+
+    def handle(self, text: str) -> bool:
+        """Act on one line; False when the session is over."""
+        command, _, rest = text.strip().partition(" ")
+        if not command:
+            return True
+        if command == "/quit":
+            return False
+        if command == "/help":
+            self.say(HELP)
+        elif command in ("/good", "/bad"):
+            self.rate(command[1:])
+        elif command == "/fix":
+            if self.task is None or not rest.strip():
+                self.say("usage, after a task: /fix THE COMMAND THAT SHOULD HAVE RUN")
+            else:
+                self.fix(rest.strip())
+        elif command == "/trust":
+            self.trusted = self.sandbox.active
+            self.say("read-only commands now run without asking" if self.trusted else
+                     "without the sandbox every command needs your yes")
+        elif command.startswith("/"):
+            self.say(f"unknown command {command}; /help lists the commands")
+        else:
+            self.do(text.strip())
+        return True
+
+
+def line_reader(stdin, stdout):
+    """prompt -> line, None at the end of input. Piped lines are echoed after their prompt, so that a
+    piped session's transcript reads as a typed one does."""
+    if stdin is sys.stdin and stdin.isatty():
+        import readline  # noqa: F401  (line editing for input())
+
+        def read_tty(prompt):
+            try:
+                return input(prompt)
+            except EOFError:
+                return None
+        return read_tty
+
+    def read_piped(prompt):
+        stdout.write(prompt)
+        stdout.flush()
+        line = stdin.readline()
+        if not line:
+            return None
+        stdout.write(line if line.endswith("\n") else line + "\n")
+        return line.rstrip("\r\n")
+    return read_piped
+
+
+def run_agent(folder: ModelFolder, workdir: Path, device: str | None, sampling: dict, yes: bool = False,
+              max_steps: int = 5, seconds: float = 10.0, stdin=sys.stdin, stdout=sys.stdout) -> int:
+    """The REPL; returns the exit code. The sandbox is checked before the model is loaded, so --yes
+    without one fails at once."""
+    sandbox = Sandbox(workdir, protect=[folder.root], limits=Limits(seconds=seconds))
+    if yes and not sandbox.active:
+        raise UserError(f"--yes runs commands without asking, which needs the sandbox: {sandbox.reason}")
+    say = partial(print, file=stdout, flush=True)
+    mem = Memory(folder, device)
+    mem.learn_pending(log=say)
+    say(f"working in {sandbox.folder}")
+    say(sandbox.reason if sandbox.active else
+        f"NO SANDBOX: {sandbox.reason}. Commands run as you, with only time and size limits; "
+        "every one is shown and needs your yes.")
+    agent = Agent(mem, sandbox, sampling, line_reader(stdin, stdout), stdout, yes, max_steps)
+    agent.say("ask for something to do in this folder; /help lists the commands, /quit or Ctrl-D ends")
+    while True:
+        try:
+            line = agent.read_line(PROMPT)
+        except KeyboardInterrupt:   # at the prompt: leave, as /quit does
+            line = None
+        if line is None:
+            break
+        try:
+            if not agent.handle(line):
+                break
+        except KeyboardInterrupt:   # while the model writes or a command runs: stop this task
+            agent.say(" [stopped]")
+    agent.say()
+    agent.close_task()
+    return 0
