@@ -319,13 +319,13 @@ def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, temperature
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop_ids: Sequence[int] = (), use_cache: bool = True, decoder: Decoder | None = None) -> Iterator[int]:
     """Yield new token ids one by one after `prompt` until max_new_tokens or a stop id (not yielded).
-    With the cache this runs the Decoder (as a CUDA graph on a GPU), or the one given; without, the
-    model's plain forward over the whole window for every token."""
+    With the cache this runs a Decoder on the model's own weights, or the faster one given (built
+    once, a CUDA graph pays for itself over many tokens); without, the model's plain forward over
+    the whole window for every token."""
     if not prompt:
         raise ValueError("generation needs at least one prompt token")
     if use_cache:
-        device = next(model.parameters()).device
-        decoder = decoder or Decoder(model, cuda_graph=device.type == "cuda")
+        decoder = decoder or Decoder(model)
         for tokens in generate_batch(decoder, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop_ids):
             yield tokens[0]
         return

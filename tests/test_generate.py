@@ -1,6 +1,11 @@
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from conftest import REPO
 from nimllm.config import ModelConfig
 from nimllm.generate import Decoder, KVCache, generate, generate_batch, sample_next, with_weights
 from nimllm.model import GPT
@@ -129,3 +134,17 @@ def test_seeded_batched_sampling_is_reproducible():
     assert a == b and len(set(map(tuple, a))) == 3
     with pytest.raises(ValueError):
         next(generate_batch(decoder, [[1]] * 4, 5))
+
+
+def test_generation_bench_runs_end_to_end_at_toy_size(tmp_path):
+    out = tmp_path / "generate.json"
+    run = subprocess.run([sys.executable, "bench/generate.py", "--preset", "tiny", "--vocab-size", "300",
+                          "--prompt-tokens", "8", "--new-tokens", "6", "--batch", "1", "2", "--device", "cpu",
+                          "--only", "transformers generate, float32", "nimllm float32", "nimllm float16",
+                          "--out", out], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = {(r["config"], r["batch"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("transformers generate, float32", 1), ("nimllm float32", 1), ("nimllm float16", 1),
+                         ("nimllm float16", 2)}
+    assert rows[("transformers generate, float32", 1)]["vs_reference"] == 1.0
+    assert all(r["tokens_per_s"] > 0 and r["ttft_s"] > 0 and len(r["tokens"]) == 6 for r in rows.values())

@@ -76,13 +76,13 @@ def test_cuda_training_run_compiles_and_loads_on_cpu(corpus, home):
     assert progress["finished"] and progress["step"] == 60
 
 
-def peaked_model(cfg=CFG, dtype=torch.float32) -> GPT:
+def peaked_model() -> GPT:
     torch.manual_seed(0)
-    model = GPT(cfg).cuda().eval()
+    model = GPT(CFG).cuda().eval()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0 if p.dim() > 1 else 1.0)
-    return model.to(dtype)
+    return model
 
 
 @pytest.mark.parametrize("compile", [False, True])
