@@ -1,9 +1,9 @@
 """`nimllm eval`: how well a model knows a text, in bits per byte, loss per token and perplexity.
 
 The text is read the way training reads a corpus (a file, or every text file of a folder with
-binaries skipped, JSONL by its "text" fields, each document followed by <|endoftext|>) and scored
-by `train.evaluate`, the function behind training's validation and book training's before/after
-report: the same text gives the same figures here as there.
+binaries skipped, JSONL by its "text" or "messages" fields, each document followed by
+<|endoftext|>) and scored by `train.evaluate`, the function behind training's validation and book
+training's before/after report: the same text gives the same figures here as there.
 """
 from __future__ import annotations
 
@@ -56,11 +56,13 @@ def tokenize_text(path: Path, tokenizer: Tokenizer, progress: Progress) -> TextT
     pieces, num_bytes = [], 0
     for batch in batched(chunks):
         for chunk, ids in zip(batch, tokenizer.encode_batch([c.text for c in batch])):
+            if chunk.messages:   # a conversation is scored as rendered by the chat template, as training reads it
+                ids = tokenizer.render_conversation(chunk.messages)[0]
             pieces.append(np.asarray(ids + [tokenizer.eot_id] if chunk.ends_document else ids, dtype=np.int32))
             num_bytes += len(chunk.text.encode("utf-8"))
         progress.update(task, completed=corpus.stats.bytes_read)
-    if not pieces:   # JSONL lines without a "text" string
-        raise UserError(f'{path} has no text to evaluate (JSONL lines need a "text" string)')
+    if not pieces:   # JSONL lines with neither a "text" string nor "messages"
+        raise UserError(f'{path} has no text to evaluate (JSONL lines need a "text" string or "messages")')
     return TextTokens(np.concatenate(pieces), num_bytes)   # every document ends in <|endoftext|>: 2+ tokens
 
 

@@ -6,6 +6,7 @@ import pytest
 from conftest import real_text, run_cli
 from nimllm.config import ModelFolder, UserError
 from nimllm.evaluate import evaluate_text
+from nimllm.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,14 @@ def test_a_folder_is_evaluated_as_its_text_files_one_after_another(trained, tmp_
     assert both["bytes"] == a["bytes"] + b["bytes"]
     assert both["tokens"] == a["tokens"] + b["tokens"] + 1    # b's first token is predicted from a's end
     assert min(a["loss"], b["loss"]) < both["loss"] < max(a["loss"], b["loss"]) + 0.1
+
+
+def test_conversations_are_scored_as_the_chat_template_renders_them(trained, tmp_path):
+    folder, _ = trained
+    messages = [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi, how are you?"}]
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": messages}) + "\n")
+    ids, _ = Tokenizer.load(folder.tokenizer).render_conversation([(m["role"], m["content"]) for m in messages])
+    assert evaluate_text(folder, tmp_path / "chat.jsonl")["tokens"] == len(ids)   # ids and <|endoftext|>, less one
 
 
 def test_eval_refuses_what_it_cannot_score_in_one_line(trained, tmp_path):
