@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -220,6 +221,7 @@ def main():
                                   min(len(r["tokens"]), len(exact)))
     print_table(rows, console)
     header = {"device": device_name, "torch": torch.__version__, "git_commit": git_commit(),
+              "load_average_after": os.getloadavg(),   # other work on the machine slows every row
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": asdict(cfg),
               "weights": args.model or "random", "reference": "the fastest transformers row", "args": vars(args)}
     out = Path(args.out)

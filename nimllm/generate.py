@@ -142,6 +142,8 @@ class Decoder:
 
     def __init__(self, model: GPT, batch_size: int = 1, weights: str = "float32",
                  cuda_graph: bool = False, compile: bool = False):
+        if compile and weights == "float16":
+            raise ValueError("float16 weights (fbgemm's packed CPU kernel) cannot be compiled; they run eagerly")
         self.model = with_weights(model, weights)
         self.cfg, self.batch_size = model.cfg, batch_size
         self.cache = KVCache(self.model, batch_size)
