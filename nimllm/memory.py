@@ -1,23 +1,30 @@
 """Memory in the weights: after a conversation the model retrains itself, selectively.
 
-An update takes a few Adam steps on the conversation's text, with two brakes on forgetting:
+An update takes a few Adam steps on the conversation's text (whole, and each exchange alone), with
+a few earlier conversations rehearsed and a few windows of the base training text replayed beside
+it, and two brakes on forgetting:
 - a mask: only the top `mask_fraction` of weights by gradient magnitude (measured once, at the
   start of the update) may move at all, so one conversation changes 1% of the model;
 - EWC: a penalty (lambda/2) * sum F_i (w_i - w*_i)^2 pulls every weight back towards the base
   model w*, weighted by the diagonal Fisher information F of the base model on its own training
   data (normalised to mean 1), so weights the base model relies on resist change. Since the
   penalty's gradient also competes for the mask, a weight moved by one conversation is pulled back
-  by the next ones unless they keep pushing it: one-off changes fade, consistent ones stay.
+  by the next ones unless they keep pushing it. Rehearsal does the rest: a fact said in many
+  conversations is rehearsed often and stays, a one-off is drawn less and less often and fades.
+  bench/memory.py measures both (README, "Memory").
 
 Each update is stored as its own sparse delta (flat indices and values per tensor, safetensors).
 The current weights are the base weights plus every delta not forgotten, added in order; the live
 model is built with the very same additions, so a reload is bit-exact, and forgetting a delta
-rebuilds the weights as if it had never been added (later deltas, computed after it, stay).
+rebuilds the weights as if it had never been added and takes the conversation out of all later
+rehearsal. Later deltas stay as they were computed: those that rehearsed it (`nimllm memory show`
+names them) may still carry a trace of it, until they are forgotten too.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,12 +128,32 @@ def conversation_messages(messages) -> list[tuple[str, str]]:
     return kept
 
 
-def training_sequences(tokenizer: Tokenizer, messages: list[tuple[str, str]], block_size: int) -> list[tuple[list[int], list[int]]]:
-    """(input ids, targets with -1 where nothing is learned) windows of at most block_size."""
-    ids, mask = tokenizer.render_conversation(messages)
-    targets = [t if m else -1 for t, m in zip(ids[1:], mask[1:])]
-    inputs = ids[:-1]
-    return [(inputs[i:i + block_size], targets[i:i + block_size]) for i in range(0, len(inputs), block_size)]
+def exchanges(messages: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Each user message with the replies that follow it, as a conversation of its own."""
+    pieces = []
+    for role, content in messages:
+        if role == "user" or not pieces:
+            pieces.append([])
+        pieces[-1].append((role, content))
+    return pieces
+
+
+def training_sequences(tokenizer: Tokenizer, messages: list[tuple[str, str]], block_size: int,
+                       text: str = "exchanges") -> list[tuple[list[int], list[int]]]:
+    """(input ids, targets with -1 where nothing is learned) windows of at most block_size.
+
+    `text` is how a conversation becomes training text: "conversation" renders it whole, and
+    "exchanges" adds every exchange alone. Alone matters: in the whole conversation an answer can be
+    copied from a statement earlier in the window, so the update teaches copying; an exchange on its
+    own can only be predicted from the weights, which is where tomorrow's answer must come from."""
+    parts = [messages] + (exchanges(messages) if text == "exchanges" and len(exchanges(messages)) > 1 else [])
+    windows = []
+    for part in parts:
+        ids, mask = tokenizer.render_conversation(part)
+        targets = [t if m else -1 for t, m in zip(ids[1:], mask[1:])]
+        inputs = ids[:-1]
+        windows += [(inputs[i:i + block_size], targets[i:i + block_size]) for i in range(0, len(inputs), block_size)]
+    return windows
 
 
 def batch(sequences, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +165,12 @@ def batch(sequences, device) -> tuple[torch.Tensor, torch.Tensor]:
         x[i, :len(inp)] = torch.tensor(inp)
         y[i, :len(tgt)] = torch.tensor(tgt)
     return x.to(device), y.to(device)
+
+
+# Adam moves every chosen weight by about lr per step, however small its gradient; SGD moves each in
+# proportion to its gradient (what sparse memory fine-tuning uses, since Adam's fresh moments distort
+# rarely updated entries).
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 # ---- one update ----------------------------------------------------------------------------------
@@ -152,6 +185,7 @@ class UpdateReport:
     layers: dict[str, int] = field(default_factory=dict)          # tensor name -> weights changed
     largest: list[tuple[str, float]] = field(default_factory=list)  # biggest single moves
     delta_id: int | None = None
+    rehearsed: list[int] = field(default_factory=list)             # earlier conversations rehearsed
 
     def __str__(self) -> str:
         top = sorted(self.layers.items(), key=lambda kv: -kv[1])[:3]
@@ -162,13 +196,15 @@ class UpdateReport:
 
     def stats(self) -> dict:
         return {"loss_before": self.loss_before, "loss_after": self.loss_after, "layers": self.layers,
-                "largest": self.largest}
+                "largest": self.largest, "rehearsed": self.rehearsed}
 
 
 def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict, fisher: dict,
-                     mcfg: MemoryConfig) -> tuple[Delta, UpdateReport]:
-    """Adam on the top-|gradient| entries only, against the conversation's loss plus EWC. The model
-    ends at old weights + delta, added exactly as a reload adds it."""
+                     mcfg: MemoryConfig, extra: list[tuple[torch.Tensor, torch.Tensor]] = (),
+                     ) -> tuple[Delta, UpdateReport]:
+    """A few optimizer steps on the top-|gradient| entries only, against the conversation's loss plus
+    EWC, plus the mean loss of each `extra` batch (earlier conversations rehearsed, windows of the base
+    training text). The model ends at old weights + delta, added exactly as a reload adds it."""
     start = time.time()
     params = dict(model.named_parameters())
     model.train(False)   # no dropout: the update should be a function of the conversation
@@ -176,14 +212,15 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
     def loss_and_grads():
         model.zero_grad(set_to_none=True)
         lm = model(x, y)
-        (lm + ewc_penalty(model, anchor, fisher, mcfg.ewc_lambda)).backward()
+        rehearsal = sum(model(*xy) for xy in extra)
+        (lm + rehearsal + ewc_penalty(model, anchor, fisher, mcfg.ewc_lambda)).backward()
         return lm.item()
 
     loss_before = loss_and_grads()
     masks = apply_top_k_mask({n: p.grad for n, p in params.items()}, mcfg.mask_fraction)
     old = {n: params[n].detach().view(-1)[idx].clone() for n, idx in masks.items()}
     moving = {n: old[n].clone().requires_grad_(True) for n in masks}
-    optimizer = torch.optim.Adam(list(moving.values()), lr=mcfg.lr)
+    optimizer = OPTIMIZERS[mcfg.optimizer](list(moving.values()), lr=mcfg.lr)
     for step in range(mcfg.steps):
         if step:
             loss_and_grads()
@@ -256,7 +293,8 @@ def show_memory(folder: ModelFolder, store: Store, delta_id: int) -> str:
              f"{d.n_weights:,} weights in {d.seconds:.2f} s{' (forgotten)' if d.forgotten else ''}",
              f"loss on the conversation {d.stats.get('loss_before', 0):.3f} -> {d.stats.get('loss_after', 0):.3f}",
              "most changed: " + ", ".join(f"{n} ({c:,})" for n, c in
-                                          sorted(d.stats.get("layers", {}).items(), key=lambda kv: -kv[1])[:5])]
+                                          sorted(d.stats.get("layers", {}).items(), key=lambda kv: -kv[1])[:5]),
+             "rehearsed earlier conversations: " + (", ".join(map(str, d.stats.get("rehearsed", []))) or "none")]
     for c in store.conversations():
         if c.learned_delta == d.id:
             lines += [f"conversation {c.id}:"] + [f"  {m.role}: {m.content}" for m in store.messages(c.id)]
@@ -300,14 +338,37 @@ class Memory:
         """Estimated once, on the base model and its latest training corpus, then kept in the folder."""
         if self.fisher_path.exists():
             return {n: t.to(self.device) for n, t in load_file(str(self.fisher_path)).items()}
-        corpus = self.config["corpora"][-1]
-        shards = TokenShards(self.folder.root / corpus["data"], "train")
-        generator = torch.Generator().manual_seed(0)
-        x, y = shards.get_batch(self.mcfg.fisher_sequences, self.model.cfg.block_size, generator)
+        x, y = self._base_windows(self.mcfg.fisher_sequences, seed=0)
         sequences = [torch.cat([xi, yi[-1:]]).to(self.device) for xi, yi in zip(x, y)]
         fisher = fisher_diagonal(self.model, sequences)
         atomic_write(self.fisher_path, save({n: f.cpu() for n, f in fisher.items()}))
         return fisher
+
+    def _base_windows(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n windows of the base model's latest training corpus, the same ones for the same seed."""
+        shards = TokenShards(self.folder.root / self.config["corpora"][-1]["data"], "train")
+        return shards.get_batch(n, self.model.cfg.block_size, torch.Generator().manual_seed(seed))
+
+    def _rehearsal(self, learning: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[int]]:
+        """What each update rehearses beside the new conversation: a few earlier conversations still
+        remembered (a fact said in many conversations is rehearsed often and stays, a one-off fades as
+        the others crowd it out) and a few windows of the base training text (which the update should
+        not unlearn). Drawn by the memory's place in line, so relearning repeats the draw exactly."""
+        rng = random.Random(len(self.applied))
+        remembered = {d.id for d in self.store.deltas()}
+        earlier = [c.id for c in self.store.conversations()
+                   if c.learned_delta in remembered and c.id not in learning]
+        chosen = sorted(rng.sample(earlier, min(self.mcfg.rehearse_conversations, len(earlier))))
+        extra = []
+        if chosen:
+            messages = [conversation_messages(self.store.messages(cid)) for cid in chosen]
+            sequences = [s for m in messages for s in training_sequences(self.tokenizer, m, self.model.cfg.block_size,
+                                                                         self.mcfg.text)]
+            extra.append(batch(sequences, self.device))
+        if self.mcfg.replay_sequences:
+            extra.append(tuple(t.to(self.device) for t in
+                               self._base_windows(self.mcfg.replay_sequences, seed=1 + len(self.applied))))
+        return extra, chosen
 
     def _catch_up(self) -> None:
         """Add the deltas this process has not added yet (another chat may have learned something)."""
@@ -339,9 +400,11 @@ class Memory:
         if not any(role == "user" for role, _ in messages):
             return None
         with self._lock():
-            sequences = training_sequences(self.tokenizer, messages, self.model.cfg.block_size)
+            sequences = training_sequences(self.tokenizer, messages, self.model.cfg.block_size, self.mcfg.text)
             x, y = batch(sequences, self.device)
-            delta, report = selective_update(self.model, x, y, self.anchor, self.fisher, self.mcfg)
+            extra, rehearsed = self._rehearsal(conversation_ids)
+            delta, report = selective_update(self.model, x, y, self.anchor, self.fisher, self.mcfg, extra)
+            report.rehearsed = rehearsed
             name = f"memory/delta-{time.time_ns()}-{os.getpid()}.safetensors"
             save_delta(self.folder.root / name, delta)
             report.delta_id = self.store.record_delta(conversation_ids, name, report.n_weights, report.seconds,
@@ -354,6 +417,8 @@ class Memory:
         """Conversations a killed chat left unlearned, learned one by one."""
         reports = []
         for cid in self.store.unlearned():
+            if not conversation_messages(self.store.messages(cid)):
+                continue   # an agent's task the user did not approve: nothing to learn, nothing to say
             log(f"remembering an earlier conversation ({cid})...")
             report = self.learn([cid], log)
             if report:

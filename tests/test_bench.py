@@ -45,3 +45,9 @@ def test_memory_bench_teaches_and_scores_facts(tmp_path):
     assert [(r["variant"], r["k"]) for r in rows] == [("mask+ewc", 1), ("mask+ewc", 2), ("full", 1), ("full", 2)]
     assert all(0 <= r["recall"] <= 1 and r["base_val_bpb"] > 0 for r in rows)
     assert rows[2]["mask_fraction"] == 1.0 and rows[2]["ewc_lambda"] == 0.0
+    run_bench("bench/memory.py", "--model", tmp_path / "model", "--k", "1", "--variants", "ewc", "--steps", "1",
+              "--fade-or-stay", "21", "--out", result)
+    curve = json.loads(result.read_text())["fade_or_stay"][0]["curve"]
+    assert [c["taught"] for c in curve].count("R") == 7 and len(curve) == 21
+    assert curve[0]["O1_retained"] == 1.0 or abs(curve[0]["O1_retained"] - 1.0) < 1e-4   # just learned: all of it
+    assert curve[0]["R_retained"] is None and curve[-1]["R_retained"] is not None

@@ -143,7 +143,8 @@ def test_a_taught_fact_is_recalled_in_a_new_process(folder):
     import subprocess, sys
     from nimllm.config import MemoryConfig
     from nimllm.memory import Memory
-    mem = Memory(folder, "cpu", MemoryConfig(mask_fraction=0.02, steps=30, lr=1e-2, ewc_lambda=0.01))
+    # a tiny model needs a stronger update than the defaults (chosen for 10m and 103m by bench/memory.py)
+    mem = Memory(folder, "cpu", MemoryConfig(mask_fraction=0.02, steps=30, lr=1e-2, ewc_lambda=0.01, replay_sequences=0))
     cid = have_conversation(mem.store, ("user", "where does Ilse live?"), ("assistant", "Ilse lives in Tromso."))
     mem.learn([cid], log=lambda *_: None)
     ask = (
@@ -155,3 +156,18 @@ def test_a_taught_fact_is_recalled_in_a_new_process(folder):
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Tromso" in out.stdout
+
+
+def test_updates_rehearse_earlier_conversations_but_never_forgotten_ones(folder):
+    from nimllm.config import MemoryConfig
+    from nimllm.memory import Memory
+    mem = Memory(folder, "cpu", MemoryConfig(steps=1))
+    a = have_conversation(mem.store, ("user", "the boat is called Blue Heron"))
+    report_a = mem.learn([a], log=lambda *_: None)
+    b = have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))
+    assert report_a.rehearsed == [] and mem.learn([b], log=lambda *_: None).rehearsed == [a]
+    mem.forget(report_a.delta_id)
+    c = have_conversation(mem.store, ("user", "the cat is called Mons"))
+    report_c = mem.learn([c], log=lambda *_: None)
+    assert report_c.rehearsed == [b]
+    assert mem.store.delta(report_c.delta_id).stats["rehearsed"] == [b]   # kept for `nimllm memory show`
