@@ -7,7 +7,8 @@ For every variant (full fine-tuning, mask only, EWC only, mask and EWC: the same
 rate), facts are taught one after another into a copy of the model folder; at each K of --k the
 benchmark scores greedy exact recall of every fact taught so far, on the question as taught and on a
 paraphrase never trained on, the recall of the first facts (retention), and the base validation
-loss in bits per byte (what the model forgot of its training text).
+loss in bits per byte (what the model forgot of its training text). With --fade-or-stay it also
+follows a fact taught once against one taught in seven conversations (see fade_or_stay).
 """
 from __future__ import annotations
 
