@@ -38,7 +38,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
-HF_ACTIVATION = {"gelu": "gelu", "relu2": "relu2"}   # transformers' names (ACT2FN)
+EOT, PAD, END = (SPECIAL_TOKENS.index(t) for t in ("<|endoftext|>", "<|pad|>", "<|end|>"))
 GGUF_TYPES = ("f32", "f16", "q8_0")
 
 
@@ -71,7 +71,6 @@ def load_for_export(folder: ModelFolder) -> tuple[GPT, Tokenizer]:
 # ---- transformers ------------------------------------------------------------------------------
 
 def hf_config(cfg: ModelConfig) -> dict:
-    special = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     return {
         "architectures": ["ArceeForCausalLM"],
         "model_type": "arcee",
@@ -82,7 +81,7 @@ def hf_config(cfg: ModelConfig) -> dict:
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_head,
         "head_dim": cfg.head_dim,
-        "hidden_act": HF_ACTIVATION[cfg.activation],
+        "hidden_act": cfg.activation,                      # "gelu" and "relu2" are transformers' names too
         "max_position_embeddings": cfg.block_size,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,                                          # transformers 4.x
@@ -93,9 +92,9 @@ def hf_config(cfg: ModelConfig) -> dict:
         "mlp_bias": False,
         "attention_dropout": 0.0,
         "initializer_range": 0.02,
-        "bos_token_id": special["<|endoftext|>"],
-        "eos_token_id": special["<|endoftext|>"],
-        "pad_token_id": special["<|pad|>"],
+        "bos_token_id": EOT,
+        "eos_token_id": EOT,
+        "pad_token_id": PAD,
         "torch_dtype": "float32",
         "use_cache": True,
     }
@@ -129,10 +128,9 @@ def export_hf(folder: ModelFolder, out_dir: Path) -> Path:
     try:
         tensors = {hf: t for hf, _, t in layer_tensors(model)}   # lm_head is tied to embed_tokens
         save_file(tensors, build / "model.safetensors", metadata={"format": "pt"})
-        end = SPECIAL_TOKENS.index("<|end|>")
         files = {
             "config.json": hf_config(cfg),
-            "generation_config.json": {"bos_token_id": 0, "eos_token_id": [0, end], "pad_token_id": 1},
+            "generation_config.json": {"bos_token_id": EOT, "eos_token_id": [EOT, END], "pad_token_id": PAD},
             "tokenizer_config.json": hf_tokenizer_config(cfg),
             "special_tokens_map.json": {"eos_token": "<|endoftext|>", "pad_token": "<|pad|>"},
         }
