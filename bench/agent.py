@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -38,8 +39,9 @@ from nimllm.sandbox import Sandbox  # noqa: E402
 GROUPS = ("trained", "held-out phrasings", "held-out kinds")
 
 
-def make_tasks(group: str, n: int, seed: int, parent: Path) -> list[tuple[skills.Task, skills.Scratch]]:
-    """n tasks of a group, each with a scratch folder of its own, spread evenly over the kinds."""
+def make_tasks(group: str, n: int, seed: int, parent: Path) -> list[tuple[skills.Task, skills.Scratch, str]]:
+    """n tasks of a group, spread evenly over the kinds, each with a scratch folder of its own and
+    what its own command prints there (the reference; a task whose command fails is drawn again)."""
     trained = [k for k in skills.KINDS.values() if k.trained_kind]
     kinds = [k for k in skills.KINDS.values() if not k.trained_kind] if group == "held-out kinds" else trained
     rng, made = random.Random(seed), []
@@ -47,34 +49,51 @@ def make_tasks(group: str, n: int, seed: int, parent: Path) -> list[tuple[skills
         kind = kinds[len(made) % len(kinds)]
         scratch = skills.make_scratch(rng, parent)
         task = skills.make_task(kind, rng, scratch, held_out_phrasing=group != "trained")
-        if task:
-            made.append((task, scratch))
+        reference = "" if task is None or kind.check == "files" else Sandbox(scratch.root).run(task.command)
+        if task and (kind.check == "files" or reference.exit_code == 0 and task.expected(reference.output)):
+            made.append((task, scratch, reference and reference.output))
         else:
             shutil.rmtree(scratch.root)
     return made
 
 
-def attempt(mem: Memory, task: skills.Task, scratch: skills.Scratch, max_steps: int, learn: bool) -> dict:
-    """Run the agent on one task and check the outcome; with `learn`, a success is approved and learned."""
+def said(text: str, expected: str) -> bool:
+    """Whether `expected` is in `text` as a whole (the count 2 is not in "12 files")."""
+    return re.search(rf"(?<![\w.]){re.escape(expected.lower())}(?![\w])", text.lower()) is not None
+
+
+def succeeded(task: skills.Task, scratch: skills.Scratch, reference: str, answer: str, outputs: list[str]) -> bool:
+    """The check of a task. "files": the folder is as asked. "shown": the expected line (the
+    reference's first line, say) was printed by one of the model's commands, or is in its answer.
+    "answer": the answer holds the expected text and one of the model's commands printed what the
+    reference prints, so a number guessed right from the wrong command does not count."""
+    if task.kind.check == "files":
+        return task.kind.files(scratch.root, task.values)
+    expected = task.expected(reference)
+    if task.kind.check == "shown":
+        return any(expected.strip() in map(str.strip, out.splitlines()) for out in outputs) or said(answer, expected)
+    return said(answer, expected) and reference.strip() in [out.strip() for out in outputs]
+
+
+def attempt(mem: Memory, task: skills.Task, scratch: skills.Scratch, reference: str, max_steps: int,
+            learn: bool) -> dict:
+    """Run the agent on one task and check the outcome; with `learn`, a success is approved and learned.
+    The user says yes to everything (asked only where there is no sandbox: see --confirm-all)."""
     sandbox = Sandbox(scratch.root)
-    expected = None if task.kind.check == "files" else task.expected(sandbox.run(task.command).output)
     transcript = io.StringIO()
     agent = Agent(mem, sandbox, {"temperature": 0.0, "top_k": None, "top_p": None, "max_tokens": 48, "seed": 0},
-                  read_line=lambda prompt: None, out=transcript, yes=True, max_steps=max_steps)
+                  read_line=lambda prompt: "y", out=transcript, yes=True, max_steps=max_steps)
     start = time.time()
     answer = agent.do(task.request) or ""
     messages = mem.store.messages(agent.task)
     calls = [m.content for m in messages if (m.meta or {}).get("tool_call")]
-    shown = "\n".join((m.meta or {}).get("output", "") for m in messages if m.role == "tool")
-    if task.kind.check == "files":
-        success = task.kind.files(scratch.root, task.values)
-    else:
-        seen = answer if task.kind.check == "answer" else answer + "\n" + shown
-        success = bool(expected) and expected.lower() in seen.lower()
+    outputs = [m.meta["output"] for m in messages if m.role == "tool" and "output" in (m.meta or {})]
+    success = succeeded(task, scratch, reference, answer, outputs)
     if learn and success:
         mem.store.set_feedback(messages[-1].id, "good")
     agent.close_task()
     shutil.rmtree(scratch.root)
+    expected = None if task.kind.check == "files" else task.expected(reference)
     return {"kind": task.kind.name, "request": task.request, "reference": task.command, "expected": expected,
             "commands": calls, "answer": answer, "success": success, "ran_command": bool(calls),
             "right_command": task.command in calls, "well_formed": "could not be read" not in transcript.getvalue(),
@@ -94,8 +113,8 @@ def evaluate(mem: Memory, args, seed: int, parent: Path, learn: bool = False) ->
     results = {}
     for i, group in enumerate(GROUPS):
         n = args.learn // len(GROUPS) if learn else args.per_group
-        results[group] = [attempt(mem, task, scratch, args.max_steps, learn)
-                          for task, scratch in make_tasks(group, n, seed + 1000 * i, parent)]
+        results[group] = [attempt(mem, task, scratch, reference, args.max_steps, learn)
+                          for task, scratch, reference in make_tasks(group, n, seed + 1000 * i, parent)]
     return results
 
 
@@ -107,6 +126,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--device")
     parser.add_argument("--seed", type=int, default=20_000_000, help="far from the corpus's folder seeds")
+    parser.add_argument("--confirm-all", action="store_true",
+                        help="where no sandbox works, say yes to every command instead of stopping: they run "
+                             "unsandboxed in the scratch folders (refusals and limits still apply)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/agent.json"))
     args = parser.parse_args()
     console = Console()
@@ -114,8 +136,10 @@ def main() -> None:
         tmp = Path(tmp)
         shutil.copytree(Path(args.model).expanduser(), tmp / "model", ignore=shutil.ignore_patterns(   # the base model
             "agent-skills", "train_state.safetensors", "memory", "conversations.sqlite*"))
-        if not Sandbox(tmp).active:
-            sys.exit(f"the agent bench runs model-written commands, so it needs the sandbox: {Sandbox(tmp).reason}")
+        sandbox = Sandbox(tmp)
+        if not sandbox.active and not args.confirm_all:
+            sys.exit(f"the agent bench runs model-written commands, so it needs the sandbox ({sandbox.reason}), "
+                     "or --confirm-all on a machine you can lose")
         mem = Memory(ModelFolder(tmp / "model"), args.device)
         (tmp / "work").mkdir()
         before = evaluate(mem, args, args.seed, tmp / "work")
@@ -125,6 +149,7 @@ def main() -> None:
         after = evaluate(mem, args, args.seed, tmp / "work")
         learned = len(mem.store.deltas())
     result = {"model": str(args.model), "preset": mem.config.get("preset"), "device": str(mem.device),
+              "sandboxed": sandbox.active,
               "params": sum(p.numel() for p in mem.model.parameters()), "args": {k: str(v) for k, v in vars(args).items()},
               "episodes_learned": learned, "learning_seconds": round(learn_seconds, 1),
               "groups": {g: {"before": summary(before[g]), "after": summary(after[g]),

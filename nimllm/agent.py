@@ -36,6 +36,7 @@ class Turn(NamedTuple):
     """What one turn of the model means."""
     kind: str          # "call", "answer" or "malformed"
     text: str          # the command, the answer, or what was wrong
+    raw: str = ""      # with "malformed": what the model wrote
 
 
 def parse_turn(tokenizer, ids: list[int]) -> Turn:
@@ -97,7 +98,9 @@ class Agent:
         command, or the step limit."""
         for _ in range(self.max_steps):
             turn = self.next_turn(messages)
-            if turn.kind == "malformed":
+            if turn.kind == "malformed":   # kept for the record, never learned
+                bad = self.store.add_message(self.task, "assistant", turn.raw, {"malformed": turn.text})
+                self.store.set_feedback(bad, "bad")
                 self.say(f"{REPLY}[the model's output could not be read as a command or an answer: {turn.text}]")
                 return None
             if turn.kind == "answer":
@@ -114,7 +117,7 @@ class Agent:
         confirmed) as the task's first step, and the model answers from what it really printed."""
         stored = self.store.messages(self.task)
         for m in stored:
-            if m.role == "assistant" and m.feedback is None:
+            if m.role == "assistant" and m.feedback != "bad":
                 self.store.set_feedback(m.id, "bad")
         messages = [("user", stored[0].content)]
         if not self.call(command, messages, fixed=True):
@@ -126,7 +129,8 @@ class Agent:
         tok, s = self.tokenizer, self.sampling
         ids, _ = tok.render_conversation(messages, add_generation_prompt=True)
         request = len(tok.render_conversation(messages[:1])[0])
-        prompt = fit(ids, self.mem.model.cfg.block_size - s["max_tokens"], request)
+        block = self.mem.model.cfg.block_size
+        prompt = fit(ids, max(block - s["max_tokens"], block // 2), request)   # generate slides past the rest
         stops = {tok.special("<|/tool_call|>"), tok.special("<|end|>"), tok.eot_id}
         for attempt in range(self.retries + 1):
             temperature = s["temperature"] if attempt == 0 else max(s["temperature"], 0.8)
@@ -136,7 +140,7 @@ class Agent:
                 out.append(token)
                 if token in stops:
                     break
-            turn = parse_turn(tok, out)
+            turn = parse_turn(tok, out)._replace(raw=tok.decode(out))
             if turn.kind != "malformed":
                 break
         return turn
@@ -151,28 +155,27 @@ class Agent:
             self.say(f"  refused: {refused}")
             messages += [("tool_call", command), ("tool", f"[refused: {refused}]")]
             return not fixed
-        choice, command = self.confirm(command)
-        if choice == "n":
+        yes, to_run = self.confirm(command)
+        if not yes:
             self.record(command, "[not run: the user said no]", {"declined": True}, bad=True)
             self.say("  not run; the task ends here")
             return False
-        result = self.sandbox.run(command)
+        result = self.sandbox.run(to_run)
         self.show(result.output, result.status())
         observation = result.observation()
-        self.record(command, observation, {"exit_code": result.exit_code, "status": result.status(),
-                                           "seconds": round(result.seconds, 3), "sandboxed": result.sandboxed,
-                                           "output": result.output[:65536]},
-                    original=choice[2:] if choice.startswith("e:") else None if fixed else command)
-        messages += [("tool_call", command), ("tool", observation)]
+        self.record(to_run, observation, {"exit_code": result.exit_code, "status": result.status(),
+                                          "seconds": round(result.seconds, 3), "sandboxed": result.sandboxed,
+                                          "output": result.output[:65536]}, original=None if fixed else command)
+        messages += [("tool_call", to_run), ("tool", observation)]
         return True
 
-    def confirm(self, command: str) -> tuple[str, str]:
-        """("y" or "n", the command to run): asked unless --yes or trusted read-only; a command edited
-        by the user comes back as ("e:" + the model's command, the user's)."""
+    def confirm(self, command: str) -> tuple[bool, str]:
+        """(whether to run, the command to run, perhaps edited): asked unless --yes or trusted
+        read-only, and always asked without the sandbox."""
         read_only = self.sandbox.active and shell.read_only(command)
         if self.sandbox.active and (self.yes or (self.trusted and read_only)):   # never unsandboxed
             self.say("  (runs without asking: " + ("--yes" if self.yes else "trusted read-only") + ")")
-            return "y", command
+            return True, command
         options = "y/n/e(dit)/a(lways for read-only)" if read_only else "y/n/e(dit)"
         if not self.sandbox.active:
             options += "; NOT sandboxed"
@@ -181,23 +184,23 @@ class Agent:
             if answer == "a" and read_only:
                 self.trusted = True
                 self.say("  read-only commands now run without asking")
-                return "y", command
+                return True, command
             if answer in ("y", "n"):
-                return answer, command
+                return answer == "y", command
             if answer == "e":
                 edited = (self.read_line("command> ") or "").strip()
                 if not edited:
-                    return "n", command
+                    return False, command
                 refused = shell.refusal(edited, self.sandbox.folder)
                 if refused:
                     self.say(f"  refused: {refused}")
                     continue
-                return f"e:{command}", edited
+                return True, edited
 
     def record(self, command: str, observation: str, meta: dict, bad: bool = False, original: str | None = None) -> None:
         """Store a call and what came back. A refused or declined call is marked bad (never learned);
-        one the user wrote or edited (original: the model's, or None) is marked fixed: learned, and
-        an approval of the task."""
+        one the user edited (`original`: the model's) or wrote (None) is marked fixed: learned, and an
+        approval of the task."""
         call = self.store.add_message(self.task, "assistant", original or command, {"tool_call": True})
         if bad:
             self.store.set_feedback(call, "bad")
@@ -217,7 +220,7 @@ class Agent:
 
     def rate(self, feedback: str) -> None:
         if self.last_model_message is None:
-            self.say("no task to rate yet")
+            self.say("no command or answer to rate yet")
             return
         self.store.set_feedback(self.last_model_message, feedback)
         self.say({"good": "noted: this task will be learned when it closes",

@@ -21,7 +21,7 @@ import signal
 import struct
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from nimllm.config import UserError
@@ -169,9 +169,8 @@ class PidsCgroup:
             for line in f:
                 parts = line.split()
                 mount, fstype, options = Path(parts[4]), parts[parts.index("-") + 1], parts[-1]
-                if fstype == "cgroup" and "pids" in options.split(","):
-                    found.append(mount)
-                elif fstype == "cgroup2" and "pids" in (mount / "cgroup.subtree_control").read_text().split():
+                if fstype == "cgroup" and "pids" in options.split(",") or fstype == "cgroup2" and "pids" in \
+                        read_or_empty(mount / "cgroup.subtree_control").split():
                     found.append(mount)
         return found
 
@@ -323,6 +322,13 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
     proc.wait()
     proc.stdout.close()
+
+
+def read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def user_processes() -> int:

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import unicodedata
+from itertools import pairwise
 from pathlib import Path
 
 OPERATORS = {"|", "||", "&&", ";", "&", ";;", "(", ")"}
@@ -78,7 +79,7 @@ def outside(path: str, base: Path, folder: Path) -> bool:
 
 def written_paths(command: list[str]) -> list[str]:
     """Paths a simple command writes: redirection targets and the destinations of file commands."""
-    paths = [target for op, target in zip(command, command[1:]) if op in REDIRECTS and not target.isdigit()]
+    paths = [target for op, target in pairwise(command) if op in REDIRECTS and not target.isdigit()]
     args = [w for w in command[1:] if w not in REDIRECTS and not w.startswith("-")]
     name = Path(command[0]).name
     if name in WRITES_LAST and args:

@@ -83,7 +83,7 @@ def make_scratch(rng: random.Random, parent: Path) -> Scratch:
         (s.root / rel).write_text(text + "\n")
         os.utime(s.root / rel, (1.7e9 + rng.randint(0, 10 ** 7),) * 2)
         s.files.append(rel)
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 and shutil.which("git"):
         make_repo(rng, s)
     return s
 
@@ -219,7 +219,7 @@ KINDS = {k.name: k for k in [
       ["which files mention {word}?", "find the files that contain {word}", "search for {word} in the files here",
        "where does {word} appear?", "grep for {word}"], ["which documents include the word {word}?",
                                                          "in what files can I find {word}?"],
-      check="shown", expect=first_line),
+      check="shown", expect=first_line, needs="word_file"),
     K("grep_lines", "grep -n '{word}' {word_file}", ["{word} is on line {key} of {word_file}.",
                                                       "Line {key} of {word_file} has {word}."], line_numbers,
       ["show the lines of {word_file} that contain {word}", "which lines of {word_file} mention {word}?",
@@ -373,14 +373,14 @@ def folder_episodes(seed: int, parent: str, per_folder: int = 6) -> list[dict]:
         shutil.rmtree(s.root, ignore_errors=True)
 
 
-def generate_episodes(n: int, seed: int = 0, workers: int | None = None) -> list[dict]:
-    """n episodes over about n / 5 scratch folders, on all cores, shuffled."""
+def generate_episodes(n: int, seed: int = 0, workers: int | None = None, per_folder: int = 6) -> list[dict]:
+    """n episodes over about n / per_folder scratch folders, on all cores, shuffled."""
     episodes, first = [], seed * 1_000_000
     with tempfile.TemporaryDirectory(prefix="nimllm-skills-") as parent, \
             ProcessPoolExecutor(workers or os.cpu_count()) as pool:
         while len(episodes) < n:
-            batch = range(first, first + max(2, (n - len(episodes)) // 4))
-            for found in pool.map(folder_episodes, batch, [parent] * len(batch)):
+            batch = range(first, first + (n - len(episodes)) // (per_folder - 1) + 1)   # a few fail or do not fit
+            for found in pool.map(folder_episodes, batch, [parent] * len(batch), [per_folder] * len(batch)):
                 episodes += found
             first += len(batch)
     random.Random(seed).shuffle(episodes)
