@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from nimllm import skills  # noqa: E402
+from nimllm import checkpoint, skills  # noqa: E402
 from nimllm.agent import Agent  # noqa: E402
 from nimllm.config import ModelFolder  # noqa: E402
 from nimllm.memory import Memory  # noqa: E402
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/agent.json"))
     args = parser.parse_args()
     console = Console()
+    progress = checkpoint.read_progress(ModelFolder(Path(args.model).expanduser())) or {}
     with tempfile.TemporaryDirectory(prefix="nimllm-agent-bench-") as tmp:
         tmp = Path(tmp)
         shutil.copytree(Path(args.model).expanduser(), tmp / "model", ignore=shutil.ignore_patterns(   # the base model
@@ -149,7 +151,8 @@ def main() -> None:
         after = evaluate(mem, args, args.seed, tmp / "work")
         learned = len(mem.store.deltas())
     result = {"model": str(args.model), "preset": mem.config.get("preset"), "device": str(mem.device),
-              "sandboxed": sandbox.active,
+              "sandboxed": sandbox.active, "trained_steps": progress.get("step"),
+              "corpora": mem.config.get("corpora"), "memory": asdict(mem.mcfg),
               "params": sum(p.numel() for p in mem.model.parameters()), "args": {k: str(v) for k, v in vars(args).items()},
               "episodes_learned": learned, "learning_seconds": round(learn_seconds, 1),
               "groups": {g: {"before": summary(before[g]), "after": summary(after[g]),
