@@ -373,6 +373,7 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
             log(f"previous corpus {Path(c['path']).name}: validation {before[c['path']]['bpb']:.3f} -> "
                 f"{after['bpb']:.3f} bits per byte ({after['bpb'] - before[c['path']]['bpb']:+.3f} forgotten)")
     if rt.world_size > 1:
+        rt.barrier()   # leave together: a rank tearing gloo down while another still talks aborts it
         dist.destroy_process_group()
     return summary
 
