@@ -137,7 +137,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="nimllm-agent-bench-") as tmp:
         tmp = Path(tmp)
         shutil.copytree(Path(args.model).expanduser(), tmp / "model", ignore=shutil.ignore_patterns(   # the base model
-            "agent-skills", "train_state.safetensors", "memory", "conversations.sqlite*"))
+            "agent-skills", "train_state.safetensors", "delta-*", "conversations.sqlite*"))
         sandbox = Sandbox(tmp)
         if not sandbox.active and not args.confirm_all:
             sys.exit(f"the agent bench runs model-written commands, so it needs the sandbox ({sandbox.reason}), "

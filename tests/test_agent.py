@@ -249,3 +249,16 @@ def test_the_working_folder_must_be_a_project(folder):
         run_agent(folder, Path("/"), "cpu", SAMPLING, stdin=io.StringIO(""), stdout=io.StringIO())
     out = run_cli("agent", "--model", folder.root, "--folder", "/nonexistent/place", input="")
     assert out.returncode == 1 and "no such folder" in out.stderr and "Traceback" not in out.stderr
+
+
+@sandboxed   # it runs what the model writes, which only the sandbox makes harmless
+def test_the_benchmark_runs_end_to_end(trained, tmp_path):
+    out = tmp_path / "agent.json"
+    run = subprocess.run([sys.executable, "bench/agent.py", "--model", str(trained), "--per-group", "1", "--learn", "3",
+                          "--max-steps", "1", "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(out.read_text())
+    assert set(result["groups"]) == {"trained", "held-out phrasings", "held-out kinds"}
+    assert all(result["groups"][g][phase]["tasks"] == 1 for g in result["groups"] for phase in ("before", "after"))
+    assert result["tasks"]["before"]["held-out kinds"][0]["kind"] in ("count_folders", "largest_number", "grep_count")
+    assert result["sandboxed"] and result["memory"]["mask_fraction"] > 0
