@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from nimllm import shell
+from nimllm.console import line_reader
 from nimllm.config import ModelFolder, UserError
 from nimllm.generate import generate
 from nimllm.memory import Memory, conversation_messages
@@ -263,30 +264,6 @@ class Agent:
         return True
 
 
-def line_reader(stdin, stdout):
-    """prompt -> line, None at the end of input. Piped lines are echoed after their prompt, so that a
-    piped session's transcript reads as a typed one does."""
-    if stdin is sys.stdin and stdin.isatty():
-        import readline  # noqa: F401  (line editing for input())
-
-        def read_tty(prompt):
-            try:
-                return input(prompt)
-            except EOFError:
-                return None
-        return read_tty
-
-    def read_piped(prompt):
-        stdout.write(prompt)
-        stdout.flush()
-        line = stdin.readline()
-        if not line:
-            return None
-        stdout.write(line if line.endswith("\n") else line + "\n")
-        return line.rstrip("\r\n")
-    return read_piped
-
-
 def run_agent(folder: ModelFolder, workdir: Path, device: str | None, sampling: dict, yes: bool = False,
               max_steps: int = 5, seconds: float = 10.0, stdin=sys.stdin, stdout=sys.stdout) -> int:
     """The REPL; returns the exit code. The sandbox is checked before the model is loaded, so --yes
@@ -301,20 +278,21 @@ def run_agent(folder: ModelFolder, workdir: Path, device: str | None, sampling: 
     say(sandbox.reason if sandbox.active else
         f"NO SANDBOX: {sandbox.reason}. Commands run as you, with only time and size limits; "
         "every one is shown and needs your yes.")
-    agent = Agent(mem, sandbox, sampling, line_reader(stdin, stdout), stdout, yes, max_steps)
-    agent.say("ask for something to do in this folder; /help lists the commands, /quit or Ctrl-D ends")
-    while True:
-        try:
-            line = agent.read_line(PROMPT)
-        except KeyboardInterrupt:   # at the prompt: leave, as /quit does
-            line = None
-        if line is None:
-            break
-        try:
-            if not agent.handle(line):
+    with line_reader(stdin, stdout, "agent_history") as read_line:
+        agent = Agent(mem, sandbox, sampling, read_line, stdout, yes, max_steps)
+        agent.say("ask for something to do in this folder; /help lists the commands, /quit or Ctrl-D ends")
+        while True:
+            try:
+                line = agent.read_line(PROMPT)
+            except KeyboardInterrupt:   # at the prompt: leave, as /quit does
+                line = None
+            if line is None:
                 break
-        except KeyboardInterrupt:   # while the model writes or a command runs: stop this task
-            agent.say(" [stopped]")
+            try:
+                if not agent.handle(line):
+                    break
+            except KeyboardInterrupt:   # while the model writes or a command runs: stop this task
+                agent.say(" [stopped]")
     agent.say()
     agent.close_task()
     return 0

@@ -6,10 +6,10 @@ so a chat killed at any point loses nothing: the next chat learns what was left 
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager, suppress
 from functools import partial
 
-from nimllm.config import ModelFolder, nimllm_home
+from nimllm.config import ModelFolder
+from nimllm.console import line_reader
 from nimllm.generate import generate
 from nimllm.memory import Memory
 
@@ -54,45 +54,6 @@ def read_message(read_line) -> str | None:
         lines.append(line[:-1])
         line = read_line(MORE) or ""   # the end of input ends the message; the next read ends the chat
     return "\n".join(lines + [line])
-
-
-@contextmanager
-def line_reader(stdin, stdout):
-    """A function prompt -> line (None at the end of input). On a terminal, readline's editing and a
-    history kept across chats; otherwise plain lines, echoed after their prompt so that a piped
-    session's transcript reads as a typed one does."""
-    if stdin is sys.stdin and stdin.isatty():
-        try:
-            import readline
-        except ImportError:   # not on every platform; input() then still works, without history
-            readline = None
-        history = nimllm_home() / "chat_history"
-        if readline and history.exists():
-            readline.read_history_file(history)
-
-        def read_line(prompt):
-            try:
-                return input(prompt)
-            except EOFError:
-                return None
-        try:
-            yield read_line
-        finally:
-            if readline:
-                with suppress(OSError):   # history is a convenience: never fail a chat over it
-                    history.parent.mkdir(parents=True, exist_ok=True)
-                    readline.set_history_length(1000)
-                    readline.write_history_file(history)
-    else:
-        def read_line(prompt):
-            stdout.write(prompt)
-            stdout.flush()
-            line = stdin.readline()
-            if not line:
-                return None
-            stdout.write(line if line.endswith("\n") else line + "\n")
-            return line.rstrip("\r\n")
-        yield read_line
 
 
 class Chat:
@@ -198,7 +159,7 @@ def run_chat(folder: ModelFolder, device: str | None, sampling: dict, stdin=sys.
     mem.learn_pending(log=partial(print, file=stdout, flush=True))   # what a killed chat left unlearned
     chat = Chat(mem, sampling, stdout)
     chat.say("talk to your model; /help lists the commands, /quit or Ctrl-D ends and remembers")
-    with line_reader(stdin, stdout) as read_line:
+    with line_reader(stdin, stdout, "chat_history") as read_line:
         while True:
             try:
                 text = read_message(read_line)
