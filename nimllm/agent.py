@@ -137,7 +137,8 @@ class Agent:
             temperature = s["temperature"] if attempt == 0 else max(s["temperature"], 0.8)
             seed = None if s["seed"] is None else s["seed"] + attempt
             out = []
-            for token in generate(self.mem.model, prompt, s["max_tokens"], temperature, s["top_k"], s["top_p"], seed):
+            for token in generate(self.mem.model, prompt, s["max_tokens"], temperature, s["top_k"], s["top_p"], seed,
+                                  decoder=self.mem.decoder()):
                 out.append(token)
                 if token in stops:
                     break

@@ -111,7 +111,7 @@ class Chat:
         turns = [tok.render_conversation([message])[0] for message in self.context]
         prompt = fit_context(turns, self.budget - 1) + [tok.special("<|assistant|>")]   # -1: that last token
         ids = generate(self.mem.model, prompt, s["max_tokens"], s["temperature"], s["top_k"], s["top_p"],
-                       s["seed"], stop_ids=[tok.special("<|end|>"), tok.eot_id])
+                       s["seed"], stop_ids=[tok.special("<|end|>"), tok.eot_id], decoder=self.mem.decoder())
         pieces = []
         self.say(REPLY, end="")
         try:

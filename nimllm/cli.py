@@ -138,7 +138,7 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     from nimllm.checkpoint import load_model
     from nimllm.config import ModelFolder
-    from nimllm.generate import generate
+    from nimllm.generate import fastest_decoder, generate
     from nimllm.train import pick_device
     from nimllm.tokenizer import Tokenizer
     folder = ModelFolder.resolve(args.model)
@@ -146,7 +146,7 @@ def cmd_generate(args) -> int:
     tokenizer = Tokenizer.load(folder.tokenizer)
     print(args.prompt, end="", flush=True)
     ids = generate(model, tokenizer.encode(args.prompt), args.max_tokens, args.temperature, args.top_k,
-                   args.top_p, args.seed, stop_ids=[tokenizer.eot_id])
+                   args.top_p, args.seed, stop_ids=[tokenizer.eot_id], decoder=fastest_decoder(model))
     for piece in tokenizer.decode_stream(ids):
         print(piece, end="", flush=True)
     print()

@@ -37,6 +37,7 @@ from nimllm import checkpoint
 from nimllm.config import MemoryConfig, ModelFolder, UserError
 from nimllm.data import TokenShards
 from nimllm.fileio import atomic_write
+from nimllm.generate import Decoder, fastest_decoder
 from nimllm.metrics import plot_memory
 from nimllm.model import GPT
 from nimllm.store import Store
@@ -329,6 +330,14 @@ class Memory:
         self.fisher = self._fisher()
         self.applied: list[int] = []
         self._catch_up()
+        self._decoder: tuple[tuple[int, ...], Decoder] | None = None
+
+    def decoder(self) -> Decoder:
+        """The fastest decoder of the weights as they are now: built again once memories change them."""
+        if self._decoder is None or self._decoder[0] != tuple(self.applied):
+            self._decoder = None   # free the old copy of the weights first
+            self._decoder = (tuple(self.applied), fastest_decoder(self.model))
+        return self._decoder[1]
 
     @property
     def fisher_path(self) -> Path:

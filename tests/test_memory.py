@@ -171,3 +171,21 @@ def test_updates_rehearse_earlier_conversations_but_never_forgotten_ones(folder)
     report_c = mem.learn([c], log=lambda *_: None)
     assert report_c.rehearsed == [b]
     assert mem.store.delta(report_c.delta_id).stats["rehearsed"] == [b]   # kept for `nimllm memory show`
+
+
+def test_the_decoder_follows_the_weights_through_learning_and_forgetting(folder):
+    from nimllm.generate import generate
+    from nimllm.memory import Memory
+    mem = Memory(folder, "cpu")
+    prompt = mem.tokenizer.encode("my sister")
+
+    def greedy(decoder=None):
+        return list(generate(mem.model, prompt, 12, temperature=0, decoder=decoder, use_cache=decoder is not None))
+
+    before = mem.decoder()
+    assert mem.decoder() is before and greedy(before) == greedy()
+    mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
+    after = mem.decoder()
+    assert after is not before and greedy(after) == greedy()   # a stale copy would decode the old weights
+    mem.forget()
+    assert mem.decoder() is not after and greedy(mem.decoder()) == greedy()
