@@ -410,6 +410,18 @@ def batched(chunks: Iterator[Chunk], max_chars: int = BATCH_CHARS) -> Iterator[l
         yield batch
 
 
+def tokenized(chunks: Iterator[Chunk], tokenizer: Tokenizer) -> Iterator[list[tuple[Chunk, list[int]]]]:
+    """Chunks with their token ids as training reads them, a batch at a time (encoded on all cores):
+    a conversation rendered by the chat template, and <|endoftext|> after the end of a document."""
+    for batch in batched(chunks):
+        pairs = []
+        for chunk, ids in zip(batch, tokenizer.encode_batch([c.text for c in batch])):
+            if chunk.messages:
+                ids = tokenizer.render_conversation(chunk.messages)[0]
+            pairs.append((chunk, ids + [tokenizer.eot_id] if chunk.ends_document else ids))
+        yield pairs
+
+
 def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, val_fraction: float = 0.1,
                    *, block_size: int, quiet: bool = False, shard_tokens: int = SHARD_TOKENS) -> CorpusInfo:
     """Tokenize a corpus into train_*.bin and val_*.bin shards and meta.json in out_dir. The
@@ -422,12 +434,10 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
     writers = {split: ShardWriter(build, split, dtype, shard_tokens) for split in ("train", "val")}
     try:
         with bytes_progress(corpus.total_bytes, quiet) as show:
-            for batch in batched(corpus.chunks()):
-                for chunk, ids in zip(batch, tokenizer.encode_batch([c.text for c in batch])):
-                    if chunk.messages:
-                        ids = tokenizer.render_conversation(chunk.messages)[0]
+            for batch in tokenized(corpus.chunks(), tokenizer):
+                for chunk, ids in batch:
                     writer = writers[chunk.split]
-                    writer.write(ids + [tokenizer.eot_id] if chunk.ends_document else ids)
+                    writer.write(ids)
                     writer.info.bytes += len(chunk.text.encode("utf-8"))
                     writer.info.documents += chunk.ends_document
                 show(corpus.stats.bytes_read)

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nimllm.checkpoint import load_model
 from nimllm.config import ModelFolder, UserError
-from nimllm.data import Corpus, TokenShards, batched, named_like_binary
+from nimllm.data import Corpus, TokenShards, named_like_binary, tokenized
 from nimllm.tokenizer import Tokenizer
 from nimllm.train import Runtime, evaluate, pick_device
 
@@ -54,11 +54,9 @@ def tokenize_text(path: Path, tokenizer: Tokenizer, progress: Progress) -> TextT
               for chunk in (corpus.jsonl_chunks(f, lambda offset: "eval") if f.jsonl
                             else corpus.file_chunks(f, lambda text: [("eval", text)])))
     pieces, num_bytes = [], 0
-    for batch in batched(chunks):
-        for chunk, ids in zip(batch, tokenizer.encode_batch([c.text for c in batch])):
-            if chunk.messages:   # a conversation is scored as rendered by the chat template, as training reads it
-                ids = tokenizer.render_conversation(chunk.messages)[0]
-            pieces.append(np.asarray(ids + [tokenizer.eot_id] if chunk.ends_document else ids, dtype=np.int32))
+    for batch in tokenized(chunks, tokenizer):
+        for chunk, ids in batch:
+            pieces.append(np.asarray(ids, dtype=np.int32))
             num_bytes += len(chunk.text.encode("utf-8"))
         progress.update(task, completed=corpus.stats.bytes_read)
     if not pieces:   # JSONL lines with neither a "text" string nor "messages"
