@@ -15,8 +15,10 @@ produces the same tokens.
 from __future__ import annotations
 
 import copy
+import queue
+from dataclasses import dataclass
 from functools import partial
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -197,6 +199,8 @@ class Decoder:
 
         def attend(layer, q, k, v):
             keys, values = cache.k[layer], cache.v[layer]                               # (B, H, T, D)
+            if len(tokens) < len(keys):   # an eager step of the first rows only (BatchScheduler's)
+                keys, values = keys[:len(tokens)], values[:len(tokens)]
             keys[rows, :, positions], values[rows, :, positions] = k[:, :, 0], v[:, :, 0]
             return F.scaled_dot_product_attention(q, keys[:, :, :length], values[:, :, :length], attn_mask=visible)
 
@@ -256,6 +260,11 @@ def new_generator(device: torch.device, seed: int | None) -> torch.Generator:
     return generator
 
 
+def context_window(ids: list[int], block: int) -> list[int]:
+    """What a sequence is prefilled from: all of it while it fits the context, else its last half-context."""
+    return ids if len(ids) <= block else ids[-(block // 2):]
+
+
 class TokensToHost:
     """Sampled tokens (B,) on their way to the host: the copy is queued now, and read() waits for it
     alone, not for work queued on the device after it."""
@@ -311,7 +320,7 @@ def generate_batch(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_t
         else:
             logits = torch.zeros(B, decoder.cfg.vocab_size, device=decoder.device, dtype=decoder.cache.k[0].dtype)
         for r in refill:
-            window = ids[r] if len(ids[r]) <= block else ids[r][-(block // 2):]
+            window = context_window(ids[r], block)
             logits[r] = decoder.prefill(r, window)
             cached[r] = len(window)
         return logits
@@ -360,3 +369,165 @@ def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, temperature
             return
         ids.append(token)
         yield token
+
+
+# ---- serving: requests that come and go ----------------------------------------------------------
+
+@dataclass(eq=False)
+class Request:
+    """One sequence to continue for a client. `emit(token, None)` receives each new token and
+    `emit(None, reason)` the end: "stop" (a stop id, not emitted), "length", "cancelled" or
+    "error: ..."; both are called on the scheduler's thread."""
+    prompt: list[int]
+    max_new_tokens: int
+    emit: Callable[[int | None, str | None], None]
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_ids: frozenset[int] = frozenset()
+    cancelled: bool = False   # set from any thread: the row is let go at the next step
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass(eq=False)
+class _Row:
+    request: Request
+    ids: list[int]                 # prompt and tokens so far
+    generator: torch.Generator
+    cached: int = 0                # positions in the cache; 0 until prefilled
+    new: int = 0                   # tokens emitted
+
+
+class BatchScheduler:
+    """Continuous batching: requests take rows of one Decoder as rows come free and give them back when
+    they stop, reach their length or are cancelled; every step decodes one token for every live row.
+
+    Each row is sampled alone with its request's settings and its own generator, exactly as
+    generate_batch samples a batch of one, so a request gets the tokens `generate` gives its prompt
+    alone: the same greedy tokens, the same draws for the same seed (up to the rounding of a batched
+    matrix product). Prompts and sequences that outgrow the context follow generate_batch's window
+    rule. As there, the device runs a step ahead: the next step is queued on the sampled tokens before
+    Python reads them. One thread calls step(); submit() and Request.cancel() are safe from any."""
+
+    def __init__(self, decoder: Decoder):
+        self.decoder = decoder
+        self.rows: list[_Row | None] = [None] * decoder.batch_size
+        self.waiting: queue.Queue[Request] = queue.Queue()
+        self.ahead: torch.Tensor | None = None   # logits of a step queued before its tokens were read
+
+    def submit(self, request: Request) -> None:
+        if not request.prompt:
+            raise ValueError("generation needs at least one prompt token")
+        self.waiting.put(request)
+
+    @property
+    def live(self) -> int:
+        return sum(row is not None for row in self.rows)
+
+    def replace_decoder(self, decoder: Decoder) -> None:
+        """A decoder of new weights (after learning); only between requests, since the cache goes with it."""
+        if self.live or decoder.batch_size != len(self.rows):
+            raise RuntimeError("the decoder can change only while no request is decoding, at the same batch size")
+        self.decoder, self.ahead = decoder, None
+
+    def step(self, admit: bool = True, timeout: float | None = None) -> None:
+        """Admit waiting requests into free rows (unless `admit` is off, to drain the rows before the
+        weights change), then one token for every live row. With no row live it waits up to `timeout`
+        seconds for a request."""
+        for r, row in enumerate(self.rows):
+            if row is not None and row.request.cancelled:
+                self._finish(r, "cancelled")
+        if admit:
+            self._admit(None if self.live else timeout)
+        if not self.live:
+            return
+        tokens = self._sample(self._logits())
+        if all(row is None or row.cached < self.decoder.cfg.block_size for row in self.rows):
+            self.ahead = self._step_rows(tokens, [r for r, row in enumerate(self.rows) if row is not None])
+        self._take(TokensToHost(tokens).read())
+
+    def abort(self, reason: str) -> None:
+        """End every live request with `reason` (the step failed); the rows are free again."""
+        for r, row in enumerate(self.rows):
+            if row is not None:
+                self._finish(r, reason)
+        self.ahead = None
+
+    def _admit(self, timeout: float | None) -> None:
+        while None in self.rows:
+            try:
+                request = self.waiting.get(timeout=timeout) if timeout else self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            timeout = None
+            if request.cancelled:
+                request.emit(None, "cancelled")
+                continue
+            self.rows[self.rows.index(None)] = _Row(request, list(request.prompt),
+                                                    new_generator(self.decoder.device, request.seed))
+
+    def _width(self) -> int:
+        """Rows a step computes: all of them where shapes must not change (a graph, a compiled step, a
+        GPU), else up to the last live one, so one client on a CPU pays for one row, not max_batch."""
+        if self.decoder.static:
+            return len(self.rows)
+        return max(r for r, row in enumerate(self.rows) if row is not None) + 1
+
+    def _step_rows(self, tokens: torch.Tensor, stepping: list[int]) -> torch.Tensor:
+        """One step of these rows on tokens (on the device); the other rows are fed position 0."""
+        positions = [0] * self._width()
+        for r in stepping:
+            positions[r] = self.rows[r].cached
+            self.rows[r].cached += 1
+        return self.decoder.step(tokens[:len(positions)], positions)
+
+    def _logits(self) -> torch.Tensor:
+        """Every live row's next-token logits: from the step queued ahead, from a step on the tokens
+        read back, or from a prefill for a row just admitted or at the end of its context."""
+        block, live = self.decoder.cfg.block_size, [r for r, row in enumerate(self.rows) if row is not None]
+        if self.ahead is not None:
+            logits, self.ahead = self.ahead, None
+            refill = [r for r in live if self.rows[r].cached == 0]
+        else:
+            refill = [r for r in live if self.rows[r].cached in (0, block)]
+            stepping = [r for r in live if r not in refill]
+            tokens = torch.tensor([row.ids[-1] if row else 0 for row in self.rows], device=self.decoder.device)
+            logits = self._step_rows(tokens, stepping) if stepping else None
+        width, vocab = self._width(), self.decoder.cfg.vocab_size
+        if logits is None or len(logits) < width:   # rows admitted beyond those the step computed
+            start = 0 if logits is None else len(logits)
+            pad = torch.zeros(width - start, vocab, device=self.decoder.device, dtype=self.decoder.cache.k[0].dtype)
+            logits = pad if logits is None else torch.cat([logits, pad])
+        for r in refill:
+            window = context_window(self.rows[r].ids, block)
+            logits[r] = self.decoder.prefill(r, window)
+            self.rows[r].cached = len(window)
+        return logits
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        tokens = logits.argmax(dim=-1)   # greedy rows, all at once
+        for r, row in enumerate(self.rows[:len(logits)]):
+            if row is not None and row.request.temperature > 0:
+                req = row.request
+                tokens[r] = sample_next(logits[r:r + 1], req.temperature, req.top_k, req.top_p, row.generator)[0]
+        return tokens
+
+    def _take(self, tokens: list[int]) -> None:
+        for r, row in enumerate(self.rows):
+            if row is None:
+                continue
+            if tokens[r] in row.request.stop_ids:
+                self._finish(r, "stop")
+                continue
+            row.ids.append(tokens[r])
+            row.new += 1
+            row.request.emit(tokens[r], None)
+            if row.new >= row.request.max_new_tokens:
+                self._finish(r, "length")
+
+    def _finish(self, r: int, reason: str) -> None:
+        request, self.rows[r] = self.rows[r].request, None
+        request.emit(None, reason)
