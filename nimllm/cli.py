@@ -5,6 +5,7 @@ Both forms work: `nimllm --train FILE` (the seed's flags) and `nimllm train FILE
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  nimllm generate \"Once upon a time\"\n  nimllm --chat                     talk; it learns from it\n"
                "  nimllm --agent                    a model with hands: shell commands in a sandbox\n"
                "  nimllm memory list                what it learned, to show or forget\n  nimllm info\n"
+               "  nimllm serve                      an OpenAI-compatible API and a web chat on 127.0.0.1:8000\n"
                "  nimllm eval notes.txt             bits per byte of the model on a text\n"
                "  nimllm export --format hf DIR     for transformers (or --format gguf FILE for llama.cpp)\n"
                "model folders live in $NIMLLM_HOME/models (default ~/.nimllm/models)",
@@ -79,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "sandbox works (destructive commands are refused anyway)")
     agent.add_argument("--max-steps", type=int, default=5, help="commands per task before it stops (default 5)")
     agent.add_argument("--timeout", type=_duration, default=10.0, help="time limit of each command (default 10s)")
+
+    serve = command("serve", "serve the model: an OpenAI-compatible API at /v1 and a web chat page at /")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
+                                                           "only; any other needs --api-key)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port")
+    serve.add_argument("--api-key", default=os.environ.get("NIMLLM_API_KEY"),
+                       help="require `Authorization: Bearer KEY` (default: $NIMLLM_API_KEY)")
+    serve.add_argument("--remember", action="store_true", help="store every conversation and learn it once it "
+                                                               "goes quiet, as the chat does")
+    serve.add_argument("--quiet-after", type=_duration, default=300.0,
+                       help="with --remember: learn a conversation after this long without a request (default 5m)")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together; more wait (default 8)")
 
     mem = command("memory", "what the model learned from conversations: list, show ID, forget ID, reset, stats")
     mem.add_argument("action", choices=["list", "show", "forget", "reset", "stats"])
@@ -213,6 +227,13 @@ def cmd_memory(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from nimllm.config import ModelFolder
+    from nimllm.server import run_server
+    return run_server(ModelFolder.resolve(args.model), args.host, args.port, args.device, args.api_key, args.remember,
+                      args.max_batch, args.quiet_after)
+
+
 def cmd_eval(args) -> int:
     import json
     from nimllm.config import ModelFolder
@@ -238,7 +259,7 @@ def cmd_export(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "generate": cmd_generate, "info": cmd_info, "chat": cmd_chat, "agent": cmd_agent,
-            "memory": cmd_memory,
+            "memory": cmd_memory, "serve": cmd_serve,
             "eval": cmd_eval, "export": cmd_export}
 
 

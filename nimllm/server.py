@@ -1,0 +1,932 @@
+"""`nimllm serve`: the model behind an OpenAI-compatible API, and a web chat page on top of that API.
+
+A face: the OpenAI protocol in and out, text to token ids and back. Everything else is below it:
+- one engine thread owns the model and runs every request through nimllm/generate.py's
+  BatchScheduler (continuous batching on token ids); tokens come back to each request's asyncio
+  queue, so requests never mix, and a client that leaves cancels its request and frees its row;
+- with --remember each conversation is stored as it happens (nimllm/store.py), known by its
+  messages: a request whose messages extend a known conversation continues it. Once it has been
+  quiet for --quiet-after, the engine stops admitting requests, lets the rows in flight finish, and
+  learns it with Memory.learn, exactly as a chat is learned (nimllm/memory.py), then decodes with
+  the new weights. Learning and generation never touch the weights at the same time, and requests
+  that arrive meanwhile wait in the queue, not in an error.
+- Tool calls: the request's tools are described to the model in a system message; its
+  `<|tool_call|>...<|/tool_call|>` turn comes back as OpenAI `tool_calls` (tool_call_from_text), and
+  the calls and results a client sends back are rendered as the model's own turns (template_messages).
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import hmac
+import ipaddress
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi import Request as HTTPRequest
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException
+
+from nimllm.config import ModelFolder, UserError
+from nimllm.generate import BatchScheduler, Request, fastest_decoder
+from nimllm.memory import Memory, memory_history, show_memory
+from nimllm.store import Store
+from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
+
+WEB = Path(__file__).parent / "web"
+MAX_REQUEST_BYTES = 1 << 20   # far more text than any context holds; a bigger body is a mistake or an attack
+
+
+# ---- the protocol: what a request may hold (fields beyond these are ignored, as llama.cpp does) ----
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class FunctionCall(Body):
+    name: str
+    arguments: str = "{}"          # JSON text, as OpenAI sends it
+
+
+class ToolCall(Body):
+    id: str | None = None
+    type: str = "function"
+    function: FunctionCall
+
+
+class ContentPart(Body):
+    type: str
+    text: str | None = None
+
+
+class Message(Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class Function(Body):
+    name: str
+    description: str = ""
+    parameters: dict = Field(default_factory=dict)
+
+
+class Tool(Body):
+    type: Literal["function"] = "function"
+    function: Function
+
+
+class Named(Body):
+    name: str
+
+
+class NamedToolChoice(Body):
+    type: Literal["function"] = "function"
+    function: Named
+
+
+class StreamOptions(Body):
+    include_usage: bool = False
+
+
+class Sampling(Body):
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)           # llama.cpp's and Ollama's, not OpenAI's
+    stop: str | list[str] | None = Field(None, validate_default=True)   # a list once validated
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = 1
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n):
+        if n not in (None, 1):
+            raise ValueError("only n=1 is supported")
+        return n
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop):
+        stop = [stop] if isinstance(stop, str) else stop or []
+        if len(stop) > 4 or not all(stop):
+            raise ValueError("stop takes at most 4 non-empty strings")
+        return stop
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str] | list[int]
+
+
+class FeedbackRequest(Body):
+    messages: list[Message] = Field(min_length=1)   # the conversation, ending with the answer rated
+    feedback: Literal["good", "bad", "fix"]
+    fix: str | None = None
+
+
+class ApiError(Exception):
+    """An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None):
+        self.status, self.body = status, {"error": {"message": message, "type": type, "param": None, "code": code}}
+
+
+async def read_body(http: HTTPRequest, cls: type[Body]) -> Body:
+    """The request's JSON as `cls`: 413 past MAX_REQUEST_BYTES, 400 for anything malformed."""
+    too_big = ApiError(413, f"the request is larger than {MAX_REQUEST_BYTES:,} bytes", code="request_too_large")
+    if int(http.headers.get("content-length") or 0) > MAX_REQUEST_BYTES:
+        raise too_big
+    body = b""
+    async for chunk in http.stream():
+        body += chunk
+        if len(body) > MAX_REQUEST_BYTES:
+            raise too_big
+    try:
+        return cls.model_validate_json(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise ApiError(400, f"{where + ': ' if where else ''}{first['msg']}") from None
+
+
+# ---- tools: the OpenAI shape <-> the model's own tool-call turns ----------------------------------
+
+def shell_tool(tools: list[Tool]) -> str | None:
+    """The request's tool that runs a shell command (exec_bash, bash, shell, ...): the first one taking
+    a string `command`. What NimLLM's agent-trained models write inside a call is such a command."""
+    for tool in tools:
+        command = tool.function.parameters.get("properties", {}).get("command")
+        if isinstance(command, dict) and command.get("type", "string") == "string":
+            return tool.function.name
+    return None
+
+
+def text_parameter(function: Function) -> str | None:
+    """Where a call's plain text goes: `command` if the function takes one, else its first string parameter."""
+    properties = function.parameters.get("properties", {})
+    strings = [n for n, p in properties.items() if isinstance(p, dict) and p.get("type", "string") == "string"]
+    return "command" if "command" in strings else next(iter(strings), None)
+
+
+def describe_tools(tools: list[Tool]) -> str:
+    """The system message that tells the model its tools: names, descriptions, parameter schemas."""
+    shell = shell_tool(tools)
+    how = "To call a tool, write only the call: a JSON object {\"name\": ..., \"arguments\": {...}}" + (
+        f", or for {shell} just the shell command." if shell else ".")
+    lines = [f"{t.function.name}: {t.function.description} parameters: "
+             f"{json.dumps(t.function.parameters, separators=(',', ':'))}" for t in tools]
+    return "\n".join(["You can use these tools. " + how] + lines)
+
+
+def tool_call_from_text(text: str, tools: list[Tool], default: str | None = None) -> tuple[str, dict] | None:
+    """(name, arguments) of a call the model wrote: JSON {"name", "arguments"} naming one of the tools, as
+    it says; anything else (a plain shell command, as the agent writes) as the text parameter of the
+    `default` tool (the one tool_choice forces) or of the request's shell tool. None when no tool fits."""
+    functions = {t.function.name: t.function for t in tools}
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("name") in functions and isinstance(parsed.get("arguments", {}), dict):
+        return parsed["name"], parsed.get("arguments", {})
+    target = functions.get(default or shell_tool(tools))
+    if target is None:
+        return None
+    parameter = text_parameter(target)
+    return target.name, ({parameter: text} if parameter else {})
+
+
+def call_text(function: FunctionCall, tools: list[Tool]) -> str:
+    """What the model writes for a call a client sends back: the bare command for the shell tool (the
+    model's own form, so its turn reads back token for token), else compact JSON."""
+    try:
+        arguments = json.loads(function.arguments)
+    except ValueError:
+        arguments = function.arguments
+    if function.name == shell_tool(tools) and isinstance(arguments, dict) and list(arguments) == ["command"]:
+        return str(arguments["command"])
+    return json.dumps({"name": function.name, "arguments": arguments}, separators=(",", ":"))
+
+
+def text_of(content: str | list[ContentPart] | None) -> str:
+    if isinstance(content, list):
+        return "".join(part.text or "" for part in content if part.type == "text")
+    return content or ""
+
+
+def template_messages(messages: list[Message], tools: list[Tool]) -> list[tuple[str, str]]:
+    """A request's messages as the chat template's (role, content) pairs. Each tool call is put right
+    before its result, the pair the template knows; what an assistant said beside its calls is let go,
+    as the agent lets it go."""
+    out: list[tuple[str, str]] = []
+    waiting: list[ToolCall] = []   # calls whose results have not come yet
+
+    def flush():
+        out.extend(("tool_call", call_text(c.function, tools)) for c in waiting)
+        waiting.clear()
+
+    for m in messages:
+        if m.role == "tool":
+            call = next((c for c in waiting if c.id == m.tool_call_id), waiting[0] if waiting else None)
+            if call is not None:
+                waiting.remove(call)
+                out.append(("tool_call", call_text(call.function, tools)))
+            out.append(("tool", text_of(m.content)))
+            continue
+        flush()
+        if m.tool_calls:
+            waiting = list(m.tool_calls)
+        else:
+            out.append(("system" if m.role == "developer" else m.role, text_of(m.content)))
+    flush()
+    return out
+
+
+def forced_tool(request: ChatRequest) -> str | None:
+    """Where tool_choice forces a call (the model's turn then starts with `<|tool_call|>`), the tool that a
+    call in plain text goes to: the one named, or for "required" the shell tool, else the first. None
+    where the model chooses."""
+    choice, names = request.tool_choice, [t.function.name for t in request.tools or []]
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            raise ApiError(400, f"tool_choice names {choice.function.name!r}, which is not among the tools")
+        return choice.function.name
+    if choice == "required":
+        if not names:
+            raise ApiError(400, "tool_choice \"required\" needs tools")
+        return shell_tool(request.tools) or names[0]
+    return None
+
+
+# ---- the model's tokens as a reply --------------------------------------------------------------
+
+class Reply:
+    """Tokens as the client sees them: content text, held back while it may be the start of a stop
+    string, or, from a `<|tool_call|>` token on (`call_id`; None where tools are not in play), a call."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: list[str], call_id: int | None = None, in_call: bool = False):
+        self.tokenizer, self.stop, self.call_id = tokenizer, stop, call_id
+        self.call: list[int] | None = [] if in_call else None
+        self.partial: list[int] = []   # tokens of a character not complete yet
+        self.held = ""                 # text that may begin a stop string
+        self.text = ""                 # content given out
+        self.stopped = False           # a stop string was met
+        self.tokens = 0
+
+    def feed(self, token: int) -> str:
+        """Content to send now for one more token ("" while it waits)."""
+        self.tokens += 1
+        if self.stopped:
+            return ""
+        if self.call is not None:
+            self.call.append(token)
+            return ""
+        if token == self.call_id:
+            self.call = []
+            return ""
+        self.partial.append(token)
+        piece = self.tokenizer.decode(self.partial)
+        if piece.endswith("\ufffd"):   # a character cut between tokens: wait for the rest
+            return ""
+        self.partial = []
+        return self._release(self.held + piece)
+
+    def flush(self) -> str:
+        """The content still held, at the end."""
+        if self.stopped:
+            return ""
+        tail, self.partial = self.tokenizer.decode(self.partial) if self.partial else "", []
+        return self._release(self.held + tail, final=True)
+
+    def _release(self, text: str, final: bool = False) -> str:
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped, out, self.held = True, text[:min(hits)], ""
+        else:
+            keep = 0 if final else max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])),
+                                       default=0)
+            out, self.held = text[:len(text) - keep], text[len(text) - keep:]
+        self.text += out
+        return out
+
+    def call_text(self) -> str | None:
+        return None if self.call is None else self.tokenizer.decode(
+            [t for t in self.call if t >= len(SPECIAL_TOKENS)]).strip()
+
+
+# ---- the engine: one thread owns the model ------------------------------------------------------
+
+@dataclass(eq=False)
+class Talk:
+    """A conversation the server keeps (--remember), known by its messages."""
+    messages: list[tuple[str, str]]   # as the client will send them back (template pairs)
+    ids: list[int | None]             # their stored ids
+    conversation: int | None = None   # in the store; None once learned: a continuation starts a new one
+    last: float = 0.0                 # when it last changed
+    busy: int = 0                     # replies being written
+
+
+class Talks:
+    """Server conversations, stored as their messages arrive. A request continues the known conversation
+    whose messages are the longest prefix of its own, else it starts one; after `quiet_after` seconds
+    without a request a conversation is ended and handed to the engine to learn. As in the chat, what is
+    said after that is a new conversation in the store, with the old one still in the model's context."""
+
+    def __init__(self, store: Store, quiet_after: float, keep: int = 1000):
+        self.store, self.quiet_after, self.keep = store, quiet_after, keep
+        self.talks: list[Talk] = []
+        self.lock = threading.Lock()
+
+    def begin(self, messages: list[tuple[str, str]]) -> Talk:
+        with self.lock:
+            talk = max((t for t in self.talks if not t.busy and len(t.messages) < len(messages)
+                        and messages[:len(t.messages)] == t.messages), key=lambda t: len(t.messages), default=None)
+            if talk is None:
+                talk = Talk([], [])
+                self.talks.append(talk)
+                self._forget_oldest()
+            if talk.conversation is None:
+                talk.conversation = self.store.start_conversation(kind="server")
+            for role, content in messages[len(talk.messages):]:
+                talk.ids.append(self._store(talk.conversation, role, content))
+            talk.messages = list(messages)
+            talk.busy += 1
+            talk.last = time.time()
+            return talk
+
+    def end(self, talk: Talk, reply: tuple[str, str] | None) -> None:
+        """A reply was written (None: the client left or it failed)."""
+        with self.lock:
+            if reply is not None:
+                talk.ids.append(self._store(talk.conversation, *reply))
+                talk.messages.append(reply)
+            talk.busy -= 1
+            talk.last = time.time()
+
+    def quiet(self) -> list[Talk]:
+        now = time.time()
+        with self.lock:
+            return [t for t in self.talks if t.conversation is not None and not t.busy
+                    and now - t.last >= self.quiet_after]
+
+    def close(self, talk: Talk) -> int:
+        """End a conversation in the store; its id, to learn."""
+        with self.lock:
+            conversation, talk.conversation = talk.conversation, None
+        self.store.end_conversation(conversation)
+        return conversation
+
+    def close_all(self) -> int:
+        open_talks = [t for t in self.talks if t.conversation is not None]
+        for talk in open_talks:
+            self.close(talk)
+        return len(open_talks)
+
+    def feedback(self, messages: list[tuple[str, str]], feedback: str, fix: str | None) -> int:
+        """Rate the last answer of the conversation with exactly these messages; its message id."""
+        with self.lock:
+            talk = next((t for t in self.talks if t.messages == messages), None)
+            if talk is None or messages[-1][0] not in ("assistant", "tool_call"):
+                raise ApiError(404, "no answer of a conversation this server keeps ends these messages "
+                                    "(is it running with --remember?)")
+            if talk.conversation is None:
+                raise ApiError(409, "this conversation has been learned already; `nimllm memory forget` takes "
+                                    "a memory back")
+            self.store.set_feedback(talk.ids[-1], feedback, fix)
+            if fix:   # the client goes on from the better answer: that is what it will send back
+                talk.messages[-1] = (messages[-1][0], fix)
+            return talk.ids[-1]
+
+    def _store(self, conversation: int, role: str, content: str) -> int:
+        if role == "tool_call":   # stored as the agent stores its commands
+            return self.store.add_message(conversation, "assistant", content, {"tool_call": True})
+        return self.store.add_message(conversation, role, content)
+
+    def _forget_oldest(self) -> None:
+        if len(self.talks) > self.keep:
+            learned = [t for t in self.talks if t.conversation is None and not t.busy]
+            if learned:
+                self.talks.remove(learned[0])
+
+
+class Engine:
+    """The one thread that touches the weights: it steps the BatchScheduler and, with --remember,
+    learns quiet conversations between batches (admissions pause, the rows in flight finish, then
+    Memory.learn runs and a decoder of the new weights takes over)."""
+
+    def __init__(self, mem: Memory, max_batch: int, talks: Talks | None, log=print):
+        self.mem, self.talks, self.log, self.max_batch = mem, talks, log, max_batch
+        self.scheduler = BatchScheduler(fastest_decoder(mem.model, max_batch))
+        self.outbox: list[tuple[Job, int | None, str | None]] = []   # what a step emitted, for the event loop
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="nimllm-engine", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        if self.talks:
+            self._changing_weights(lambda: self.mem.learn_pending(self.log))
+        while not self.stopping.is_set():
+            quiet = self.talks.quiet() if self.talks else []
+            if quiet and not self.scheduler.live:
+                self._changing_weights(lambda: self._learn(quiet))
+                continue
+            try:
+                self.scheduler.step(admit=not quiet, timeout=0.2)
+            except Exception as e:  # a failed step fails the requests in it, never the server
+                self.log(f"generation failed: {type(e).__name__}: {e}")
+                self.scheduler.abort(f"error: {type(e).__name__}: {e}")
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand a step's tokens to the event loop in one wake-up, not one per token."""
+        if not self.outbox:
+            return
+        batch, self.outbox = self.outbox, []
+        try:
+            batch[0][0].loop.call_soon_threadsafe(deliver, batch)
+        except RuntimeError:   # the loop has closed (shutdown): no one is listening
+            pass
+
+    def _learn(self, talks: list[Talk]) -> None:
+        for talk in talks:
+            conversation = self.talks.close(talk)
+            self.log(f"remembering conversation {conversation}...")
+            self.mem.learn([conversation], log=self.log)
+
+    def _changing_weights(self, learn) -> None:
+        before = list(self.mem.applied)
+        try:
+            learn()
+        except Exception as e:  # a damaged memory file costs that update, not the server
+            self.log(f"learning failed: {type(e).__name__}: {e}")
+        if self.mem.applied != before:
+            self.scheduler.replace_decoder(fastest_decoder(self.mem.model, self.max_batch))
+
+
+def deliver(batch: list[tuple[Job, int | None, str | None]]) -> None:
+    for job, token, reason in batch:
+        job.events.put_nowait((token, reason))
+
+
+class Job:
+    """One request on the engine, seen from the event loop: its tokens arrive on an asyncio queue."""
+
+    def __init__(self, engine: Engine, prompt: list[int], sampling: Sampling, max_tokens: int, stop_ids):
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.reason: str | None = None   # why it ended: "stop", "length", "cancelled", "error: ..."
+        temperature = 1.0 if sampling.temperature is None else sampling.temperature
+        self.request = Request(prompt, max_tokens, lambda token, reason: engine.outbox.append((self, token, reason)),
+                               temperature, sampling.top_k, sampling.top_p, sampling.seed, frozenset(stop_ids))
+        self.prompt_tokens = len(prompt)
+        engine.scheduler.submit(self.request)
+
+    async def tokens(self, http: HTTPRequest):
+        """The tokens as they come, in runs: all that arrived since the last look, so a client that
+        falls behind gets fewer, longer chunks. A client that leaves cancels the request (its row is
+        freed at the next step)."""
+        watcher = asyncio.create_task(self._watch(http))
+        try:
+            while True:
+                run = [await self.events.get()]
+                while not self.events.empty():
+                    run.append(self.events.get_nowait())
+                tokens = [token for token, _ in run if token is not None]
+                if tokens:
+                    yield tokens
+                if run[-1][1] is not None:
+                    self.reason = run[-1][1]
+                    return
+        finally:
+            watcher.cancel()
+            self.request.cancel()   # nothing if it has ended
+
+    async def _watch(self, http: HTTPRequest) -> None:
+        while not await http.is_disconnected():
+            await asyncio.sleep(1.0)
+        self.request.cancel()
+
+
+# ---- a reply, and its two shapes ----------------------------------------------------------------
+
+@dataclass
+class Served:
+    """What every request needs: the engine, the model's name and folder, the key."""
+    engine: Engine
+    name: str
+    folder: ModelFolder
+    api_key: str | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.engine.mem.tokenizer
+
+    @property
+    def block(self) -> int:
+        return self.engine.mem.model.cfg.block_size
+
+
+class Answer:
+    """One request's reply as it is written: the job on the engine, its tokens as content (Reply), then
+    the tool call, the finish reason and the usage. Given `messages` (with --remember), the conversation
+    is stored as it goes: its new messages first, the reply once complete."""
+
+    def __init__(self, served: Served, prompt: list[int], request: Sampling, stop_ids, reply: Reply,
+                 tools: list[Tool] = (), forced: str | None = None, messages: list[tuple[str, str]] | None = None):
+        self.served, self.prompt, self.request, self.stop_ids, self.reply = served, prompt, request, stop_ids, reply
+        self.tools, self.forced, self.messages = list(tools), forced, messages
+        self.job: Job | None = None
+        self.call: dict | None = None
+        self.id = uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+
+    async def pieces(self, http: HTTPRequest):
+        """Content as it comes; the job starts here, so a stream's job starts only once it is sent."""
+        talks = self.served.engine.talks
+        # the end is not awaited: a client that leaves cancels the stream, and in a cancelled stream every
+        # await is cancelled again, which would leave the conversation busy for ever
+        talk = await asyncio.to_thread(talks.begin, self.messages) if talks and self.messages else None
+        said = None
+        try:
+            self.job = Job(self.served.engine, self.prompt, self.request, self.max_tokens, self.stop_ids)
+            async for piece in self._content(http):
+                yield piece
+            said = self._said()
+        finally:
+            if talk:
+                talks.end(talk, said)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.request.max_completion_tokens or self.request.max_tokens or self.served.block
+
+    async def _content(self, http: HTTPRequest):
+        job, reply = self.job, self.reply
+        async for tokens in job.tokens(http):
+            piece = "".join(reply.feed(token) for token in tokens)
+            if piece:
+                yield piece
+            if reply.stopped:   # a stop string: the row is not needed any more
+                job.request.cancel()
+                job.reason = "stop"
+                break
+        if not self.complete:
+            return
+        written = reply.call_text()
+        found = tool_call_from_text(written, self.tools, self.forced) if written is not None else None
+        if found:
+            self.call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                         "function": {"name": found[0], "arguments": json.dumps(found[1])}}
+        tail = reply.flush()
+        if written and not found:   # a call to no tool the client has: said as text
+            reply.text += written
+            tail += written
+        if tail:
+            yield tail
+
+    @property
+    def complete(self) -> bool:
+        return self.job.reason in ("stop", "length")
+
+    def _said(self) -> tuple[str, str] | None:
+        """The reply as the conversation's next message, once complete."""
+        if not self.complete:
+            return None
+        if self.call:
+            return "tool_call", call_text(FunctionCall(**self.call["function"]), self.tools)
+        return "assistant", self.reply.text
+
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.call else ("length" if self.job.reason == "length" else "stop")
+
+    def usage(self) -> dict:
+        prompt, completion = len(self.prompt), self.reply.tokens
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def error(self) -> ApiError | None:
+        if self.job.reason and self.job.reason.startswith("error"):
+            return ApiError(500, self.job.reason, type="server_error")
+        return None
+
+
+class ChatShape:
+    """chat.completion and chat.completion.chunk objects."""
+
+    def __init__(self, answer: Answer, include_usage: bool):
+        self.answer, self.include_usage = answer, include_usage
+        self.base = {"id": f"chatcmpl-{answer.id}", "created": answer.created, "model": answer.served.name}
+
+    def chunk(self, delta: dict, reason: str | None = None) -> dict:
+        return {**self.base, "object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
+            **({"usage": None} if self.include_usage else {})}
+
+    def opening(self) -> list[dict]:
+        return [self.chunk({"role": "assistant", "content": ""})]
+
+    def piece(self, text: str) -> dict:
+        return self.chunk({"content": text})
+
+    def closing(self) -> list[dict]:
+        calls = [self.chunk({"tool_calls": [{"index": 0, **self.answer.call}]})] if self.answer.call else []
+        return calls + [self.chunk({}, self.answer.finish_reason())]
+
+    def usage_chunk(self) -> dict:
+        return {**self.base, "object": "chat.completion.chunk", "choices": [], "usage": self.answer.usage()}
+
+    def whole(self) -> dict:
+        answer = self.answer
+        message = {"role": "assistant", "content": answer.reply.text or (None if answer.call else "")}
+        if answer.call:
+            message["tool_calls"] = [answer.call]
+        return {**self.base, "object": "chat.completion", "usage": answer.usage(), "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish_reason()}]}
+
+
+class CompletionShape(ChatShape):
+    """text_completion objects, whole or streamed."""
+
+    def __init__(self, answer: Answer, include_usage: bool):
+        super().__init__(answer, include_usage)
+        self.base = {"id": f"cmpl-{answer.id}", "object": "text_completion", "created": answer.created,
+                     "model": answer.served.name}
+
+    def choice(self, text: str, reason: str | None = None) -> dict:
+        return {**self.base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
+                **({"usage": None} if self.include_usage else {})}
+
+    def opening(self) -> list[dict]:
+        return []
+
+    def piece(self, text: str) -> dict:
+        return self.choice(text)
+
+    def closing(self) -> list[dict]:
+        return [self.choice("", self.answer.finish_reason())]
+
+    def usage_chunk(self) -> dict:
+        return {**self.base, "choices": [], "usage": self.answer.usage()}
+
+    def whole(self) -> dict:
+        return {**self.choice(self.answer.reply.text, self.answer.finish_reason()), "usage": self.answer.usage()}
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+async def respond(answer: Answer, shape: ChatShape, stream: bool, http: HTTPRequest):
+    """The answer whole, or as server-sent events: the opening chunk, one per piece of content, the
+    closing ones (finish_reason), the usage if asked, then exactly `data: [DONE]`."""
+    if not stream:
+        async for _ in answer.pieces(http):
+            pass
+        if error := answer.error():
+            raise error
+        return shape.whole()
+
+    async def events():
+        for chunk in shape.opening():
+            yield sse(chunk)
+        async for piece in answer.pieces(http):
+            yield sse(shape.piece(piece))
+        if error := answer.error():
+            yield sse(error.body)
+        else:
+            for chunk in shape.closing() + ([shape.usage_chunk()] if shape.include_usage else []):
+                yield sse(chunk)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def include_usage(request: Sampling) -> bool:
+    return bool(request.stream_options and request.stream_options.include_usage)
+
+
+def check_model(served: Served, requested: str | None) -> None:
+    if requested not in (None, served.name):
+        raise ApiError(404, f"The model `{requested}` does not exist; this server has `{served.name}`",
+                       code="model_not_found")
+
+
+async def chat_completion(served: Served, http: HTTPRequest):
+    request = await read_body(http, ChatRequest)
+    check_model(served, request.model)
+    tok, tools, forced = served.tokenizer, request.tools or [], forced_tool(request)
+    call = tok.special("<|tool_call|>")
+    offered = bool(tools) and request.tool_choice != "none"
+    messages = template_messages(request.messages, tools)
+    described = [("system", describe_tools(tools))] if offered else []
+    prompt = tok.render_conversation(described + messages, add_generation_prompt=True)[0]
+    prompt += [call] if forced is not None else []
+    # a turn ends at any special token but the one that opens a call, where a call can be made
+    stops = {i for i in range(len(SPECIAL_TOKENS)) if i != call or not offered}
+    reply = Reply(tok, request.stop, call if offered else None, in_call=forced is not None)
+    answer = Answer(served, prompt, request, stops, reply, tools, forced, messages)
+    return await respond(answer, ChatShape(answer, include_usage(request)), request.stream, http)
+
+
+def completion_prompt(served: Served, prompt: str | list[str] | list[int]) -> list[int]:
+    """Token ids as given, or the text's; an empty prompt continues from the start of a document."""
+    if prompt and isinstance(prompt, list) and all(isinstance(p, int) for p in prompt):
+        if not all(0 <= p < served.engine.mem.model.cfg.vocab_size for p in prompt):
+            raise ApiError(400, "prompt: a token id is outside the vocabulary")
+        return prompt
+    if isinstance(prompt, list) and len(prompt) > 1:
+        raise ApiError(400, "prompt: only one prompt per request (n=1)")
+    text = prompt[0] if isinstance(prompt, list) and prompt else prompt or ""
+    return served.tokenizer.encode(text) or [served.tokenizer.eot_id]
+
+
+async def completion(served: Served, http: HTTPRequest):
+    request = await read_body(http, CompletionRequest)
+    check_model(served, request.model)
+    stops = [served.tokenizer.eot_id]   # where `nimllm generate` stops
+    answer = Answer(served, completion_prompt(served, request.prompt), request, stops, Reply(served.tokenizer, request.stop))
+    return await respond(answer, CompletionShape(answer, include_usage(request)), request.stream, http)
+
+
+# ---- the app ------------------------------------------------------------------------------------
+
+def create_app(served: Served) -> FastAPI:
+    engine, folder, name = served.engine, served.folder, served.name
+    mem, talks = engine.mem, engine.talks
+    app = FastAPI(title="NimLLM", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_, e: ApiError):
+        return JSONResponse(e.body, status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_, e: HTTPException):
+        return JSONResponse(ApiError(e.status_code, str(e.detail)).body, status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)   # a path parameter of the wrong type
+    async def bad_path(_, e: RequestValidationError):
+        return JSONResponse(ApiError(400, str(e.errors()[0]["msg"])).body, status_code=400)
+
+    def authorized(http: HTTPRequest) -> None:
+        given = http.headers.get("authorization", "").encode()
+        if served.api_key and not hmac.compare_digest(given, f"Bearer {served.api_key}".encode()):
+            raise ApiError(401, "a valid API key is needed: Authorization: Bearer KEY", code="invalid_api_key")
+
+    keyed = [Depends(authorized)]
+
+    @app.post("/v1/chat/completions", dependencies=keyed)
+    async def chat(http: HTTPRequest):
+        return await chat_completion(served, http)
+
+    @app.post("/v1/completions", dependencies=keyed)
+    async def complete(http: HTTPRequest):
+        return await completion(served, http)
+
+    card = {"id": name, "object": "model", "created": int(folder.weights.stat().st_mtime), "owned_by": "nimllm"}
+
+    @app.get("/v1/models", dependencies=keyed)
+    def models():
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id}", dependencies=keyed)
+    def model(model_id: str):
+        check_model(served, model_id)
+        return card
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": name, "decoding": engine.scheduler.live,
+                "waiting": engine.scheduler.waiting.qsize()}
+
+    # ---- what the web page needs beside the API ----
+
+    @app.get("/nimllm/info")
+    def info():
+        return {"model": name, "context": served.block, "remember": talks is not None,
+                "api_key": bool(served.api_key), "quiet_after": talks.quiet_after if talks else None}
+
+    @app.get("/nimllm/conversations", dependencies=keyed)
+    def conversations():
+        return [vars(c) for c in mem.store.conversations()[:100]]
+
+    @app.get("/nimllm/conversations/{conversation_id}", dependencies=keyed)
+    def conversation(conversation_id: int):
+        try:
+            found = mem.store.conversation(conversation_id)
+        except UserError as e:
+            raise ApiError(404, str(e)) from None
+        return {**vars(found), "messages": [vars(m) for m in mem.store.messages(conversation_id)]}
+
+    @app.post("/nimllm/feedback", dependencies=keyed)
+    async def feedback(http: HTTPRequest):
+        request = await read_body(http, FeedbackRequest)
+        if (request.feedback == "fix") != bool(request.fix):
+            raise ApiError(400, "feedback is good, bad, or fix with the better answer in `fix`")
+        if talks is None:
+            raise ApiError(404, "this server keeps no conversations: start it with --remember")
+        messages = template_messages(request.messages, [])
+        message_id = await asyncio.to_thread(talks.feedback, messages, request.feedback, request.fix)
+        return {"message_id": message_id, "feedback": request.feedback}
+
+    @app.get("/nimllm/memories", dependencies=keyed)
+    def memories():
+        return memory_history(folder, mem.store)
+
+    @app.get("/nimllm/memories/{delta_id}", dependencies=keyed)
+    def memory(delta_id: int):
+        try:
+            return {"id": delta_id, "text": show_memory(folder, mem.store, delta_id)}
+        except UserError as e:
+            raise ApiError(404, str(e)) from None
+
+    @app.get("/nimllm/loss.png", dependencies=keyed)
+    def loss_plot():
+        if not folder.loss_plot.exists():
+            raise ApiError(404, "this model folder has no loss plot")
+        return FileResponse(folder.loss_plot, media_type="image/png")
+
+    @app.get("/")
+    def page():
+        return FileResponse(WEB / "index.html")
+
+    app.mount("/web", StaticFiles(directory=WEB), name="web")
+    return app
+
+
+# ---- the command --------------------------------------------------------------------------------
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, made before the model loads: a port in use fails at once, in one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        hint = "; is another server running there? choose another --port" if e.errno == errno.EADDRINUSE else ""
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
+    sock.listen(128)   # connections wait in the backlog until the server takes them
+    return sock
+
+
+def run_server(folder: ModelFolder, host: str = "127.0.0.1", port: int = 8000, device: str | None = None,
+               api_key: str | None = None, remember: bool = False, max_batch: int = 8,
+               quiet_after: float = 300.0, log=print) -> int:
+    """Serve until Ctrl-C (or SIGTERM); returns the exit code."""
+    import uvicorn
+    if not is_loopback(host) and not api_key:
+        raise UserError(f"--host {host} lets other machines use the model: give --api-key (or set NIMLLM_API_KEY)")
+    if max_batch < 1:
+        raise UserError("--max-batch must be at least 1")
+    sock = listen(host, port)
+    mem = Memory(folder, device)
+    talks = Talks(mem.store, quiet_after) if remember else None
+    engine = Engine(mem, max_batch, talks, log=lambda *text: log(*text, flush=True))
+    name = folder.root.name
+    app = create_app(Served(engine, name, folder, api_key))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+    engine.start()
+    address = f"[{host}]" if ":" in host else host
+    log(f"serving {name} on http://{address}:{sock.getsockname()[1]} (OpenAI API at /v1, web chat at /; "
+        f"{max_batch} at a time{', remembering conversations' if remember else ''}); Ctrl-C stops", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        engine.stop()
+        if talks and (left := talks.close_all()):
+            log(f"{left} conversation(s) not learned yet: the next `nimllm serve --remember` or chat learns them")
+    return 0

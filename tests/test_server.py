@@ -1,0 +1,507 @@
+"""`nimllm serve`: real server processes on loopback, driven by the official `openai` client, raw HTTP, a
+killed client process, `nimllm memory list` in a new process and a real headless Chromium; and the
+OpenAI <-> chat-template mapping without a model.
+
+The web test saves its screenshot where NIMLLM_WEB_SCREENSHOT says (docs/web-chat.png was made so)."""
+import http.client
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, popen_cli, real_text, run_cli
+
+from nimllm.checkpoint import load_model
+from nimllm.config import ModelFolder
+from nimllm.generate import fastest_decoder, generate
+from nimllm.server import (FunctionCall, Message, Reply, Tool, call_text, describe_tools, template_messages,
+                           tool_call_from_text)
+from nimllm.store import Store
+from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
+
+openai = pytest.importorskip("openai")
+
+EXEC_BASH = {"type": "function", "function": {"name": "exec_bash", "description": "Run a shell command",
+                                                "parameters": {"type": "object", "properties": {
+                                                    "command": {"type": "string"}}, "required": ["command"]}}}
+READ_FILE = {"type": "function", "function": {"name": "read_file", "description": "Read a file",
+                                               "parameters": {"type": "object", "properties": {
+                                                   "path": {"type": "string"}}}}}
+
+
+class Server:
+    """`nimllm serve ARGS` on a free loopback port, its output collected as it comes."""
+
+    def __init__(self, folder: Path, *args):
+        self.process = popen_cli("serve", "--model", folder, "--port", "0", *args)
+        self.lines: queue.Queue = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.url = self.wait_for("serving ").split(" on ")[1].split()[0]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float = 60) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                line = self.lines.get(timeout=deadline - time.time())
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            if text in line:
+                return line
+        raise AssertionError(f"no {text!r} from the server:\n{''.join(self.output)}")
+
+    def client(self, **kwargs):
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=kwargs.pop("api_key", "unused"), max_retries=0,
+                             **kwargs)
+
+    def http(self, method: str, path: str, body=None, headers=None) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        connection.request(method, path, data, {"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, response.read()
+
+    def health(self) -> dict:
+        return json.loads(self.http("GET", "/health")[1])
+
+    def stop(self):
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=30)
+        assert "Traceback" not in "".join(self.output), "".join(self.output)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve")
+    (root / "corpus.txt").write_text(real_text(200_000))
+    out = run_cli("train", root / "corpus.txt", "--model", root / "model", "--preset", "tiny", "--vocab-size", "300",
+                  "--steps", "5")
+    assert out.returncode == 0, out.stderr
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    s = Server(trained)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    """The served weights in this process, for what `generate` says each reply must be."""
+    folder = ModelFolder(trained)
+    model, _ = load_model(folder, "cpu")
+    return model, Tokenizer.load(folder.tokenizer), fastest_decoder(model)
+
+
+def expected(model, prompt_ids, max_tokens, stop_ids, **sampling) -> list[int]:
+    net, _, decoder = model
+    return list(generate(net, prompt_ids, max_tokens, stop_ids=stop_ids, decoder=decoder, **sampling))
+
+
+def chat_ids(tokenizer, messages) -> list[int]:
+    return tokenizer.render_conversation(messages, add_generation_prompt=True)[0]
+
+
+ALL_SPECIAL = list(range(len(SPECIAL_TOKENS)))
+
+
+# ---- the engine: continuous batching on token ids ------------------------------------------------
+
+def test_batch_scheduler_gives_each_request_what_generate_gives_it_alone():
+    """Requests arrive while others decode, greedy and seeded ones mixed, some longer than the context
+    (24): each gets generate's tokens for its prompt alone; a cancelled one ends and frees its row."""
+    import random
+
+    import torch
+
+    from nimllm.config import ModelConfig
+    from nimllm.generate import BatchScheduler, Decoder, Request
+    from nimllm.model import GPT
+    torch.manual_seed(0)
+    net = GPT(ModelConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=4, block_size=24)).eval()
+    with torch.no_grad():   # peaked distributions, as in test_generate: greedy choices are no near-ties
+        for p in net.parameters():
+            p.mul_(4.0 if p.dim() > 1 else 1.0)
+    rng = random.Random(0)
+    asks = [dict(prompt=[rng.randrange(40) for _ in range(rng.randrange(1, 30))], max_new_tokens=rng.randrange(1, 50),
+                 temperature=0.9 * (i % 2), seed=i) for i in range(16)]
+    stop = frozenset(list(generate(net, asks[0]["prompt"], 3, temperature=0))[-1:])   # a token some replies write
+    for a in asks:
+        a["stop_ids"] = stop
+    for weights in ("float32", "float16"):
+        wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a["seed"],
+                                stop_ids=a["stop_ids"], decoder=Decoder(net, 1, weights))) for a in asks]
+        scheduler = BatchScheduler(Decoder(net, 4, weights))
+        got, ends = [[] for _ in asks], [None] * len(asks)
+
+        def emit_to(i):
+            return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
+        requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
+        endless = Request([1, 2], 10**6, emit_to(len(asks) - 1))   # replaces the last: cancelled mid-way
+        requests[-1] = endless
+        for i, request in enumerate(requests):
+            scheduler.submit(request)
+            for _ in range(rng.randrange(4)):
+                scheduler.step()
+        endless.cancel()
+        while scheduler.live or not scheduler.waiting.empty():
+            scheduler.step()
+        assert got[:-1] == wanted[:-1] and ends[-1] == "cancelled" and ends.count("stop") > 0
+        assert all(end in ("stop", "length") for end in ends[:-1]) and scheduler.rows == [None] * 4
+
+
+# ---- the API through the official client ---------------------------------------------------------
+
+def test_models_and_health(server):
+    assert [m.id for m in server.client().models.list().data] == ["model"]
+    assert server.health()["status"] == "ok"
+
+
+def test_completions_are_the_tokens_of_nimllm_generate(server, trained):
+    client = server.client()
+    for sampling, flags in [({"temperature": 0}, ["--temperature", "0"]),
+                            ({"temperature": 0.8, "top_p": 0.95, "extra_body": {"top_k": 50}},
+                             ["--temperature", "0.8", "--top-k", "50", "--top-p", "0.95"])]:
+        cli = run_cli("generate", "ROMEO:", "--model", trained, "--max-tokens", "24", "--seed", "3", *flags)
+        assert cli.returncode == 0, cli.stderr
+        reply = client.completions.create(model="model", prompt="ROMEO:", max_tokens=24, seed=3, **sampling)
+        printed = "ROMEO:" + reply.choices[0].text + "\n"   # as read through a pipe in text mode:
+        assert printed.replace("\r\n", "\n").replace("\r", "\n") == cli.stdout   # universal newlines
+        assert reply.usage.prompt_tokens > 0 and reply.choices[0].finish_reason in ("length", "stop")
+        stream = client.completions.create(model="model", prompt="ROMEO:", max_tokens=24, seed=3, stream=True,
+                                           stream_options={"include_usage": True}, **sampling)
+        chunks = list(stream)
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == reply.choices[0].text
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
+        assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens and not chunks[-1].choices
+
+
+def test_chat_completion_streamed_and_not(server, model):
+    tokenizer = model[1]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is Romeo?"}]
+    ids = expected(model, chat_ids(tokenizer, [(m["role"], m["content"]) for m in messages]), 30, ALL_SPECIAL,
+                   temperature=0)
+    client = server.client()
+    reply = client.chat.completions.create(model="model", messages=messages, max_tokens=30, temperature=0)
+    assert reply.choices[0].message.content == tokenizer.decode(ids) and reply.choices[0].message.role == "assistant"
+    assert reply.usage.completion_tokens == len(ids) and reply.object == "chat.completion"
+    assert reply.choices[0].finish_reason == ("length" if len(ids) == 30 else "stop")
+    chunks = list(client.chat.completions.create(model="model", messages=messages, max_tokens=30, temperature=0,
+                                                 stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].object == "chat.completion.chunk"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == reply.choices[0].finish_reason
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+
+
+def test_the_stream_ends_with_exactly_done(server):
+    status, body = server.http("POST", "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True,
+        "stream_options": {"include_usage": True}})
+    events = body.decode().split("\n\n")
+    assert status == 200 and events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: ") for e in events[:-1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] <= 5
+    assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length") and chunks[-2]["usage"] is None
+
+
+def test_stop_strings_end_the_reply_before_them(server, model):
+    tokenizer = model[1]
+    text = tokenizer.decode(expected(model, tokenizer.encode("KING:"), 40, [tokenizer.eot_id], temperature=1.0,
+                                     seed=4))
+    stop = text[12:15]   # three characters from inside the reply
+    assert len(stop) == 3, text
+    client = server.client()
+    reply = client.completions.create(model="model", prompt="KING:", max_tokens=40, seed=4, stop=[stop])
+    assert reply.choices[0].text == text[:text.index(stop)] and reply.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model="model", prompt="KING:", max_tokens=40, seed=4, stop=stop,
+                                         stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == reply.choices[0].text
+
+
+# ---- tool calls ----------------------------------------------------------------------------------
+
+def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_goes_in(server, model):
+    """A tiny model never calls a tool by itself: tool_choice forces the call token, and what it writes
+    after it is the command of the request's shell tool."""
+    tokenizer = model[1]
+    tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
+    user = [("user", "how many files are here?")]
+    prompt = chat_ids(tokenizer, [("system", describe_tools(tools))] + user) + [tokenizer.special("<|tool_call|>")]
+    command = tokenizer.decode([t for t in expected(model, prompt, 12, ALL_SPECIAL, temperature=0)
+                                if t >= len(SPECIAL_TOKENS)]).strip()
+    client = server.client()
+    request = {"model": "model", "messages": [{"role": "user", "content": user[0][1]}], "max_tokens": 12,
+               "temperature": 0, "tools": [READ_FILE, EXEC_BASH],
+               "tool_choice": {"type": "function", "function": {"name": "exec_bash"}}}
+    reply = client.chat.completions.create(**request)
+    [call] = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls" and call.type == "function"
+    assert call.function.name == "exec_bash" and json.loads(call.function.arguments) == {"command": command}
+
+    chunks = list(client.chat.completions.create(**request, stream=True))
+    [streamed] = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices[0].delta.tool_calls]
+    assert streamed.function.name == "exec_bash" and streamed.function.arguments == call.function.arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # the harness runs it and sends the call and its output back: the model sees its own turn again
+    follow = client.chat.completions.create(model="model", max_tokens=4, temperature=0, tools=[READ_FILE, EXEC_BASH],
+                                            messages=request["messages"] + [
+                                                reply.choices[0].message.model_dump(exclude_none=True),
+                                                {"role": "tool", "tool_call_id": call.id, "content": "3"}])
+    seen = [("system", describe_tools(tools))] + user + [("tool_call", command), ("tool", "3")]
+    assert follow.usage.prompt_tokens == len(chat_ids(tokenizer, seen))
+
+
+def test_tool_call_text_maps_onto_the_request_tools():
+    tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
+    assert tool_call_from_text('{"name": "read_file", "arguments": {"path": "a.txt"}}', tools) == (
+        "read_file", {"path": "a.txt"})
+    assert tool_call_from_text("ls -la | wc -l", tools) == ("exec_bash", {"command": "ls -la | wc -l"})
+    assert tool_call_from_text("notes.txt", tools, default="read_file") == ("read_file", {"path": "notes.txt"})
+    assert tool_call_from_text('{"name": "nope", "arguments": {}}', [Tool(**READ_FILE)]) is None
+    assert tool_call_from_text("ls", []) is None
+    # and back: the shell tool's call is the bare command the model writes, any other compact JSON
+    assert call_text(FunctionCall(name="exec_bash", arguments='{"command": "ls"}'), tools) == "ls"
+    assert call_text(FunctionCall(name="read_file", arguments='{"path": "a"}'), tools) == \
+        '{"name":"read_file","arguments":{"path":"a"}}'
+
+
+def test_calls_and_results_are_paired_as_the_template_pairs_them():
+    tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
+    calls = [{"id": "a", "type": "function", "function": {"name": "exec_bash", "arguments": '{"command": "ls"}'}},
+             {"id": "b", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "x"}'}}]
+    messages = [Message(**m) for m in [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "look "}, {"type": "text", "text": "around"}]},
+        {"role": "assistant", "content": "let me see", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "b", "content": "x's text"},
+        {"role": "tool", "tool_call_id": "a", "content": "x"},
+        {"role": "assistant", "content": "done"}]]
+    assert template_messages(messages, tools) == [
+        ("system", "be brief"), ("user", "look around"), ("tool_call", '{"name":"read_file","arguments":{"path":"x"}}'),
+        ("tool", "x's text"), ("tool_call", "ls"), ("tool", "x"), ("assistant", "done")]
+    described = describe_tools(tools)
+    assert described.count("\n") == 2 and '"properties":{"command":{"type":"string"}}' in described
+
+
+def test_reply_holds_back_what_may_start_a_stop_string(model):
+    tokenizer = model[1]
+    reply = Reply(tokenizer, ["STOP"])
+    pieces = [reply.feed(t) for t in tokenizer.encode("one ST two S")]
+    assert "".join(pieces) + reply.flush() == "one ST two S" and not reply.stopped
+    reply = Reply(tokenizer, ["STOP"])
+    pieces = [reply.feed(t) for t in tokenizer.encode("one STOP two")]
+    assert "".join(pieces) == "one " and reply.stopped and reply.flush() == ""
+    reply = Reply(tokenizer, [])
+    text = "naïve — ☃"   # characters cut between byte-level tokens come out whole
+    assert "".join(reply.feed(t) for t in tokenizer.encode(text)) + reply.flush() == text
+
+
+# ---- many clients, bad clients -------------------------------------------------------------------
+
+def test_32_concurrent_streams_each_get_their_own_reply(server, model):
+    """Distinct prompts and seeds: each stream must be exactly what generate gives its request alone."""
+    tokenizer = model[1]
+    words = real_text(5000).split()
+    jobs = [(f"{words[i]} {words[i + 40]}", i) for i in range(32)]
+    wanted = [tokenizer.decode(expected(model, chat_ids(tokenizer, [("user", prompt)]), 20, ALL_SPECIAL,
+                                        temperature=1.0, seed=seed)) for prompt, seed in jobs]
+    client = server.client()
+
+    def ask(job):
+        prompt, seed = job
+        chunks = list(client.chat.completions.create(model="model", messages=[{"role": "user", "content": prompt}],
+                                                     max_tokens=20, seed=seed, stream=True))
+        assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason
+        assert len({c.id for c in chunks}) == 1
+        return "".join(c.choices[0].delta.content or "" for c in chunks)
+
+    with ThreadPoolExecutor(32) as pool:
+        got = list(pool.map(ask, jobs))
+    assert got == wanted and len(set(got)) > 16
+    assert server.health()["decoding"] == 0
+
+
+def test_bad_requests_get_4xx_in_openai_shape_and_the_server_stays_up(server):
+    cases = [(b"{not json", 400), ({"messages": []}, 400), ({"messages": [{"role": "wizard", "content": "x"}]}, 400),
+             ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400),
+             ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400),
+             ({"messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function", "function": {
+                 "name": "ghost"}}, "tools": [EXEC_BASH]}, 400),
+             ({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}, 404),
+             (b'{"messages": [{"role": "user", "content": "' + b"x" * (2 << 20) + b'"}]}', 413)]
+    for body, status in cases:
+        got, answer = server.http("POST", "/v1/chat/completions", body)
+        error = json.loads(answer)["error"]
+        assert got == status and error["message"] and error["type"], (body[:80], got, answer)
+    assert server.http("GET", "/v1/nothing")[0] == 404
+    with pytest.raises(openai.NotFoundError):
+        server.client().completions.create(model="gpt-4o", prompt="x", max_tokens=1)
+    assert server.http("POST", "/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 200
+    assert server.health()["status"] == "ok"
+
+
+def test_a_client_killed_mid_stream_frees_its_row(server):
+    """A client process streams a reply that would never end (max_tokens 10^6) and is SIGKILLed after its
+    first chunk: the server notices, frees the row, and answers the next request at once."""
+    client = subprocess.Popen([sys.executable, "-c", f"""
+import http.client, json, sys
+c = http.client.HTTPConnection("127.0.0.1", {server.port})
+c.request("POST", "/v1/completions", json.dumps({{"prompt": "a", "max_tokens": 1000000, "stream": True}}))
+r = c.getresponse()
+print(r.readline().decode().strip()[:6], flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert client.stdout.readline().strip() == "data:"
+    assert server.health()["decoding"] == 1
+    client.kill()
+    client.wait()
+    deadline = time.time() + 10
+    while server.health()["decoding"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert server.health()["decoding"] == 0
+    reply = server.client().completions.create(model="model", prompt="b", max_tokens=3, timeout=10)
+    assert reply.usage.completion_tokens >= 1
+
+
+# ---- --remember, --api-key, refusals -------------------------------------------------------------
+
+def test_remembered_conversation_is_stored_learned_and_listed(trained, tmp_path):
+    shutil.copytree(trained, tmp_path / "model")
+    folder = ModelFolder(tmp_path / "model")
+    server = Server(folder.root, "--remember", "--quiet-after", "1", "--api-key", "sesame")
+    try:
+        assert server.http("GET", "/v1/models")[0] == 401
+        with pytest.raises(openai.AuthenticationError):
+            server.client(api_key="wrong").models.list()
+        client = server.client(api_key="sesame")
+        key = {"Authorization": "Bearer sesame"}
+        history = [{"role": "user", "content": "my sister Ilse lives in Tromso"}]
+        first = client.chat.completions.create(model="model", messages=history, max_tokens=6, seed=1)
+        history.append({"role": "assistant", "content": first.choices[0].message.content})
+        status, _ = server.http("POST", "/nimllm/feedback", {"messages": history, "feedback": "good"}, key)
+        assert status == 200
+        history.append({"role": "user", "content": "where does Ilse live?"})
+        client.chat.completions.create(model="model", messages=history, max_tokens=6, seed=2)
+        server.wait_for("updated ", timeout=60)   # Memory.learn's report, once quiet for a second
+        status, body = server.http("GET", "/nimllm/memories", headers=key)
+        assert status == 200 and "my sister Ilse" in json.loads(body)[0]["conversations"]
+    finally:
+        server.stop()
+    with Store(folder.store) as store:
+        [conversation] = store.conversations()
+        messages = store.messages(conversation.id)
+    assert conversation.kind == "server" and conversation.ended and conversation.learned_delta is not None
+    assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert messages[1].feedback == "good" and messages[2].content == "where does Ilse live?"
+    listed = run_cli("memory", "list", "--model", folder.root)
+    assert listed.returncode == 0 and "my sister Ilse" in listed.stdout and "Tromso" in listed.stdout   # (wrapped)
+
+
+def test_refusals_are_one_line_errors(trained, tmp_path):
+    beyond = run_cli("serve", "--model", trained, "--host", "0.0.0.0")
+    assert beyond.returncode == 1 and "--api-key" in beyond.stderr and len(beyond.stderr.splitlines()) == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = run_cli("serve", "--model", trained, "--port", taken.getsockname()[1])
+    assert busy.returncode == 1 and "in use" in busy.stderr and len(busy.stderr.splitlines()) == 1
+    missing = run_cli("serve", "--model", tmp_path / "nothing")
+    assert missing.returncode == 1 and missing.stderr.startswith("nimllm: error: ") and "Traceback" not in missing.stderr
+
+
+# ---- the web page in a real browser --------------------------------------------------------------
+
+def chromium():
+    """A headless Chromium driven by selenium, or a skip saying what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_web_page_streams_a_reply_in_a_real_browser(trained, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser = chromium()
+    shutil.copytree(trained, tmp_path / "model")
+    server = Server(tmp_path / "model", "--remember")
+    try:
+        browser.set_window_size(1100, 760)
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: b.find_element(By.ID, "model").text == "model")
+        for text in ("Good morning, cousin.", "What news from Verona?"):
+            browser.find_element(By.ID, "input").send_keys(text)
+            browser.find_element(By.ID, "send").click()
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".message.assistant[data-done]"))
+                       == (2 if "Verona" in text else 1))
+        replies = browser.find_elements(By.CSS_SELECTOR, ".message.assistant .text")
+        assert all(r.text.strip() for r in replies)
+        browser.find_element(By.XPATH, "//div[@class='feedback']/button[text()='good']").click()
+        wait.until(lambda b: "noted: a good answer" in b.find_element(By.CLASS_NAME, "feedback").text)
+        if os.environ.get("NIMLLM_WEB_SCREENSHOT"):
+            browser.save_screenshot(os.environ["NIMLLM_WEB_SCREENSHOT"])
+        browser.find_element(By.CSS_SELECTOR, "nav button[data-view=conversations]").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#conversation-list li"))
+        assert "Good morning, cousin." in browser.find_element(By.ID, "conversation-list").text
+        browser.find_element(By.CSS_SELECTOR, "nav button[data-view=training]").click()
+        wait.until(lambda b: b.execute_script("const i = document.getElementById('loss'); "
+                                              "return i.complete && i.naturalWidth > 0"))
+        # a phone: nothing wider than the screen, the message box and the send button in view
+        browser.set_window_size(390, 844)
+        browser.find_element(By.CSS_SELECTOR, "nav button[data-view=chat]").click()
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        assert browser.find_element(By.ID, "send").is_displayed() and browser.find_element(By.ID, "input").is_displayed()
+        browser.save_screenshot(str(tmp_path / "phone.png"))
+    finally:
+        browser.quit()
+        server.stop()
+    with Store(ModelFolder(tmp_path / "model").store) as store:
+        [conversation] = store.conversations()
+        messages = store.messages(conversation.id)
+    assert [m.content for m in messages if m.role == "user"] == ["Good morning, cousin.", "What news from Verona?"]
+    assert messages[-1].feedback == "good"
+
+
+# ---- the benchmark at toy size -------------------------------------------------------------------
+
+def test_serve_bench_end_to_end(trained, tmp_path):
+    out = tmp_path / "serve.json"
+    result = subprocess.run([sys.executable, "bench/serve.py", "--model", trained, "--clients", "1", "3",
+                             "--requests", "2", "--new-tokens", "4", "--max-batch", "2", "--out", out],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["clients"], r["requests"]) for r in rows] == [(1, 2), (3, 6)]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["ttft_median_s"] <= r["ttft_p90_s"] for r in rows)
