@@ -445,9 +445,10 @@ class BatchScheduler:
         if not self.live:
             return
         tokens = self._sample(self._logits())
+        new = TokensToHost(tokens)   # queued before the step ahead, so reading it does not wait for that step
         if all(row is None or row.cached < self.decoder.cfg.block_size for row in self.rows):
             self.ahead = self._step_rows(tokens, [r for r, row in enumerate(self.rows) if row is not None])
-        self._take(TokensToHost(tokens).read())
+        self._take(new.read())
 
     def abort(self, reason: str) -> None:
         """End every live request with `reason` (the step failed); the rows are free again."""
