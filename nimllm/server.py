@@ -341,7 +341,7 @@ class Reply:
 class Talk:
     """A conversation the server keeps (--remember), known by its messages."""
     messages: list[tuple[str, str]]   # as the client will send them back (template pairs)
-    ids: list[int | None]             # their stored ids
+    ids: list[int]                    # their stored ids
     conversation: int | None = None   # in the store; None once learned: a continuation starts a new one
     last: float = 0.0                 # when it last changed
     busy: int = 0                     # replies being written
@@ -505,7 +505,6 @@ class Job:
         temperature = 1.0 if sampling.temperature is None else sampling.temperature
         self.request = Request(prompt, max_tokens, lambda token, reason: engine.outbox.append((self, token, reason)),
                                temperature, sampling.top_k, sampling.top_p, sampling.seed, frozenset(stop_ids))
-        self.prompt_tokens = len(prompt)
         engine.scheduler.submit(self.request)
 
     async def tokens(self, http: HTTPRequest):
