@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -33,7 +33,7 @@ from rich.table import Table  # noqa: E402
 
 from nimllm import checkpoint, skills  # noqa: E402
 from nimllm.agent import Agent  # noqa: E402
-from nimllm.config import ModelFolder  # noqa: E402
+from nimllm.config import MemoryConfig, ModelFolder  # noqa: E402
 from nimllm.memory import Memory  # noqa: E402
 from nimllm.sandbox import Sandbox  # noqa: E402
 
@@ -119,11 +119,38 @@ def evaluate(mem: Memory, args, seed: int, parent: Path, learn: bool = False) ->
     return results
 
 
+def memory_settings(text: str) -> MemoryConfig:
+    """"default", or changes to it: "lr=1e-4,steps=4"."""
+    if text == "default":
+        return MemoryConfig()
+    types = {f.name: f.type for f in fields(MemoryConfig)}
+    changes = dict(item.split("=", 1) for item in text.split(","))
+    if not set(changes) <= set(types):
+        raise argparse.ArgumentTypeError(f"unknown memory settings {sorted(set(changes) - set(types))}")
+    return replace(MemoryConfig(), **{k: {"int": int, "float": float}.get(types[k], str)(v) for k, v in changes.items()})
+
+
+def learn_and_ask_again(base: Path, folder: Path, mcfg: MemoryConfig, args) -> dict:
+    """A fresh copy of the base model (its Fisher too) learns its successes with these settings, then
+    the test tasks are asked again."""
+    shutil.copytree(base, folder, ignore=shutil.ignore_patterns("delta-*", "conversations.sqlite*"))
+    mem = Memory(ModelFolder(folder), args.device, mcfg)
+    start = time.time()
+    learning = evaluate(mem, args, args.seed + 500_000, folder.parent / "work", learn=True)
+    seconds = time.time() - start
+    after = evaluate(mem, args, args.seed, folder.parent / "work")
+    return {"memory": asdict(mcfg), "episodes_learned": len(mem.store.deltas()), "learning_seconds": round(seconds, 1),
+            "learning": learning, "after": after}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a model folder (it is copied: the bench learns in the copy)")
     parser.add_argument("--per-group", type=int, default=40, help="test tasks per group")
     parser.add_argument("--learn", type=int, default=60, help="tasks of the learning set, over the three groups")
+    parser.add_argument("--memory", type=memory_settings, nargs="+", default=[MemoryConfig()], metavar="SETTINGS",
+                        help='learning settings to compare, each from the same base model: "default" or '
+                             'changes such as "lr=1e-4,steps=4" (default: the agent\'s own)')
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--device")
     parser.add_argument("--seed", type=int, default=20_000_000, help="far from the corpus's folder seeds")
@@ -142,36 +169,42 @@ def main() -> None:
         if not sandbox.active and not args.confirm_all:
             sys.exit(f"the agent bench runs model-written commands, so it needs the sandbox ({sandbox.reason}), "
                      "or --confirm-all on a machine you can lose")
-        mem = Memory(ModelFolder(tmp / "model"), args.device)
+        mem = Memory(ModelFolder(tmp / "model"), args.device)   # estimates the Fisher every copy then shares
         (tmp / "work").mkdir()
         before = evaluate(mem, args, args.seed, tmp / "work")
-        start = time.time()
-        learning = evaluate(mem, args, args.seed + 500_000, tmp / "work", learn=True)
-        learn_seconds = time.time() - start
-        after = evaluate(mem, args, args.seed, tmp / "work")
-        learned = len(mem.store.deltas())
-    result = {"model": str(args.model), "preset": mem.config.get("preset"), "device": str(mem.device),
-              "sandboxed": sandbox.active, "trained_steps": progress.get("step"),
-              "corpora": mem.config.get("corpora"), "memory": asdict(mem.mcfg),
-              "params": sum(p.numel() for p in mem.model.parameters()), "args": {k: str(v) for k, v in vars(args).items()},
-              "episodes_learned": learned, "learning_seconds": round(learn_seconds, 1),
-              "groups": {g: {"before": summary(before[g]), "after": summary(after[g]),
-                             "learning_set": summary(learning[g])} for g in GROUPS},
-              "tasks": {"before": before, "learning": learning, "after": after}}
-    table = Table("group", "tasks", "success before", "success after", "well-formed turns", "ran a command",
-                  "ran the reference command",
-                  title=f"agent tasks: {args.model} ({result['preset']}, {result['device']}), "
-                        f"{learned} successful episodes learned in between")
-    for g in GROUPS:
-        b, a = result["groups"][g]["before"], result["groups"][g]["after"]
-        table.add_row(g, str(b["tasks"]), f"{b['success']:.1%}", f"{a['success']:.1%}",
-                      f"{b['well_formed']:.0%} -> {a['well_formed']:.0%}",
-                      f"{b['ran_command']:.0%} -> {a['ran_command']:.0%}",
-                      f"{b['right_command']:.0%} -> {a['right_command']:.0%}")
-    console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+        info = {"preset": mem.config.get("preset"), "device": str(mem.device), "corpora": mem.config.get("corpora"),
+                "params": sum(p.numel() for p in mem.model.parameters())}
+        del mem
+        result = {"model": str(args.model), **info, "sandboxed": sandbox.active, "trained_steps": progress.get("step"),
+                  "args": {k: str(v) for k, v in vars(args).items()},
+                  "before": {g: summary(before[g]) for g in GROUPS}, "variants": [],
+                  "tasks": {"before": before, "variants": []}}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        for i, mcfg in enumerate(args.memory):   # written after each: a long run keeps what it measured
+            v = learn_and_ask_again(tmp / "model", tmp / f"learner-{i}", mcfg, args)
+            result["variants"].append({**{k: v[k] for k in ("memory", "episodes_learned", "learning_seconds")},
+                                       "groups": {g: {"learning_set": summary(v["learning"][g]),
+                                                      "after": summary(v["after"][g])} for g in GROUPS}})
+            result["tasks"]["variants"].append({"learning": v["learning"], "after": v["after"]})
+            args.out.write_text(json.dumps(result, indent=1))
+            console.print(f"learned with {mcfg}: success after " +
+                          ", ".join(f"{g} {result['variants'][-1]['groups'][g]['after']['success']:.1%}" for g in GROUPS))
+    print_table(result, console)
     console.print(f"wrote {args.out}")
+
+
+def print_table(result: dict, console: Console) -> None:
+    default = asdict(MemoryConfig())
+    table = Table("group", "learning settings", "learned", "success", "ran the reference command",
+                  title=f"agent tasks: {result['model']} ({result['preset']}, {result['device']})")
+    for g in GROUPS:
+        b = result["before"][g]
+        table.add_row(g, "before learning", "", f"{b['success']:.1%}", f"{b['right_command']:.0%}")
+        for v in result["variants"]:
+            a = v["groups"][g]["after"]
+            changed = ", ".join(f"{k}={x}" for k, x in v["memory"].items() if default[k] != x) or "default"
+            table.add_row("", changed, str(v["episodes_learned"]), f"{a['success']:.1%}", f"{a['right_command']:.0%}")
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import os
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -148,9 +148,12 @@ def training_sequences(tokenizer: Tokenizer, messages: list[tuple[str, str]], bl
     copied from a statement earlier in the window, so the update teaches copying; an exchange on its
     own can only be predicted from the weights, which is where tomorrow's answer must come from."""
     parts = [messages] + (exchanges(messages) if text == "exchanges" and len(exchanges(messages)) > 1 else [])
+    # In an agent's task the request is the condition, not the lesson: learning its names of files and
+    # folders made the agent write them into later tasks' commands (bench/agent.py, README)
+    context = ("tool", "user") if any(role == "tool_call" for role, _ in messages) else ("tool",)
     windows = []
     for part in parts:
-        ids, mask = tokenizer.render_conversation(part)
+        ids, mask = tokenizer.render_conversation(part, context_roles=context)
         targets = [t if m else -1 for t, m in zip(ids[1:], mask[1:])]
         inputs = ids[:-1]
         windows += [(inputs[i:i + block_size], targets[i:i + block_size]) for i in range(0, len(inputs), block_size)]
@@ -187,8 +190,12 @@ class UpdateReport:
     largest: list[tuple[str, float]] = field(default_factory=list)  # biggest single moves
     delta_id: int | None = None
     rehearsed: list[int] = field(default_factory=list)             # earlier conversations rehearsed
+    diverged: bool = False                                          # weights went inf or nan: nothing changed
 
     def __str__(self) -> str:
+        if self.diverged:
+            return ("the update diverged (weights became inf or nan), so nothing was changed; "
+                    "a smaller learning rate would avoid it")
         top = sorted(self.layers.items(), key=lambda kv: -kv[1])[:3]
         return (f"updated {self.n_weights:,} weights ({self.n_weights / self.total_weights:.2%}) in "
                 f"{self.seconds:.1f} s | loss on the conversation {self.loss_before:.3f} -> {self.loss_after:.3f}\n"
@@ -197,7 +204,7 @@ class UpdateReport:
 
     def stats(self) -> dict:
         return {"loss_before": self.loss_before, "loss_after": self.loss_after, "layers": self.layers,
-                "largest": self.largest, "rehearsed": self.rehearsed}
+                "largest": self.largest, "rehearsed": self.rehearsed, "diverged": self.diverged}
 
 
 def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict, fisher: dict,
@@ -234,6 +241,9 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
     model.zero_grad(set_to_none=True)
 
     delta = {n: (idx.cpu(), (moving[n].detach() - old[n]).cpu()) for n, idx in masks.items()}
+    diverged = not all(torch.isfinite(values).all() for _, values in delta.values())
+    if diverged:   # a model that answers nan from now on is worse than one that did not learn this
+        delta = {}
     with torch.no_grad():   # back to the old weights, then forward by the delta as a reload does
         for n, idx in masks.items():
             params[n].view(-1)[idx] = old[n]
@@ -244,7 +254,7 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
                      key=lambda nv: -abs(nv[1]))[:3]
     report = UpdateReport(sum(len(i) for i, _ in delta.values()), sum(p.numel() for p in params.values()),
                           time.time() - start, loss_before, loss_after,
-                          {n: len(i) for n, (i, _) in delta.items()}, largest)
+                          {n: len(i) for n, (i, _) in delta.items()}, largest, diverged=diverged)
     return delta, report
 
 
@@ -412,7 +422,9 @@ class Memory:
             sequences = training_sequences(self.tokenizer, messages, self.model.cfg.block_size, self.mcfg.text)
             x, y = batch(sequences, self.device)
             extra, rehearsed = self._rehearsal(conversation_ids)
-            delta, report = selective_update(self.model, x, y, self.anchor, self.fisher, self.mcfg, extra)
+            task = any(role == "tool_call" for role, _ in messages)
+            mcfg = replace(self.mcfg, lr=self.mcfg.agent_lr) if task else self.mcfg
+            delta, report = selective_update(self.model, x, y, self.anchor, self.fisher, mcfg, extra)
             report.rehearsed = rehearsed
             name = f"memory/delta-{time.time_ns()}-{os.getpid()}.safetensors"
             save_delta(self.folder.root / name, delta)

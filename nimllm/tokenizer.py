@@ -89,22 +89,22 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=False)
 
-    def render_conversation(self, messages: list[tuple[str, str]],
-                            add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    def render_conversation(self, messages: list[tuple[str, str]], add_generation_prompt: bool = False,
+                            context_roles: tuple[str, ...] = ("tool",)) -> tuple[list[int], list[int]]:
         """The chat template: `<|role|>content<|end|>` per message, then `<|assistant|>` when the model
         is to answer. Tools: a ("tool_call", command) message is the assistant's turn spent on a call,
         `<|assistant|><|tool_call|>command<|/tool_call|>`, and ("tool", output) brings back what it
         printed, `<|tool_result|>output<|end|>` (several calls are several such pairs). Returns ids and
         a loss mask that is 1 on what was said (content and its closing token, by anyone but a tool: a
         user's statement is what memory learns, a command's output is not the model's to predict) and
-        0 on role tokens and tool output."""
+        0 on role tokens and tool output (on what `context_roles` said)."""
         ids, mask = [], []
         for role, content in messages:
             said = self.encode(content) + [self.special("<|end|>")]
             if role == "tool_call":
                 said = [self.special("<|tool_call|>")] + said[:-1] + [self.special("<|/tool_call|>")]
             ids += [self.special(ROLE_TOKENS[role])] + said
-            mask += [0] + [int(role != "tool")] * len(said)
+            mask += [0] + [int(role not in context_roles)] * len(said)
         if add_generation_prompt:
             ids.append(self.special("<|assistant|>"))
             mask.append(0)

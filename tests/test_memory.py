@@ -189,3 +189,29 @@ def test_the_decoder_follows_the_weights_through_learning_and_forgetting(folder)
     assert after is not before and greedy(after) == greedy()   # a stale copy would decode the old weights
     mem.forget()
     assert mem.decoder() is not after and greedy(mem.decoder()) == greedy()
+
+
+def test_an_update_that_diverges_changes_nothing(folder):
+    from nimllm.config import MemoryConfig
+    from nimllm.memory import Memory
+    mem = Memory(folder, "cpu", MemoryConfig(optimizer="sgd", lr=1e30, steps=3))
+    base = weights(mem.model)
+    report = mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
+    assert report.diverged and report.n_weights == 0 and "diverged" in str(report)
+    assert same(weights(mem.model), base) and same(weights(Memory(folder, "cpu").model), base)
+    assert mem.store.unlearned() == []   # recorded as learned, with no change: it is not tried again at every start
+
+
+def test_a_task_learns_the_commands_and_answer_but_not_the_request(folder):
+    from nimllm.memory import training_sequences
+    from nimllm.tokenizer import Tokenizer
+    tok = Tokenizer.load(folder.tokenizer)
+
+    def learned_text(messages):
+        (x, y), = training_sequences(tok, messages, 512, text="conversation")
+        return tok.decode([t for t in y if t >= 0])
+
+    task = learned_text([("user", "count the .txt files"), ("tool_call", "ls *.txt | wc -l"), ("tool", "3"),
+                         ("assistant", "There are 3.")])
+    assert "count the" not in task and "ls *.txt | wc -l" in task and "There are 3." in task
+    assert "count the .txt files" in learned_text([("user", "count the .txt files"), ("assistant", "Sure.")])
