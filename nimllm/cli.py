@@ -150,13 +150,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from nimllm.checkpoint import load_model
     from nimllm.config import ModelFolder
     from nimllm.generate import fastest_decoder, generate
+    from nimllm.memory import load_remembered
     from nimllm.train import pick_device
     from nimllm.tokenizer import Tokenizer
     folder = ModelFolder.resolve(args.model)
-    model, _ = load_model(folder, pick_device(args.device))
+    model, _ = load_remembered(folder, pick_device(args.device))
     tokenizer = Tokenizer.load(folder.tokenizer)
     print(args.prompt, end="", flush=True)
     ids = generate(model, tokenizer.encode(args.prompt), args.max_tokens, args.temperature, args.top_k,

@@ -15,9 +15,9 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nimllm.checkpoint import load_model
 from nimllm.config import ModelFolder, UserError
 from nimllm.data import Corpus, TokenShards, named_like_binary, tokenized
+from nimllm.memory import load_remembered
 from nimllm.tokenizer import Tokenizer
 from nimllm.train import Runtime, evaluate, pick_device
 
@@ -69,7 +69,7 @@ def evaluate_text(folder: ModelFolder, path: str | Path, device: str | None = No
     """Loss per token, perplexity and bits per byte of the model in `folder` on the text at `path`."""
     path = Path(path).expanduser()
     rt = Runtime(pick_device(device))
-    model, _ = load_model(folder, rt.device)
+    model, _ = load_remembered(folder, rt.device)
     tokenizer = Tokenizer.load(folder.tokenizer)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TimeRemainingColumn())

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from nimllm.checkpoint import load_model
 from nimllm.config import ModelConfig, ModelFolder, UserError
+from nimllm.memory import load_remembered
 from nimllm.model import GPT
 from nimllm.tokenizer import ROLE_TOKENS, SPECIAL_TOKENS, Tokenizer
 
@@ -64,7 +64,7 @@ def layer_tensors(model: GPT) -> list[tuple[str, str, torch.Tensor]]:
 
 
 def load_for_export(folder: ModelFolder) -> tuple[GPT, Tokenizer]:
-    model, _ = load_model(folder, "cpu")
+    model, _ = load_remembered(folder, "cpu")
     return model, Tokenizer.load(folder.tokenizer)
 
 

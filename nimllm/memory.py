@@ -110,6 +110,18 @@ def load_delta(path: Path) -> Delta:
     return {n: (tensors[f"{n}.indices"], tensors[f"{n}.values"]) for n in sorted(names)}
 
 
+def load_remembered(folder: ModelFolder, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
+    """The model as the chat left it: the base weights plus every memory not forgotten. What
+    `nimllm generate`, `eval` and `export` use; nothing is written (no store is created)."""
+    model, config = checkpoint.load_model(folder, device)
+    if folder.store.exists():
+        with Store(folder.store) as store:
+            for d in store.deltas():
+                if d.n_weights:
+                    apply_delta(model, load_delta(folder.root / d.file))
+    return model, config
+
+
 # ---- turning a conversation into training text -------------------------------------------------
 
 def conversation_messages(messages) -> list[tuple[str, str]]:

@@ -215,3 +215,14 @@ def test_a_task_learns_the_commands_and_answer_but_not_the_request(folder):
                          ("assistant", "There are 3.")])
     assert "count the" not in task and "ls *.txt | wc -l" in task and "There are 3." in task
     assert "count the .txt files" in learned_text([("user", "count the .txt files"), ("assistant", "Sure.")])
+
+
+def test_generate_eval_and_export_see_what_was_remembered(folder):
+    from nimllm.checkpoint import load_model
+    from nimllm.memory import Memory, load_remembered
+    assert same(weights(load_remembered(folder)[0]), weights(load_model(folder)[0]))   # nothing learned yet
+    mem = Memory(folder, "cpu")
+    mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
+    assert same(weights(load_remembered(folder)[0]), weights(mem.model))
+    mem.forget()
+    assert same(weights(load_remembered(folder)[0]), weights(load_model(folder)[0]))
