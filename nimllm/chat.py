@@ -12,6 +12,7 @@ from nimllm.config import ModelFolder
 from nimllm.console import line_reader
 from nimllm.generate import generate
 from nimllm.memory import Memory
+from nimllm.tokenizer import context_budget
 
 PROMPT, MORE, REPLY = "you> ", "...> ", "nimllm> "
 HELP = """commands:
@@ -22,21 +23,6 @@ HELP = """commands:
   /quit            end the chat and learn it (also Ctrl-D, or Ctrl-C at the prompt)
 a line ending with \\ continues on the next one; a block between lines of \"\"\" is one message;
 Ctrl-C while the model writes stops the answer"""
-
-
-def fit_context(turns: list[list[int]], budget: int) -> list[int]:
-    """The most recent of the rendered messages `turns` (oldest first) that fit in `budget` tokens,
-    joined. Older messages drop out whole; when even the newest alone is too long, it keeps its role
-    token and its last tokens, so a talk that outgrows the context never stops the chat."""
-    kept, used = [], 0
-    for ids in reversed(turns):
-        if used + len(ids) > budget:
-            if not kept:
-                kept.append(ids[:1] + ids[len(ids) - budget + 1:])
-            break
-        kept.append(ids)
-        used += len(ids)
-    return [t for ids in reversed(kept) for t in ids]
 
 
 def read_message(read_line) -> str | None:
@@ -62,10 +48,7 @@ class Chat:
     def __init__(self, mem: Memory, sampling: dict, stdout):
         self.mem, self.sampling, self.out = mem, sampling, stdout
         self.tokenizer = mem.tokenizer
-        block = mem.model.cfg.block_size
-        # Room for the answer; a max_tokens as long as the context (tiny preset: 128 vs 200) still
-        # leaves half of it for the talk, and generate slides its window if the answer runs on.
-        self.budget = max(block - sampling["max_tokens"], block // 2)
+        self.budget = context_budget(mem.model.cfg.block_size, sampling["max_tokens"])
         self.context: list[tuple[str, str]] = []   # outlives /remember, so the talk flows on
         self.conversation = mem.store.start_conversation(kind="chat")
         self.last_answer: int | None = None        # message id that /good, /bad and /fix rate
@@ -108,8 +91,7 @@ class Chat:
 
     def generate_reply(self) -> str:
         tok, s = self.tokenizer, self.sampling
-        turns = [tok.render_conversation([message])[0] for message in self.context]
-        prompt = fit_context(turns, self.budget - 1) + [tok.special("<|assistant|>")]   # -1: that last token
+        prompt = tok.render_recent(self.context, self.budget)
         ids = generate(self.mem.model, prompt, s["max_tokens"], s["temperature"], s["top_k"], s["top_p"],
                        s["seed"], stop_ids=[tok.special("<|end|>"), tok.eot_id], decoder=self.mem.decoder())
         pieces = []

@@ -41,7 +41,7 @@ from nimllm.config import ModelFolder, UserError
 from nimllm.generate import BatchScheduler, Request, fastest_decoder
 from nimllm.memory import Memory, memory_history, show_memory
 from nimllm.store import Store
-from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
+from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer, context_budget
 
 WEB = Path(__file__).parent / "web"
 MAX_REQUEST_BYTES = 1 << 20   # far more text than any context holds; a bigger body is a mistake or an attack
@@ -584,7 +584,7 @@ class Answer:
 
     @property
     def max_tokens(self) -> int:
-        return self.request.max_completion_tokens or self.request.max_tokens or self.served.block
+        return answer_length(self.served, self.request)
 
     async def _content(self, http: HTTPRequest):
         job, reply = self.job, self.reply
@@ -726,6 +726,10 @@ async def respond(answer: Answer, shape: ChatShape, stream: bool, http: HTTPRequ
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+def answer_length(served: Served, request: Sampling) -> int:
+    return request.max_completion_tokens or request.max_tokens or served.block
+
+
 def include_usage(request: Sampling) -> bool:
     return bool(request.stream_options and request.stream_options.include_usage)
 
@@ -744,8 +748,9 @@ async def chat_completion(served: Served, http: HTTPRequest):
     offered = bool(tools) and request.tool_choice != "none"
     messages = template_messages(request.messages, tools)
     described = [("system", describe_tools(tools))] if offered else []
-    prompt = tok.render_conversation(described + messages, add_generation_prompt=True)[0]
-    prompt += [call] if forced is not None else []
+    # the most recent messages that fit, whole, as the chat fits them (the tool descriptions are the oldest)
+    budget = context_budget(served.block, answer_length(served, request)) - (forced is not None)
+    prompt = tok.render_recent(described + messages, budget) + ([call] if forced is not None else [])
     # a turn ends at any special token but the one that opens a call, where a call can be made
     stops = {i for i in range(len(SPECIAL_TOKENS)) if i != call or not offered}
     reply = Reply(tok, request.stop, call if offered else None, in_call=forced is not None)

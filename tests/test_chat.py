@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, real_text, run_cli
 
-from nimllm.chat import fit_context, read_message, run_chat
+from nimllm.chat import read_message, run_chat
 from nimllm.config import ModelFolder
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
@@ -117,15 +117,6 @@ def test_context_flows_on_after_remember_and_ctrl_c_keeps_a_partial_answer(folde
     first, second = stored(folder)
     assert [(m.role, m.content) for m in first] == [("user", "hello"), ("assistant", "so far")]
     assert [(m.role, m.content) for m in second] == [("user", "again"), ("assistant", "so far")]
-
-
-def test_fit_context_keeps_the_most_recent_messages_that_fit():
-    turns = [[3, 10, 11, 5], [4, 12, 5], [3, 13, 14, 15, 5]]   # role token, content, end
-    assert fit_context(turns, 100) == [3, 10, 11, 5, 4, 12, 5, 3, 13, 14, 15, 5]
-    assert fit_context(turns, 8) == [4, 12, 5, 3, 13, 14, 15, 5]
-    assert fit_context(turns, 7) == [3, 13, 14, 15, 5]            # an older message drops out whole
-    assert fit_context(turns, 3) == [3, 15, 5]                     # the newest alone is too long: its tail
-    assert fit_context([], 10) == []
 
 
 def test_read_message_joins_continued_lines_and_blocks():
