@@ -169,7 +169,8 @@ def main() -> None:
         if not sandbox.active and not args.confirm_all:
             sys.exit(f"the agent bench runs model-written commands, so it needs the sandbox ({sandbox.reason}), "
                      "or --confirm-all on a machine you can lose")
-        mem = Memory(ModelFolder(tmp / "model"), args.device)   # estimates the Fisher every copy then shares
+        mem = Memory(ModelFolder(tmp / "model"), args.device)
+        mem.fisher   # estimated now, into the folder that every learner copies
         (tmp / "work").mkdir()
         before = evaluate(mem, args, args.seed, tmp / "work")
         info = {"preset": mem.config.get("preset"), "device": str(mem.device), "corpora": mem.config.get("corpora"),

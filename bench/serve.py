@@ -6,8 +6,7 @@ another over its own HTTP connection.
     python3 bench/serve.py --device cpu --new-tokens 64 --requests 2 --out bench/results/serve_cpu.json
 
 Without --model, a model folder of the preset is built with random weights, as bench/generate.py does
-(speed needs no training; a flat Fisher stands in for the one a trained folder has, since the bench
-never learns). Tokens are counted from each reply's `usage`; time to first token is from sending the
+(speed needs no training). Tokens are counted from each reply's `usage`; time to first token is from sending the
 request to the first streamed text, so it includes waiting for a free row.
 """
 from __future__ import annotations
@@ -33,23 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 from generate import random_model_folder, some_text  # noqa: E402  (bench/generate.py)
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import ModelFolder  # noqa: E402
-from nimllm.model import GPT  # noqa: E402
 from nimllm.tokenizer import Tokenizer  # noqa: E402
 from nimllm.train import git_commit, pick_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def flat_fisher(folder: ModelFolder) -> None:
-    """A Fisher of ones, for a folder with no training corpus to estimate one from."""
-    cfg = checkpoint.load_config(folder)["model"]
-    (folder.memory).mkdir(parents=True, exist_ok=True)
-    save_file({n: torch.ones_like(p) for n, p in GPT(cfg).named_parameters()}, str(folder.memory / "fisher.safetensors"))
 
 
 def start_server(folder: ModelFolder, args) -> tuple[subprocess.Popen, str]:
@@ -147,8 +137,6 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="nimllm-bench-serve-"))
     folder = ModelFolder(Path(args.model).resolve()) if args.model else random_model_folder(
         work / "model", args.preset, args.vocab_size)
-    if not checkpoint.load_config(folder)["corpora"] and not (folder.memory / "fisher.safetensors").exists():
-        flat_fisher(folder)
     cfg = checkpoint.load_config(folder)["model"]
     ids = Tokenizer.load(folder.tokenizer).encode(some_text(400_000))
     prompts = [ids[i * 997:i * 997 + args.prompt_tokens] for i in range(max(args.clients) * args.requests)]

@@ -349,7 +349,7 @@ class Memory:
         folder.memory.mkdir(parents=True, exist_ok=True)
         self.store = Store(folder.store)
         self.anchor = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-        self.fisher = self._fisher()
+        self._fisher: dict[str, torch.Tensor] | None = None
         self.applied: list[int] = []
         self._catch_up()
         self._decoder: tuple[tuple[int, ...], Decoder] | None = None
@@ -365,15 +365,20 @@ class Memory:
     def fisher_path(self) -> Path:
         return self.folder.memory / "fisher.safetensors"
 
-    def _fisher(self) -> dict[str, torch.Tensor]:
-        """Estimated once, on the base model and its latest training corpus, then kept in the folder."""
-        if self.fisher_path.exists():
-            return {n: t.to(self.device) for n, t in load_file(str(self.fisher_path)).items()}
-        x, y = self._base_windows(self.mcfg.fisher_sequences, seed=0)
-        sequences = [torch.cat([xi, yi[-1:]]).to(self.device) for xi, yi in zip(x, y)]
-        fisher = fisher_diagonal(self.model, sequences)
-        atomic_write(self.fisher_path, save({n: f.cpu() for n, f in fisher.items()}))
-        return fisher
+    @property
+    def fisher(self) -> dict[str, torch.Tensor]:
+        """Estimated once, on the base model and its latest training corpus, then kept in the folder;
+        first needed by the first update, so a memory that only talks (a server without --remember)
+        never pays for it."""
+        if self._fisher is None and self.fisher_path.exists():
+            self._fisher = {n: t.to(self.device) for n, t in load_file(str(self.fisher_path)).items()}
+        if self._fisher is None:
+            x, y = self._base_windows(self.mcfg.fisher_sequences, seed=0)
+            sequences = [torch.cat([xi, yi[-1:]]).to(self.device) for xi, yi in zip(x, y)]
+            base, _ = checkpoint.load_model(self.folder, self.device)   # without the memories added since
+            self._fisher = fisher_diagonal(base, sequences)
+            atomic_write(self.fisher_path, save({n: f.cpu() for n, f in self._fisher.items()}))
+        return self._fisher
 
     def _base_windows(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n windows of the base model's latest training corpus, the same ones for the same seed."""
