@@ -352,13 +352,15 @@ class Memory:
         self._fisher: dict[str, torch.Tensor] | None = None
         self.applied: list[int] = []
         self._catch_up()
-        self._decoder: tuple[tuple[int, ...], Decoder] | None = None
+        self._decoder: tuple[tuple, Decoder] | None = None
 
-    def decoder(self) -> Decoder:
-        """The fastest decoder of the weights as they are now: built again once memories change them."""
-        if self._decoder is None or self._decoder[0] != tuple(self.applied):
+    def decoder(self, batch_size: int = 1) -> Decoder:
+        """The fastest decoder of the weights as they are now, for batch_size sequences: built again
+        once memories change them."""
+        key = (tuple(self.applied), batch_size)
+        if self._decoder is None or self._decoder[0] != key:
             self._decoder = None   # free the old copy of the weights first
-            self._decoder = (tuple(self.applied), fastest_decoder(self.model))
+            self._decoder = (key, fastest_decoder(self.model, batch_size))
         return self._decoder[1]
 
     @property

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.exceptions import HTTPException
 
 from nimllm.config import ModelFolder, UserError
-from nimllm.generate import BatchScheduler, Request, fastest_decoder
+from nimllm.generate import BatchScheduler, Request
 from nimllm.memory import Memory, memory_history, show_memory
 from nimllm.store import Store
 from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer, context_budget
@@ -437,7 +437,7 @@ class Engine:
 
     def __init__(self, mem: Memory, max_batch: int, talks: Talks | None, log=print):
         self.mem, self.talks, self.log, self.max_batch = mem, talks, log, max_batch
-        self.scheduler = BatchScheduler(fastest_decoder(mem.model, max_batch))
+        self.scheduler = BatchScheduler(mem.decoder(max_batch))
         self.outbox: list[tuple[Job, int | None, str | None]] = []   # what a step emitted, for the event loop
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="nimllm-engine", daemon=True)
@@ -481,13 +481,12 @@ class Engine:
             self.mem.learn([conversation], log=self.log)
 
     def _changing_weights(self, learn) -> None:
-        before = list(self.mem.applied)
         try:
             learn()
         except Exception as e:  # a damaged memory file costs that update, not the server
             self.log(f"learning failed: {type(e).__name__}: {e}")
-        if self.mem.applied != before:
-            self.scheduler.replace_decoder(fastest_decoder(self.mem.model, self.max_batch))
+        if (decoder := self.mem.decoder(self.max_batch)) is not self.scheduler.decoder:   # rebuilt: new weights
+            self.scheduler.replace_decoder(decoder)
 
 
 def deliver(batch: list[tuple[Job, int | None, str | None]]) -> None:
