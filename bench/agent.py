@@ -77,9 +77,10 @@ def succeeded(task: skills.Task, scratch: skills.Scratch, reference: str, answer
 
 
 def attempt(mem: Memory, task: skills.Task, scratch: skills.Scratch, reference: str, max_steps: int,
-            learn: bool) -> dict:
-    """Run the agent on one task and check the outcome; with `learn`, a success is approved and learned.
-    The user says yes to everything (asked only where there is no sandbox: see --confirm-all)."""
+            learn: bool, fix: bool = False) -> dict:
+    """Run the agent on one task and check the outcome; with `learn`, a success is approved and learned,
+    and with `fix` a failure is corrected with the task's own command. The user says yes to everything
+    (asked only where there is no sandbox: see --confirm-all)."""
     sandbox = Sandbox(scratch.root)
     transcript = io.StringIO()
     agent = Agent(mem, sandbox, {"temperature": 0.0, "top_k": None, "top_p": None, "max_tokens": 48, "seed": 0},
@@ -90,15 +91,19 @@ def attempt(mem: Memory, task: skills.Task, scratch: skills.Scratch, reference: 
     calls = [m.content for m in messages if (m.meta or {}).get("tool_call")]
     outputs = [m.meta["output"] for m in messages if m.role == "tool" and "output" in (m.meta or {})]
     success = succeeded(task, scratch, reference, answer, outputs)
+    fixed = False
     if learn and success:
         mem.store.set_feedback(messages[-1].id, "good")
+    elif learn and fix:   # as a user would: /fix with the command that should have run
+        agent.fix(task.command)
+        fixed = True
     agent.close_task()
     shutil.rmtree(scratch.root)
     expected = None if task.kind.check == "files" else task.expected(reference)
     return {"kind": task.kind.name, "request": task.request, "reference": task.command, "expected": expected,
             "commands": calls, "answer": answer, "success": success, "ran_command": bool(calls),
             "right_command": task.command in calls, "well_formed": "could not be read" not in transcript.getvalue(),
-            "seconds": round(time.time() - start, 2)}
+            "fixed": fixed, "seconds": round(time.time() - start, 2)}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -114,7 +119,7 @@ def evaluate(mem: Memory, args, seed: int, parent: Path, learn: bool = False) ->
     results = {}
     for i, group in enumerate(GROUPS):
         n = args.learn // len(GROUPS) if learn else args.per_group
-        results[group] = [attempt(mem, task, scratch, reference, args.max_steps, learn)
+        results[group] = [attempt(mem, task, scratch, reference, args.max_steps, learn, learn and args.fix)
                           for task, scratch, reference in make_tasks(group, n, seed + 1000 * i, parent)]
     return results
 
@@ -140,6 +145,7 @@ def learn_and_ask_again(base: Path, folder: Path, mcfg: MemoryConfig, args) -> d
     seconds = time.time() - start
     after = evaluate(mem, args, args.seed, folder.parent / "work")
     return {"memory": asdict(mcfg), "episodes_learned": len(mem.store.deltas()), "learning_seconds": round(seconds, 1),
+            "episodes_fixed": sum(r["fixed"] for rows in learning.values() for r in rows),
             "learning": learning, "after": after}
 
 
@@ -151,6 +157,9 @@ def main() -> None:
     parser.add_argument("--memory", type=memory_settings, nargs="+", default=[MemoryConfig()], metavar="SETTINGS",
                         help='learning settings to compare, each from the same base model: "default" or '
                              'changes such as "lr=1e-4,steps=4" (default: the agent\'s own)')
+    parser.add_argument("--fix", action="store_true",
+                        help="in the learning set, correct each failed task with /fix and its own command, as a "
+                             "user would, so that corrections are learned too")
     parser.add_argument("--max-steps", type=int, default=3)
     parser.add_argument("--device")
     parser.add_argument("--seed", type=int, default=20_000_000, help="far from the corpus's folder seeds")
@@ -183,7 +192,8 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for i, mcfg in enumerate(args.memory):   # written after each: a long run keeps what it measured
             v = learn_and_ask_again(tmp / "model", tmp / f"learner-{i}", mcfg, args)
-            result["variants"].append({**{k: v[k] for k in ("memory", "episodes_learned", "learning_seconds")},
+            result["variants"].append({**{k: v[k] for k in ("memory", "episodes_learned", "episodes_fixed",
+                                                             "learning_seconds")},
                                        "groups": {g: {"learning_set": summary(v["learning"][g]),
                                                       "after": summary(v["after"][g])} for g in GROUPS}})
             result["tasks"]["variants"].append({"learning": v["learning"], "after": v["after"]})

@@ -67,8 +67,9 @@ class MemoryConfig:
     mask_fraction: float = 0.01    # share of all weights one conversation may change
     steps: int = 16                # Adam steps on the masked weights
     lr: float = 3e-4               # 10m: 1e-4 recalled nothing; 1e-3 (10m, 103m) no more recall, 2-3x the drift
-    agent_lr: float = 1e-5         # an agent's approved task: its own commands are already likely, and at 3e-4
-                                   # (even 3e-5) learning ten made it write their commands for every request
+    agent_lr: float = 1e-5         # an agent's approved or corrected task: at 3e-4 (even 3e-5) learning ten of its
+                                   # own successes made it write their commands for every request, and 21
+                                   # corrections taught new kinds of task best at 1e-5 (bench/agent.py --fix)
     ewc_lambda: float = 0.01       # EWC strength, against a Fisher normalised to mean 1 over all weights
     fisher_sequences: int = 32     # base-corpus sequences the Fisher diagonal is estimated from
     text: str = "exchanges"        # conversation -> training text: "conversation" or "exchanges" (see memory.py)

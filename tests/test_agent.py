@@ -255,7 +255,7 @@ def test_the_working_folder_must_be_a_project(folder):
 def test_the_benchmark_runs_end_to_end(trained, tmp_path):
     out = tmp_path / "agent.json"
     run = subprocess.run([sys.executable, "bench/agent.py", "--model", str(trained), "--per-group", "1", "--learn", "3",
-                          "--max-steps", "1", "--memory", "default", "agent_lr=1e-4,steps=2", "--out", str(out)],
+                          "--max-steps", "1", "--memory", "default", "agent_lr=1e-4,steps=2", "--fix", "--out", str(out)],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
@@ -263,5 +263,7 @@ def test_the_benchmark_runs_end_to_end(trained, tmp_path):
     assert set(result["before"]) == groups and all(result["before"][g]["tasks"] == 1 for g in groups)
     assert [(v["memory"]["agent_lr"], v["memory"]["steps"]) for v in result["variants"]] == [(1e-5, 16), (1e-4, 2)]
     assert all(v["groups"][g]["after"]["tasks"] == 1 for v in result["variants"] for g in groups)
+    learning = result["tasks"]["variants"][0]["learning"]   # every task of the learning set approved or corrected
+    assert all(r["success"] != r["fixed"] for rows in learning.values() for r in rows)
     assert result["tasks"]["before"]["held-out kinds"][0]["kind"] in ("count_folders", "largest_number", "grep_count")
     assert result["sandboxed"]
