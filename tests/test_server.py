@@ -24,8 +24,8 @@ from conftest import REPO, popen_cli, real_text, run_cli
 from nimllm.checkpoint import load_model
 from nimllm.config import ModelFolder
 from nimllm.generate import fastest_decoder, generate
-from nimllm.server import (FunctionCall, Message, Reply, Tool, call_text, describe_tools, template_messages,
-                           tool_call_from_text)
+from nimllm.api import (FunctionCall, Message, Reply, Tool, call_text, describe_tools, template_messages,
+                        tool_call_from_text)
 from nimllm.store import Store
 from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer, context_budget
 
