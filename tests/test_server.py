@@ -474,13 +474,15 @@ def test_the_web_page_streams_a_reply_in_a_real_browser(trained, tmp_path):
         browser.get(server.url + "/")
         wait = WebDriverWait(browser, 30)
         wait.until(lambda b: b.find_element(By.ID, "model").text == "model")
+        temperature = browser.find_element(By.ID, "temperature")   # greedy: the same replies every run
+        browser.execute_script("arguments[0].value = '0'", temperature)
         for text in ("Good morning, cousin.", "What news from Verona?"):
             browser.find_element(By.ID, "input").send_keys(text)
             browser.find_element(By.ID, "send").click()
             wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".message.assistant[data-done]"))
                        == (2 if "Verona" in text else 1))
         replies = browser.find_elements(By.CSS_SELECTOR, ".message.assistant .text")
-        assert all(r.text.strip() for r in replies)
+        assert all(r.text.strip() for r in replies) and not browser.find_elements(By.CSS_SELECTOR, ".message.empty")
         browser.find_element(By.XPATH, "//div[@class='feedback']/button[text()='good']").click()
         wait.until(lambda b: "noted: a good answer" in b.find_element(By.CLASS_NAME, "feedback").text)
         if os.environ.get("NIMLLM_WEB_SCREENSHOT"):

@@ -100,6 +100,10 @@ async function send(text) {
     reply.el.classList.remove("streaming");
   }
   state.history.push({ role: "assistant", content });
+  if (!content) {   // the model ended its turn at once: say so, rather than show an empty bubble
+    reply.el.classList.add("empty");
+    reply.body.textContent = "(no answer: the model ended its turn at once)";
+  }
   reply.el.dataset.done = "true";
   if (usage) reply.el.append(element("div", "meta", `${usage.completion_tokens} tokens`));
   if (state.info.remember) offerFeedback(reply, state.history.length);
