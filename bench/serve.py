@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 def start_server(folder: ModelFolder, args) -> tuple[subprocess.Popen, str]:
     """`nimllm serve` on a free loopback port; its URL once it says it is serving."""
     command = [sys.executable, "-m", "nimllm.cli", "serve", "--model", str(folder.root), "--port", "0",
-               "--max-batch", str(args.max_batch), "--device", args.device]
+               "--max-batch", str(args.max_batch), "--device", args.device] + (["--compile"] if args.compile else [])
     threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **threads})
@@ -127,6 +127,7 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128, help="max_tokens of each request")
     ap.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
+    ap.add_argument("--compile", action="store_true", help="the server's --compile (a GPU's decoding step)")
     ap.add_argument("--threads", type=int, help="the server's CPU threads (OMP_NUM_THREADS; default: torch's)")
     ap.add_argument("--device")
     ap.add_argument("--out", default="bench/results/serve.json")

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--quiet-after", type=_duration, default=300.0,
                        help="with --remember: learn a conversation after this long without a request (default 5m)")
     serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together; more wait (default 8)")
+    serve.add_argument("--compile", action="store_true", help="on a GPU, compile the decoding step: faster, at "
+                                                              "the price of a longer start and of each relearning")
 
     mem = command("memory", "what the model learned from conversations: list, show ID, forget ID, reset, stats")
     mem.add_argument("action", choices=["list", "show", "forget", "reset", "stats"])
@@ -231,7 +233,7 @@ def cmd_serve(args) -> int:
     from nimllm.config import ModelFolder
     from nimllm.server import run_server
     return run_server(ModelFolder.resolve(args.model), args.host, args.port, args.device, args.api_key, args.remember,
-                      args.max_batch, args.quiet_after)
+                      args.max_batch, args.quiet_after, args.compile)
 
 
 def cmd_eval(args) -> int:

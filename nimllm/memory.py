@@ -354,13 +354,13 @@ class Memory:
         self._catch_up()
         self._decoder: tuple[tuple, Decoder] | None = None
 
-    def decoder(self, batch_size: int = 1) -> Decoder:
-        """The fastest decoder of the weights as they are now, for batch_size sequences: built again
-        once memories change them."""
-        key = (tuple(self.applied), batch_size)
+    def decoder(self, batch_size: int = 1, compile: bool = False) -> Decoder:
+        """The fastest decoder of the weights as they are now, for batch_size sequences (compiled on a
+        GPU if asked): built again once memories change them."""
+        key = (tuple(self.applied), batch_size, compile)
         if self._decoder is None or self._decoder[0] != key:
             self._decoder = None   # free the old copy of the weights first
-            self._decoder = (key, fastest_decoder(self.model, batch_size))
+            self._decoder = (key, fastest_decoder(self.model, batch_size, compile))
         return self._decoder[1]
 
     @property

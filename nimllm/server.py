@@ -168,9 +168,9 @@ class Engine:
     learns quiet conversations between batches (admissions pause, the rows in flight finish, then
     Memory.learn runs and a decoder of the new weights takes over)."""
 
-    def __init__(self, mem: Memory, max_batch: int, talks: Talks | None, log=print):
-        self.mem, self.talks, self.log, self.max_batch = mem, talks, log, max_batch
-        self.scheduler = BatchScheduler(mem.decoder(max_batch))
+    def __init__(self, mem: Memory, max_batch: int, talks: Talks | None, log=print, compile: bool = False):
+        self.mem, self.talks, self.log, self.max_batch, self.compile = mem, talks, log, max_batch, compile
+        self.scheduler = BatchScheduler(mem.decoder(max_batch, compile))
         self.outbox: list[tuple[Job, int | None, str | None]] = []   # what a step emitted, for the event loop
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="nimllm-engine", daemon=True)
@@ -218,7 +218,7 @@ class Engine:
             learn()
         except Exception as e:  # a damaged memory file costs that update, not the server
             self.log(f"learning failed: {type(e).__name__}: {e}")
-        if (decoder := self.mem.decoder(self.max_batch)) is not self.scheduler.decoder:   # rebuilt: new weights
+        if (decoder := self.mem.decoder(self.max_batch, self.compile)) is not self.scheduler.decoder:   # new weights
             self.scheduler.replace_decoder(decoder)
 
 
@@ -575,7 +575,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run_server(folder: ModelFolder, host: str = "127.0.0.1", port: int = 8000, device: str | None = None,
                api_key: str | None = None, remember: bool = False, max_batch: int = 8,
-               quiet_after: float = 300.0, log=print) -> int:
+               quiet_after: float = 300.0, compile: bool = False, log=print) -> int:
     """Serve until Ctrl-C (or SIGTERM); returns the exit code."""
     import uvicorn
     if not is_loopback(host) and not api_key:
@@ -585,7 +585,7 @@ def run_server(folder: ModelFolder, host: str = "127.0.0.1", port: int = 8000, d
     sock = listen(host, port)
     mem = Memory(folder, device)
     talks = Talks(mem.store, quiet_after) if remember else None
-    engine = Engine(mem, max_batch, talks, log=lambda *text: log(*text, flush=True))
+    engine = Engine(mem, max_batch, talks, log=lambda *text: log(*text, flush=True), compile=compile)
     name = folder.root.name
     app = create_app(Served(engine, name, folder, api_key))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
