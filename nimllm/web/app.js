@@ -100,9 +100,9 @@ async function send(text) {
     reply.el.classList.remove("streaming");
   }
   state.history.push({ role: "assistant", content });
-  if (!content) {   // the model ended its turn at once: say so, rather than show an empty bubble
+  if (!content.trim()) {   // nothing to see (the turn ended at once, or only white space): say so
     reply.el.classList.add("empty");
-    reply.body.textContent = "(no answer: the model ended its turn at once)";
+    reply.body.textContent = content + "(no visible answer)";
   }
   reply.el.dataset.done = "true";
   if (usage) reply.el.append(element("div", "meta", `${usage.completion_tokens} tokens`));
