@@ -44,3 +44,12 @@ def popen_cli(*args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "nimllm.cli", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+
+
+def train_tiny(root: Path, *options, n_bytes: int = 200_000, steps: int = 5) -> Path:
+    """A tiny model trained a few steps on real text by the real command, as a user would; its folder."""
+    (root / "corpus.txt").write_text(real_text(n_bytes))
+    out = run_cli("train", root / "corpus.txt", "--model", root / "model", "--preset", "tiny", "--vocab-size", "300",
+                  "--steps", steps, *options)
+    assert out.returncode == 0, out.stderr
+    return root / "model"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, real_text, run_cli
+from conftest import REPO, run_cli, train_tiny
 
 from nimllm import shell
 from nimllm.agent import fit, parse_turn, run_agent
@@ -27,13 +27,9 @@ SAMPLING = {"temperature": 0.0, "top_k": 50, "top_p": 0.95, "max_tokens": 24, "s
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained a few steps on text mixed with the agent skills, as a user would."""
-    root = tmp_path_factory.mktemp("agent")
-    (root / "corpus.txt").write_text(real_text(100_000))
-    out = run_cli("train", root / "corpus.txt", "--model", root / "model", "--preset", "tiny", "--vocab-size", "300",
-                  "--steps", "3", "--agent-skills", "40")
-    assert out.returncode == 0, out.stderr
-    Memory(ModelFolder(root / "model"), "cpu")   # its Fisher diagonal, once for every copy
-    return root / "model"
+    folder = train_tiny(tmp_path_factory.mktemp("agent"), "--agent-skills", 40, n_bytes=100_000, steps=3)
+    Memory(ModelFolder(folder), "cpu").fisher   # estimated once, into the folder every test copies
+    return folder
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, real_text, run_cli
+from conftest import REPO, run_cli, train_tiny
 
 from nimllm.chat import read_message, run_chat
 from nimllm.config import ModelFolder
@@ -20,12 +20,7 @@ from nimllm.tokenizer import Tokenizer
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chat")
-    (root / "corpus.txt").write_text(real_text(200_000))
-    out = run_cli("train", root / "corpus.txt", "--model", root / "model", "--preset", "tiny", "--vocab-size", "300",
-                  "--steps", "5")
-    assert out.returncode == 0, out.stderr
-    return root / "model"
+    return train_tiny(tmp_path_factory.mktemp("chat"))
 
 
 @pytest.fixture

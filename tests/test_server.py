@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, popen_cli, real_text, run_cli
+from conftest import REPO, popen_cli, real_text, run_cli, train_tiny
 
 from nimllm.checkpoint import load_model
 from nimllm.config import ModelFolder
@@ -91,12 +91,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    (root / "corpus.txt").write_text(real_text(200_000))
-    out = run_cli("train", root / "corpus.txt", "--model", root / "model", "--preset", "tiny", "--vocab-size", "300",
-                  "--steps", "5")
-    assert out.returncode == 0, out.stderr
-    return root / "model"
+    return train_tiny(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
