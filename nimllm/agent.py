@@ -19,7 +19,8 @@ from nimllm import shell
 from nimllm.console import line_reader
 from nimllm.config import ModelFolder, UserError
 from nimllm.generate import generate
-from nimllm.memory import Memory, conversation_messages
+from nimllm.lessons import conversation_messages
+from nimllm.memory import Memory
 from nimllm.sandbox import Limits, Sandbox, trim, visible
 
 PROMPT, REPLY, PLAN = "you> ", "nimllm> ", "nimllm plans: "

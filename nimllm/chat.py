@@ -124,6 +124,9 @@ class Chat:
         store.end_conversation(self.conversation)
         if not any(m.role == "user" for m in store.messages(self.conversation)):
             return False
+        if not self.mem.lessons([self.conversation]):
+            self.say("nothing to remember: nothing said here states a fact (questions and greetings are not learned)")
+            return True
         self.say("remembering this conversation...", end=" ")
         self.mem.learn([self.conversation], log=self.say)   # it prints its report
         return True

@@ -62,21 +62,23 @@ class TrainConfig:
 
 @dataclass
 class MemoryConfig:
-    """Selective retraining after a conversation (nimllm/memory.py)."""
+    """Selective retraining after a conversation (nimllm/memory.py, nimllm/update.py)."""
     # chosen with bench/memory.py (README, "Memory"): recall against drift of the base model's own text
     mask_fraction: float = 0.01    # share of all weights one conversation may change
-    steps: int = 16                # Adam steps on the masked weights
+    steps: int = 32                # at most this many Adam steps on the masked weights; fewer once learned
+    learned_loss: float = 0.3      # learned: every answer token ranked first and the mean loss under this
     lr: float = 3e-4               # 10m: 1e-4 recalled nothing; 1e-3 (10m, 103m) no more recall, 2-3x the drift
     agent_lr: float = 1e-5         # an agent's approved or corrected task: at 3e-4 (even 3e-5) learning ten of its
                                    # own successes made it write their commands for every request, and 21
                                    # corrections taught new kinds of task best at 1e-5 (bench/agent.py --fix)
     ewc_lambda: float = 0.01       # EWC strength, against a Fisher normalised to mean 1 over all weights
     fisher_sequences: int = 32     # base-corpus sequences the Fisher diagonal is estimated from
-    text: str = "exchanges"        # conversation -> training text: "conversation" or "exchanges" (see memory.py)
     optimizer: str = "adam"        # "adam" or "sgd" on the chosen weights
     replay_sequences: int = 4      # windows of the base training text replayed in each update: cut the drift 3-7x
     rehearse_conversations: int = 16  # earlier conversations rehearsed in each update: 103m recalled 3/3 facts
                                       # at K=3 and 19/30 at K=30 with 16, 1/3 and 0/30 without
+    control_changes: int = 0       # control answers one update may change before it is scaled back (halved,
+                                   # twice) or not kept
 
 
 @dataclass
@@ -165,6 +167,7 @@ class ModelFolder:
     data = property(lambda self: self.root / "data")
     store = property(lambda self: self.root / "conversations.sqlite")
     memory = property(lambda self: self.root / "memory")
+    control = property(lambda self: self.root / "control.json")
 
 
 class UserError(Exception):

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nimllm.config import ModelFolder, UserError
 from nimllm.data import Corpus, TokenShards, named_like_binary, tokenized
-from nimllm.memory import load_remembered
+from nimllm.deltas import load_remembered
 from nimllm.tokenizer import Tokenizer
 from nimllm.train import Runtime, evaluate, pick_device
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from nimllm.config import ModelConfig, ModelFolder, UserError
-from nimllm.memory import load_remembered
+from nimllm.deltas import load_remembered
 from nimllm.model import GPT
 from nimllm.tokenizer import ROLE_TOKENS, SPECIAL_TOKENS, Tokenizer
 

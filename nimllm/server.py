@@ -42,7 +42,8 @@ from nimllm.api import (ApiError, Body, ChatRequest, ChatShape, CompletionReques
                         template_messages, tool_call_from_text)
 from nimllm.config import ModelFolder, UserError
 from nimllm.generate import BatchScheduler, Request
-from nimllm.memory import Memory, memory_history, show_memory
+from nimllm.deltas import memory_history, show_memory
+from nimllm.memory import Memory
 from nimllm.store import Store
 from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer, context_budget
 

@@ -43,11 +43,11 @@ def stored(folder: ModelFolder) -> list[list]:
 
 
 def test_a_piped_session_is_stored_and_learned(folder):
-    out = chat(folder, "hello\n/quit\n")
-    assert "you> hello\nnimllm> " in out and "you> /quit\n" in out
+    out = chat(folder, "Ilse lives in Tromso\n/quit\n")
+    assert "you> Ilse lives in Tromso\nnimllm> " in out and "you> /quit\n" in out
     assert "remembering this conversation... updated " in out
     [messages] = stored(folder)
-    assert [m.role for m in messages] == ["user", "assistant"] and messages[0].content == "hello"
+    assert [m.role for m in messages] == ["user", "assistant"] and messages[0].content == "Ilse lives in Tromso"
     with Store(folder.store) as store:
         [conversation] = store.conversations()
     assert conversation.ended is not None and conversation.learned_delta is not None
@@ -82,13 +82,13 @@ def test_a_talk_longer_than_the_context(folder):
 
 
 def test_remember_learns_and_starts_a_new_conversation(folder):
-    out = chat(folder, "/remember\nhello\n/remember\nagain\n/stats\n/quit\n")
+    out = chat(folder, "/remember\nOrla has a cat\n/remember\nthe cat is called Miso\n/stats\n/quit\n")
     assert "nothing to remember yet" in out
     assert out.count("remembering this conversation... updated ") == 2
     assert "memories kept: 1" in out                                      # /stats, between the two
     empty, first, second = stored(folder)
-    assert empty == [] and [m.content for m in first if m.role == "user"] == ["hello"]
-    assert [m.content for m in second if m.role == "user"] == ["again"]
+    assert empty == [] and [m.content for m in first if m.role == "user"] == ["Orla has a cat"]
+    assert [m.content for m in second if m.role == "user"] == ["the cat is called Miso"]
     with Store(folder.store) as store:
         assert [c.learned_delta is not None for c in reversed(store.conversations())] == [False, True, True]
 
@@ -139,9 +139,9 @@ def kill_chat_when(folder: ModelFolder, text: str, ready) -> None:
 
 
 def test_killed_mid_conversation_loses_nothing_and_is_learned_next_time(folder):
-    kill_chat_when(folder, "remember the lighthouse\n", lambda out: out.count("you> ") >= 2)
+    kill_chat_when(folder, "the lighthouse is called Vess\n", lambda out: out.count("you> ") >= 2)
     [messages] = stored(folder)
-    assert [m.content for m in messages][:1] == ["remember the lighthouse"] and len(messages) == 2
+    assert [m.content for m in messages][:1] == ["the lighthouse is called Vess"] and len(messages) == 2
     out = chat(folder, "/quit\n")
     assert "remembering an earlier conversation" in out and "updated" in out
     with Store(folder.store) as store:
@@ -150,9 +150,9 @@ def test_killed_mid_conversation_loses_nothing_and_is_learned_next_time(folder):
 
 def test_killed_mid_update_keeps_the_weights_and_learns_again(folder):
     from nimllm.memory import Memory
-    chat(folder, "first fact\n/quit\n")                    # one memory already there
+    chat(folder, "my first car was a Volvo\n/quit\n")     # one memory already there
     before = [p.detach().clone() for p in Memory(folder, "cpu").model.parameters()]
-    kill_chat_when(folder, "second fact\n/quit\n", lambda out: "remembering this conversation..." in out)
+    kill_chat_when(folder, "my second car was a Saab\n/quit\n", lambda out: "remembering this conversation..." in out)
     time.sleep(0.1)
     after = [p.detach().clone() for p in Memory(folder, "cpu").model.parameters()]
     with Store(folder.store) as store:
@@ -162,7 +162,7 @@ def test_killed_mid_update_keeps_the_weights_and_learns_again(folder):
         assert "remembering an earlier conversation" in chat(folder, "/quit\n")
     with Store(folder.store) as store:
         assert store.unlearned() == [] and len(store.deltas()) == 2
-        assert [m.content for m in store.messages(store.conversations()[-2].id)][0] == "second fact"
+        assert [m.content for m in store.messages(store.conversations()[-2].id)][0] == "my second car was a Saab"
 
 
 def test_memory_commands(folder):

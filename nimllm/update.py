@@ -1,0 +1,184 @@
+"""One selective update: a few optimizer steps on the top 1% of weights, held back by EWC, that stop
+once the lessons are learned.
+
+- a mask: only the top `mask_fraction` of weights by gradient magnitude (measured once, at the start
+  of the update) may move at all, so one conversation changes 1% of the model;
+- EWC: a penalty (lambda/2) * sum F_i (w_i - w*_i)^2 pulls every weight back towards the base model
+  w*, weighted by the diagonal Fisher information F of the base model on its own training data
+  (normalised to mean 1), so weights the base model relies on resist change;
+- a stop: the steps end as soon as every answer token of the lessons is the model's first choice
+  and their mean loss is under `learned_loss`, not after a fixed count that goes on to memorise.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from nimllm.config import MemoryConfig
+from nimllm.model import GPT
+
+Delta = dict[str, tuple[torch.Tensor, torch.Tensor]]   # tensor name -> (flat indices, values)
+
+
+def fisher_diagonal(model: GPT, sequences: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mean squared gradient of the log-likelihood, one sequence at a time (the empirical Fisher),
+    scaled to mean 1 over all weights so that lambda means the same for every model size."""
+    fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for seq in sequences:
+        model.zero_grad(set_to_none=True)
+        model(seq[None, :-1], seq[None, 1:]).backward()
+        for n, p in model.named_parameters():
+            fisher[n] += p.grad.detach() ** 2
+    model.zero_grad(set_to_none=True)
+    mean = sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())
+    return {n: f / mean for n, f in fisher.items()}
+
+
+def ewc_penalty(model: GPT, anchor: dict[str, torch.Tensor], fisher: dict[str, torch.Tensor],
+                lam: float) -> torch.Tensor:
+    """(lambda / 2) * sum_i F_i (w_i - anchor_i)^2 over every weight."""
+    return lam / 2 * sum((fisher[n] * (p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
+
+
+def apply_top_k_mask(grads: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """The flat indices, per tensor, of the `fraction` of all entries with the largest |gradient|:
+    exactly round(fraction * total) of them, ties broken by position."""
+    names = list(grads)
+    flat = torch.cat([grads[n].abs().flatten() for n in names])
+    k = max(1, round(fraction * flat.numel()))
+    chosen = torch.topk(flat, k, sorted=False).indices.sort().values
+    masks, start = {}, 0
+    for n in names:
+        size = grads[n].numel()
+        inside = chosen[(chosen >= start) & (chosen < start + size)] - start
+        if inside.numel():
+            masks[n] = inside
+        start += size
+    return masks
+
+
+def apply_delta(model: GPT, delta: Delta, scale: float = 1.0) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, (indices, values) in delta.items():
+            flat = params[name].view(-1)
+            flat.index_put_((indices.to(flat.device),), (values * scale).to(flat.device), accumulate=True)
+
+
+def scaled(delta: Delta, scale: float) -> Delta:
+    return {n: (i, v * scale) for n, (i, v) in delta.items()}
+
+
+def lesson_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, learned_loss: float) -> tuple[torch.Tensor, bool]:
+    """The mean loss on the answers, and whether they are learned: every answer token the model's
+    first choice and the mean loss under learned_loss (a sampled answer then says it too)."""
+    logits = model(x)                                                        # (B, T, V)
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
+    answered = y >= 0
+    right = bool((logits.argmax(-1) == y)[answered].all())
+    return loss, right and loss.item() <= learned_loss
+
+
+# Adam moves every chosen weight by about lr per step, however small its gradient; SGD moves each in
+# proportion to its gradient (what sparse memory fine-tuning uses, since Adam's fresh moments distort
+# rarely updated entries).
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+@dataclass
+class UpdateReport:
+    n_weights: int
+    total_weights: int
+    seconds: float
+    loss_before: float
+    loss_after: float
+    steps: int = 0                                                  # optimizer steps taken
+    learned: bool = False                                           # stopped because the lessons were learned
+    lessons: int = 0                                                # lessons (questions with answers) trained
+    layers: dict[str, int] = field(default_factory=dict)            # tensor name -> weights changed
+    largest: list[tuple[str, float]] = field(default_factory=list)  # biggest single moves
+    delta_id: int | None = None
+    rehearsed: list[int] = field(default_factory=list)              # earlier conversations rehearsed
+    diverged: bool = False                                          # weights went inf or nan: nothing changed
+    scale: float = 1.0                                              # share of the update kept by the control check
+    control: tuple[int, int] | None = None                          # control answers kept / all, after it
+
+    def __str__(self) -> str:
+        if self.diverged:
+            return ("the update diverged (weights became inf or nan), so nothing was changed; "
+                    "a smaller learning rate would avoid it")
+        top = sorted(self.layers.items(), key=lambda kv: -kv[1])[:3]
+        lines = [f"updated {self.n_weights:,} weights ({self.n_weights / self.total_weights:.2%}) in "
+                 f"{self.seconds:.1f} s | {self.lessons} lessons, {self.steps} steps"
+                 f"{' (learned)' if self.learned else ''} | loss {self.loss_before:.3f} -> {self.loss_after:.3f}"]
+        if self.control:
+            lines.append(f"  control answers kept: {self.control[0]}/{self.control[1]}")
+        if self.scale < 1:
+            lines.append(f"  scaled back to {self.scale:.0%}: the full update changed the model's answers to "
+                         f"unrelated prompts" if self.scale else
+                         "  not kept: even a quarter of it changed the model's answers to unrelated prompts")
+        if top and self.scale:
+            lines.append(f"  most changed: {', '.join(f'{n} ({c:,})' for n, c in top)}")
+        return "\n".join(lines)
+
+    def stats(self) -> dict:
+        return {"loss_before": self.loss_before, "loss_after": self.loss_after, "steps": self.steps,
+                "learned": self.learned, "lessons": self.lessons, "layers": self.layers, "largest": self.largest,
+                "rehearsed": self.rehearsed, "diverged": self.diverged, "scale": self.scale,
+                "control": list(self.control) if self.control else None}
+
+
+def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict, fisher: dict,
+                     mcfg: MemoryConfig, extra: list[tuple[torch.Tensor, torch.Tensor]] = (),
+                     ) -> tuple[Delta, UpdateReport]:
+    """Optimizer steps on the top-|gradient| entries only, against the lessons' loss plus EWC, plus the
+    mean loss of each `extra` batch (earlier lessons rehearsed, windows of the base training text),
+    until the lessons are learned or mcfg.steps are taken. The model ends at old weights + delta,
+    added exactly as a reload adds it."""
+    start = time.time()
+    params = dict(model.named_parameters())
+    model.train(False)   # no dropout: the update should be a function of the lessons
+
+    def loss_and_grads() -> tuple[float, bool]:
+        model.zero_grad(set_to_none=True)
+        lm, learned = lesson_loss(model, x, y, mcfg.learned_loss)
+        rehearsal = sum(model(*xy) for xy in extra)
+        (lm + rehearsal + ewc_penalty(model, anchor, fisher, mcfg.ewc_lambda)).backward()
+        return lm.item(), learned
+
+    loss_before, learned = loss_and_grads()
+    masks = apply_top_k_mask({n: p.grad for n, p in params.items()}, mcfg.mask_fraction)
+    old = {n: params[n].detach().view(-1)[idx].clone() for n, idx in masks.items()}
+    moving = {n: old[n].clone().requires_grad_(True) for n in masks}
+    optimizer = OPTIMIZERS[mcfg.optimizer](list(moving.values()), lr=mcfg.lr)
+    steps = 0
+    while not learned and steps < mcfg.steps:
+        for n, idx in masks.items():
+            moving[n].grad = params[n].grad.view(-1)[idx]
+        optimizer.step()
+        with torch.no_grad():
+            for n, idx in masks.items():
+                params[n].view(-1)[idx] = moving[n]
+        steps += 1
+        _, learned = loss_and_grads()
+    model.zero_grad(set_to_none=True)
+
+    delta = {n: (idx.cpu(), (moving[n].detach() - old[n]).cpu()) for n, idx in masks.items()} if steps else {}
+    diverged = not all(torch.isfinite(values).all() for _, values in delta.values())
+    if diverged:   # a model that answers nan from now on is worse than one that did not learn this
+        delta = {}
+    with torch.no_grad():   # back to the old weights, then forward by the delta as a reload does
+        for n, idx in masks.items():
+            params[n].view(-1)[idx] = old[n]
+    apply_delta(model, delta)
+    with torch.no_grad():
+        loss_after = model(x, y).item()
+    largest = sorted(((n, vals[vals.abs().argmax()].item()) for n, (_, vals) in delta.items()),
+                     key=lambda nv: -abs(nv[1]))[:3]
+    report = UpdateReport(sum(len(i) for i, _ in delta.values()), sum(p.numel() for p in params.values()),
+                          time.time() - start, loss_before, loss_after, steps, learned and not diverged,
+                          layers={n: len(i) for n, (i, _) in delta.items()}, largest=largest, diverged=diverged)
+    return delta, report

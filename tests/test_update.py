@@ -1,0 +1,98 @@
+"""One selective update: the mask, EWC (its gradient checked by finite differences), the Fisher, and the
+stop once the lessons are learned."""
+import copy
+
+import pytest
+import torch
+
+from nimllm.config import MemoryConfig, ModelConfig
+from nimllm.update import apply_delta, apply_top_k_mask, ewc_penalty, fisher_diagonal, lesson_loss, selective_update
+from nimllm.model import GPT
+
+CFG = ModelConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=4, block_size=16)
+
+
+def test_top_k_mask_keeps_exactly_the_largest_fraction():
+    torch.manual_seed(0)
+    grads = {"a": torch.randn(100, 30), "b": torch.randn(1000), "c": torch.randn(7)}
+    total = sum(g.numel() for g in grads.values())
+    for fraction in (0.001, 0.01, 0.2):
+        masks = apply_top_k_mask(grads, fraction)
+        chosen = sum(len(i) for i in masks.values())
+        assert chosen == round(fraction * total)
+        picked = torch.cat([grads[n].flatten()[i].abs() for n, i in masks.items()])
+        left = torch.cat([g.flatten().abs() for g in grads.values()])
+        assert picked.min() >= left.sort(descending=True).values[chosen]
+
+
+def test_ewc_penalty_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=8, n_layer=1, n_embd=4, n_head=1, block_size=4)).double()
+    anchor = {n: p.detach() + 0.1 * torch.randn_like(p) for n, p in model.named_parameters()}
+    fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+    params = [p for p in model.parameters()]
+    assert torch.autograd.gradcheck(lambda *_: ewc_penalty(model, anchor, fisher, 3.0), params)
+    # and its closed form: lambda * F * (w - anchor)
+    model.zero_grad()
+    ewc_penalty(model, anchor, fisher, 3.0).backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, 3.0 * fisher[n] * (p.detach() - anchor[n]))
+
+
+def test_fisher_is_positive_and_normalised():
+    torch.manual_seed(0)
+    model = GPT(CFG)
+    fisher = fisher_diagonal(model, [torch.randint(0, 64, (17,)) for _ in range(4)])
+    values = torch.cat([f.flatten() for f in fisher.values()])
+    assert (values >= 0).all() and values.mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_selective_update_moves_only_the_mask_and_lowers_the_loss():
+    torch.manual_seed(0)
+    model = GPT(CFG).eval()
+    before = copy.deepcopy(model.state_dict())
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    x, y = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+    delta, report = selective_update(model, x, y, anchor, fisher, MemoryConfig(mask_fraction=0.02, steps=10, lr=1e-2))
+    total = sum(p.numel() for p in model.parameters())
+    assert report.n_weights == round(0.02 * total)
+    changed = sum((model.state_dict()[n] != before[n]).sum().item() for n in before)
+    assert 0 < changed <= report.n_weights
+    assert report.loss_after < report.loss_before
+    # the live weights are exactly base + delta, added the way a reload adds it
+    rebuilt = GPT(CFG)
+    rebuilt.load_state_dict(before)
+    apply_delta(rebuilt, delta)
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
+
+
+def test_an_update_stops_once_its_lessons_are_learned():
+    torch.manual_seed(0)
+    model = GPT(CFG).eval()
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    x = torch.randint(0, 64, (2, 16))
+    y = torch.full((2, 16), -1)
+    y[:, 10:] = torch.randint(0, 64, (2, 6))                       # answers at the end, the rest is context
+    mcfg = MemoryConfig(mask_fraction=0.05, steps=200, lr=1e-2, learned_loss=0.3)
+    delta, report = selective_update(model, x, y, anchor, fisher, mcfg)
+    assert report.learned and 0 < report.steps < 200
+    loss, learned = lesson_loss(model, x, y, 0.3)
+    assert learned and loss.item() <= 0.3
+    # learned once more, it takes no step and changes nothing
+    again, report = selective_update(model, x, y, anchor, fisher, mcfg)
+    assert report.steps == 0 and report.learned and again == {} and report.n_weights == 0
+
+
+def test_lesson_loss_is_learned_only_when_every_answer_token_is_first():
+    model = GPT(CFG).eval()
+    x = torch.randint(0, 64, (1, 16))
+    with torch.no_grad():
+        best = model(x).argmax(-1)
+    y = torch.full((1, 16), -1)
+    y[0, 8:] = best[0, 8:]
+    assert lesson_loss(model, x, y, learned_loss=100.0)[1]
+    y[0, 12] = (best[0, 12] + 1) % 64
+    assert not lesson_loss(model, x, y, learned_loss=100.0)[1]
