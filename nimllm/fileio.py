@@ -2,6 +2,7 @@
 one, so a kill at any moment leaves either the previous file or the new one, never half of one."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -25,3 +26,14 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)  # makes the rename itself survive a power cut
     finally:
         os.close(dir_fd)
+
+
+def write_jsonl_once(path: Path, make_records, what: str, log=print) -> Path:
+    """A generated corpus as JSONL (one JSON object per line), written atomically the first time only:
+    a corpus that stays the same file (same bytes, same modification time) lets an interrupted training
+    resume on it. `make_records()` is called only when the file is missing; `what` names it in the log."""
+    path = Path(path)
+    if not path.exists():
+        log(f"writing {what} to {path} ...")
+        atomic_write(path, "".join(json.dumps(r) + "\n" for r in make_records()).encode())
+    return path

@@ -10,7 +10,6 @@ asks them, to see whether the model learned the skill or the sentences.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from nimllm.fileio import atomic_write
+from nimllm.fileio import write_jsonl_once
 from nimllm.sandbox import Limits, Result, Sandbox
 
 WORDS = ("apple river stone garden window light paper music table winter summer coffee bread letter market "
@@ -390,11 +389,8 @@ def generate_episodes(n: int, seed: int = 0, workers: int | None = None, per_fol
 def write_corpus(path: Path, n: int, seed: int = 0, log=print) -> Path:
     """The agent-skill corpus as JSONL ({"messages": [...], "kind": ...} per line), written once: a
     corpus that stays the same file lets an interrupted training resume on it."""
-    if not path.exists():
-        log(f"writing {n:,} agent-skill episodes (real commands in scratch folders) to {path} ...")
-        episodes = generate_episodes(n, seed)
-        atomic_write(path, "".join(json.dumps(e) + "\n" for e in episodes).encode())
-    return path
+    return write_jsonl_once(path, lambda: generate_episodes(n, seed),
+                            f"{n:,} agent-skill episodes (real commands in scratch folders)", log)
 
 
 def corpus_for(model_root: Path, n: int, seed: int = 0, log=print) -> Path:
