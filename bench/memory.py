@@ -1,225 +1,484 @@
-"""How many facts do the weights hold? Teach K made-up facts, one conversation each, exactly as
-`nimllm --chat` learns them, then ask for each in a fresh process-like reload.
+"""How much does `nimllm --chat` remember? Facts are told to the real command, one chat process per
+fact, as a person would; then each is asked in a new chat process, and the reply is scored.
 
-    python3 bench/memory.py --model ~/.nimllm/models/10m --k 1 3 10 30 --out bench/results/memory.json
+    python3 bench/memory.py --model ~/.nimllm/models/103m --k 10 30 100 --jobs 4 --out bench/results/memory.json
 
-For every variant (full fine-tuning, mask only, EWC only, mask and EWC: the same steps and learning
-rate), facts are taught one after another into a copy of the model folder; at each K of --k the
-benchmark scores greedy exact recall of every fact taught so far, on the question as taught and on a
-paraphrase never trained on, the recall of the first facts (retention), and the base validation
-loss in bits per byte (what the model forgot of its training text). With --fade-or-stay it also
-follows a fact taught once against one taught in seven conversations (see fade_or_stay).
+The model folder is copied (the bench learns in the copy; the folder given is never changed). For
+every fact of --facts (hand-written, bench/memory_facts.jsonl), one `nimllm chat --model COPY`
+process gets the statement on stdin, answers it as it will, and at the end of input learns the
+conversation and exits, exactly as a user's chat does; the bench never writes the model's turns.
+At each K of --k (facts taught one after another) every fact taught so far is asked, each question
+in a new chat process with the chat's own sampling, in a snapshot of the copy (so that whatever the
+asking does cannot reach the teaching); it scores when the answer appears in the reply. Scored: the
+question as taught, a paraphrase (--paraphrase) and, in a copy with the memories added into
+model.safetensors and the conversation store removed, the question as taught again (--weights-only:
+the memory is in the weights, not in the store). With --agent, bench/agent.py also scores the base
+model and a copy that learned 10 unrelated chats. --scripted adds the old in-process measurement,
+an upper bound: there the bench writes the model's turns (the fact, a question, its answer).
 """
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
-import random
+import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 import torch  # noqa: E402
 
+from nimllm import checkpoint  # noqa: E402
 from nimllm.config import MemoryConfig, ModelFolder  # noqa: E402
-from nimllm.data import TokenShards  # noqa: E402
-from nimllm.generate import generate  # noqa: E402
-from nimllm.memory import Memory, load_delta  # noqa: E402
-from nimllm.train import Runtime, evaluate  # noqa: E402
+from nimllm.memory import load_remembered  # noqa: E402
+from nimllm.store import Store  # noqa: E402
 
-SYLLABLES = ["ka", "zor", "mi", "vel", "tun", "bra", "quo", "lis", "dre", "fen", "ox", "yam", "pel", "rhu", "sib"]
-# (statement, question as taught, paraphrased question, answer) templates per kind of fact
-KINDS = {
-    "home": ("{name} lives in {value}.", "Where does {name} live?", "In which town is the home of {name}?"),
-    "job": ("{name} works as a {value}.", "What is the job of {name}?", "What does {name} do for a living?"),
-    "number": ("The favourite number of {name} is {value}.", "What is the favourite number of {name}?",
-               "Which number does {name} like best?"),
-}
-JOBS = ["glassblower", "beekeeper", "cartographer", "ferryman", "locksmith", "tanner", "chandler"]
+FACTS = REPO / "bench" / "memory_facts.jsonl"
+UNRELATED = REPO / "bench" / "unrelated_chats.txt"
+PROMPT, REPLY = "you> ", "nimllm> "        # what the chat prints (nimllm/chat.py)
+UPDATED = re.compile(r"updated ([\d,]+) weights \([^)]*\) in ([\d.]+) s")
+CONTROL = re.compile(r"control answers kept:\s*(\d+)\s*/\s*(\d+)")
+SCRIPTED = "scripted upper bound (the bench writes the model's turns)"
+NOT_COPIED = ("conversations.sqlite*", "delta-*", "train_state.safetensors")   # a fresh model: no memories
 
 
-def made_up_word(rng: random.Random, parts: int) -> str:
-    return "".join(rng.choice(SYLLABLES) for _ in range(parts)).capitalize()
-
-
-def make_facts(k: int, seed: int) -> list[dict]:
-    """K facts that no corpus holds: invented people, towns and numbers."""
-    rng = random.Random(seed)
-    facts = []
-    for i in range(k):
-        kind = list(KINDS)[i % len(KINDS)]
-        name = f"{made_up_word(rng, 2)} {made_up_word(rng, 3)}"
-        value = {"home": made_up_word(rng, 3), "job": rng.choice(JOBS), "number": str(rng.randint(100, 999))}[kind]
-        statement, question, paraphrase = (t.format(name=name, value=value) for t in KINDS[kind])
-        facts.append({"kind": kind, "statement": statement, "question": question, "paraphrase": paraphrase,
-                      "answer": value})
+def load_facts(path: Path) -> list[dict]:
+    facts = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for i, f in enumerate(facts, 1):
+        missing = {"statement", "question", "paraphrase", "answer"} - set(f)
+        if missing:
+            sys.exit(f"{path}, fact {i}: no {', '.join(sorted(missing))}")
     return facts
 
 
-def teach(mem: Memory, fact: dict) -> float:
-    """One conversation per fact: the fact stated, a question and its answer; learned as chat does."""
-    cid = mem.store.start_conversation()
-    for role, text in (("user", fact["statement"]), ("assistant", f"Noted: {fact['statement']}"),
-                       ("user", fact["question"]), ("assistant", fact["statement"])):
-        mem.store.add_message(cid, role, text)
-    mem.store.end_conversation(cid)
-    return mem.learn([cid], log=lambda *_: None).seconds
+# ---- one chat process, driven through its pipes ------------------------------------------------
+
+class _Reader(threading.Thread):
+    """Reads a pipe as it is written, so the bench can wait for a prompt."""
+
+    def __init__(self, pipe):
+        super().__init__(daemon=True)
+        self.pipe, self.text, self.closed = pipe, "", False
+        self.cond = threading.Condition()
+
+    def run(self):
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        fd = self.pipe.fileno()
+        while chunk := os.read(fd, 65536):
+            with self.cond:
+                self.text += decoder.decode(chunk)
+                self.cond.notify_all()
+        with self.cond:
+            self.text += decoder.decode(b"", final=True)
+            self.closed = True
+            self.cond.notify_all()
+
+    def wait_for(self, needle: str, start: int, deadline: float) -> int | None:
+        """Where `needle` first appears from `start` on; None once the pipe closed or time is up."""
+        with self.cond:
+            while (at := self.text.find(needle, start)) < 0:
+                left = deadline - time.perf_counter()
+                if self.closed or left <= 0:
+                    return None
+                self.cond.wait(left)
+            return at
 
 
-def recalls(mem: Memory, fact: dict, question_key: str) -> bool:
-    ids, _ = mem.tokenizer.render_conversation([("user", fact[question_key])], add_generation_prompt=True)
-    reply = mem.tokenizer.decode(list(generate(mem.model, ids, 24, temperature=0,
-                                               stop_ids=[mem.tokenizer.special("<|end|>")])))
-    return fact["answer"].lower() in reply.lower()
+def cli_env(threads: int | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}
+    if threads and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
 
 
-@contextmanager
-def scratch_memory(source: ModelFolder, mcfg: MemoryConfig, device: str):
-    """The model's Memory in a throwaway copy of its folder, with no conversations yet."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = ModelFolder(Path(tmp) / "model")
-        shutil.copytree(source.root, folder.root, ignore=shutil.ignore_patterns(
-            "conversations.sqlite*", "delta-*", "train_state.safetensors"))
-        yield Memory(folder, device, mcfg)
+def reply_of(transcript: str) -> str | None:
+    """The model's answer: the text after `nimllm> ` up to the next prompt, or the end."""
+    at = transcript.find(REPLY)
+    if at < 0:
+        return None
+    rest = transcript[at + len(REPLY):]
+    end = rest.find("\n" + PROMPT)
+    return rest[:end] if end >= 0 else rest.rstrip("\n")
 
 
-def run_variant(source: ModelFolder, name: str, mcfg: MemoryConfig, facts: list[dict], ks: list[int],
-                device: str) -> list[dict]:
+def chat(folder: Path, message: str, device: str | None, timeout: float, threads: int | None = None) -> dict:
+    """One `nimllm chat --model FOLDER` process: wait for its prompt, say `message`, wait for the reply,
+    then end the input (as Ctrl-D does) and wait for it to learn and exit. Timings in seconds: launch to
+    the first prompt, the message to the next prompt (the reply), the end of input to the exit."""
+    cmd = [sys.executable, "-m", "nimllm.cli", "chat", "--model", str(folder),
+           *(["--device", device] if device else [])]
+    start = time.perf_counter()
+    deadline = start + timeout
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=cli_env(threads), cwd=REPO)
+    out, err = _Reader(proc.stdout), _Reader(proc.stderr)
+    out.start(), err.start()
+    row = {"message": message, "time_to_prompt_s": None, "reply_s": None, "exit_s": None, "error": None}
+    try:
+        prompt = out.wait_for(PROMPT, 0, deadline)
+        if prompt is None:
+            raise RuntimeError("no prompt")
+        row["time_to_prompt_s"] = round(time.perf_counter() - start, 3)
+        sent = time.perf_counter()
+        proc.stdin.write((message + "\n").encode())
+        proc.stdin.flush()
+        if out.wait_for("\n" + PROMPT, prompt + len(PROMPT), deadline) is None:
+            raise RuntimeError("no prompt after the reply")
+        row["reply_s"] = round(time.perf_counter() - sent, 3)
+        eof = time.perf_counter()
+        proc.stdin.close()
+        proc.wait(max(deadline - time.perf_counter(), 0.01))
+        row["exit_s"] = round(time.perf_counter() - eof, 3)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        row["error"] = "timed out" if time.perf_counter() >= deadline else str(e) or type(e).__name__
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    out.join(5), err.join(5)
+    row["returncode"] = proc.returncode
+    if proc.returncode and not row["error"]:
+        row["error"] = f"exit code {proc.returncode}"
+    row["reply"] = reply_of(out.text)
+    updated = UPDATED.search(out.text)
+    row["learned"] = updated is not None
+    row["update_reported_s"] = float(updated.group(2)) if updated else None
+    row["weights_changed"] = int(updated.group(1).replace(",", "")) if updated else None
+    row["transcript"] = out.text
+    if row["error"] or err.text.strip():
+        row["stderr"] = err.text[-4000:]
+    return row
+
+
+def recalled(reply: str | None, answer: str) -> bool:
+    return reply is not None and answer.lower() in reply.lower()
+
+
+# ---- model folders -------------------------------------------------------------------------------
+
+def copy_model(source: Path, dest: Path, ignore=NOT_COPIED) -> Path:
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*ignore))
+    return dest
+
+
+def weights_only(folder: Path, dest: Path, step: int) -> Path:
+    """A copy whose model.safetensors holds the memories (base weights plus every delta kept) and which
+    has no conversation store and no memory/ folder: what it recalls is in the weights alone."""
+    copy_model(folder, dest, ignore=())
+    model, _ = load_remembered(ModelFolder(folder))
+    checkpoint.save_weights(ModelFolder(dest), model, step)
+    for path in dest.glob("conversations.sqlite*"):
+        path.unlink()
+    shutil.rmtree(dest / "memory", ignore_errors=True)
+    return dest
+
+
+def memories(folder: Path) -> int:
+    """Memories recorded in a folder's store, forgotten ones too: what `nimllm memory list` lists."""
+    store = ModelFolder(folder).store
+    if not store.exists():
+        return 0
+    with Store(store) as s:
+        return len(s.deltas(include_forgotten=True))
+
+
+def conversations(folder: Path) -> int:
+    store = ModelFolder(folder).store
+    if not store.exists():
+        return 0
+    with Store(store) as s:
+        return len(s.conversations())
+
+
+def memory_stats(folder: Path) -> dict:
+    """`nimllm memory stats` on the folder: its text, and `control answers kept: A/B` if it says so."""
+    out = subprocess.run([sys.executable, "-m", "nimllm.cli", "memory", "stats", "--model", str(folder)],
+                         capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=600)
+    found = CONTROL.search(out.stdout)
+    return {"control_kept": [int(found.group(1)), int(found.group(2))] if found else None,
+            "text": out.stdout.strip() if out.returncode == 0 else (out.stdout + out.stderr).strip()[-2000:]}
+
+
+# ---- the bench on the user's path ----------------------------------------------------------------
+
+def median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def run_chats(source: Path, facts: list[dict], ks: list[int], args, work: Path, console: Console) -> dict:
+    teach = copy_model(source, work / "teach")
+    step = (checkpoint.read_progress(ModelFolder(source)) or {}).get("step", 0)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    per_fact = [{"index": i, **f, "teach": None, "asks": []} for i, f in enumerate(facts)]
+    rows, warnings, taught = [], [], 0
+    for k in ks:
+        teach_rows = []
+        for i in range(taught, k):   # teaching stays sequential: each chat learns on the last one's weights
+            t = chat(teach, facts[i]["statement"], args.device, args.timeout)
+            per_fact[i]["teach"] = t
+            teach_rows.append(t)
+            console.print(f"taught {i + 1}/{len(facts)}: to prompt {t['time_to_prompt_s']} s, end of input to exit "
+                          f"{t['exit_s']} s" + (f", {t['error']}" if t["error"] else ""))
+            if t["error"] and i == 0:
+                sys.exit(f"the first chat failed ({t['error']}):\n{t['transcript']}\n{t.get('stderr', '')}")
+        taught = k
+        learned = memories(teach)
+        asking = copy_model(teach, work / f"ask-k{k}", ignore=())   # asking cannot reach the teaching
+        baked = weights_only(teach, work / f"weights-only-k{k}", step) if args.weights_only else None
+        jobs = [(i, mode, asking, "question" if mode == "as taught" else "paraphrase") for i in range(k)
+                for mode in ("as taught", "paraphrase") if mode == "as taught" or args.paraphrase]
+        jobs += [(i, "weights only", baked, "question") for i in range(k)] if baked else []
+
+        def ask(job):
+            i, mode, folder, key = job
+            r = chat(folder, facts[i][key], args.device, args.timeout, threads)
+            return {"k": k, "mode": mode, "recalled": recalled(r["reply"], facts[i]["answer"]), **r}
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            asks = list(pool.map(ask, jobs))
+        for (i, *_), a in zip(jobs, asks):
+            del a["message"]
+            per_fact[i]["asks"].append(a)
+        for folder, before in ((asking, learned), (baked, 0)):
+            if folder and memories(folder) > before:
+                warnings.append(f"K={k}: asking in {folder.name} added {memories(folder) - before} memories "
+                                f"(`nimllm memory list` grew): the chat learned from the questions")
+        failed = [a for a in asks if a["error"]] + [t for t in teach_rows if t["error"]]
+        if failed:
+            warnings.append(f"K={k}: {len(failed)} chat processes failed ({failed[0]['error']})")
+        stats = memory_stats(teach)
+        score = lambda mode: (sum(a["recalled"] for a in asks if a["mode"] == mode), k) \
+            if any(a["mode"] == mode for a in asks) else None   # noqa: E731
+        rows.append({"k": k, "recall": score("as taught"), "paraphrase": score("paraphrase"),
+                     "weights_only": score("weights only"), "control_kept": stats["control_kept"],
+                     "memories": learned, "conversations": conversations(teach),
+                     "time_to_prompt_s_median": median(a["time_to_prompt_s"] for a in asks
+                                                       if a["mode"] != "weights only"),
+                     "time_to_prompt_s_median_teach": median(t["time_to_prompt_s"] for t in teach_rows),
+                     "update_s_median": median(t["exit_s"] for t in teach_rows),
+                     "update_reported_s_median": median(t["update_reported_s"] for t in teach_rows),
+                     "reply_s_median": median(a["reply_s"] for a in asks),
+                     "teach_processes": len(teach_rows), "taught_and_learned": sum(t["learned"] for t in teach_rows),
+                     "ask_processes": len(asks),
+                     "processes": len(teach_rows) + len(asks), "memory_stats": stats["text"]})
+        console.print(summary_line(rows[-1]))
+        if not args.work:   # a temporary work folder: the snapshots are not needed any more
+            shutil.rmtree(asking)
+            if baked:
+                shutil.rmtree(baked)
+    return {"rows": rows, "facts": per_fact[:max(ks)], "warnings": warnings, "teach_folder": str(teach)}
+
+
+def summary_line(r: dict) -> str:
+    parts = {"recall": r.get("recall"), "paraphrase": r.get("paraphrase"), "weights only": r.get("weights_only"),
+             "control kept": r.get("control_kept")}
+    return f"K={r['k']}: " + ", ".join(f"{name} {s[0]}/{s[1]}" for name, s in parts.items() if s is not None)
+
+
+# ---- the agent before and after unrelated chats ----------------------------------------------------
+
+def agent_scores(source: Path, args, work: Path, console: Console) -> dict:
+    """bench/agent.py on the base model, then on a copy that learned the unrelated chats of --unrelated
+    (bench/unrelated_chats.txt; each its own chat process). agent.py copies its model leaving the
+    conversation store and the deltas behind, so it is given that copy with its memories in the weights."""
+    base = copy_model(source, work / "agent-base")
+    learner = copy_model(source, work / "unrelated")
+    step = (checkpoint.read_progress(ModelFolder(source)) or {}).get("step", 0)
+    lines = [line for line in args.unrelated.read_text().splitlines() if line.strip()]
+    chats = [chat(learner, line, args.device, args.timeout) for line in lines]
+    console.print(f"learned {sum(c['learned'] for c in chats)}/{len(chats)} unrelated chats")
+    baked = weights_only(learner, work / "unrelated-weights", step)
+    result = {"unrelated_chats": [{k: c[k] for k in ("message", "reply", "learned", "time_to_prompt_s", "exit_s",
+                                                       "error")} for c in chats],
+              "per_group": args.agent_per_group}
+    for name, folder in (("before", base), ("after_unrelated_chats", baked)):
+        out = work / f"agent-{name}.json"
+        cmd = [sys.executable, str(REPO / "bench" / "agent.py"), "--model", str(folder), "--per-group",
+               str(args.agent_per_group), "--learn", "0", "--out", str(out), *(["--device", args.device]
+                                                                                if args.device else [])]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=REPO)
+        if done.returncode or not out.exists():
+            result[name] = {"error": (done.stdout + done.stderr).strip()[-2000:]}
+            console.print(f"agent bench ({name}) failed: {result[name]['error'].splitlines()[-1:]}")
+            continue
+        before = json.loads(out.read_text())["before"]   # agent.py's own score before it learns anything
+        tasks = sum(g["tasks"] for g in before.values())
+        result[name] = {"success": sum(g["success"] * g["tasks"] for g in before.values()) / max(tasks, 1),
+                        "tasks": tasks, "groups": before}
+        console.print(f"agent ({name.replace('_', ' ')}): {result[name]['success']:.1%} of {tasks} tasks")
+    return result
+
+
+# ---- the scripted upper bound (the previous design: one process, the bench writes the turns) -------
+
+def scripted(source: Path, facts: list[dict], ks: list[int], variants: list[str], steps: int, device: str | None,
+             console: Console) -> list[dict]:
+    """For each variant, facts are taught in-process into a copy, one stored conversation each in which
+    the bench writes the model's turns (the fact, a question, its answer), then asked greedily of a
+    freshly loaded Memory. An upper bound: the model never has to answer well to be taught well."""
+    from nimllm.data import TokenShards
+    from nimllm.generate import generate
+    from nimllm.memory import Memory
+    from nimllm.train import Runtime, evaluate
+
+    def teach(mem: Memory, fact: dict) -> float:
+        cid = mem.store.start_conversation()
+        for role, text in (("user", fact["statement"]), ("assistant", f"Noted: {fact['statement']}"),
+                           ("user", fact["question"]), ("assistant", fact["statement"])):
+            mem.store.add_message(cid, role, text)
+        mem.store.end_conversation(cid)
+        return mem.learn([cid], log=lambda *_: None).seconds
+
+    def recalls(mem: Memory, fact: dict, key: str) -> bool:
+        ids, _ = mem.tokenizer.render_conversation([("user", fact[key])], add_generation_prompt=True)
+        reply = mem.tokenizer.decode(list(generate(mem.model, ids, 24, temperature=0,
+                                                   stop_ids=[mem.tokenizer.special("<|end|>")])))
+        return recalled(reply, fact["answer"])
+
+    base = MemoryConfig(steps=steps)
+    configs = {"full": replace(base, mask_fraction=1.0, ewc_lambda=0.0), "mask": replace(base, ewc_lambda=0.0),
+               "ewc": replace(base, mask_fraction=1.0), "mask+ewc": base}
     rows = []
-    with scratch_memory(source, mcfg, device) as mem:
-        val = TokenShards(mem.folder.root / mem.config["corpora"][-1]["data"], "val")
-        rt = Runtime(mem.device)
-        base_bpb = evaluate(mem.model, val, rt, 8, 65536)["bpb"]
-        seconds = []
-        for i, fact in enumerate(facts, 1):
-            seconds.append(teach(mem, fact))
-            if i in ks:
-                fresh = Memory(mem.folder, device, mcfg)   # what a new chat would load
-                taught = facts[:i]
-                rows.append({
-                    "variant": name, "k": i, **asdict(mcfg),
-                    "recall": sum(recalls(fresh, f, "question") for f in taught) / i,
-                    "paraphrase_recall": sum(recalls(fresh, f, "paraphrase") for f in taught) / i,
-                    "first_5_recall": sum(recalls(fresh, f, "question") for f in taught[:5]) / min(5, i),
-                    "last_recall": float(recalls(fresh, taught[-1], "question")),
-                    "base_val_bpb": evaluate(fresh.model, val, rt, 8, 65536)["bpb"], "base_val_bpb_before": base_bpb,
-                    "update_seconds_median": statistics.median(seconds), "update_seconds_first": seconds[0]})
-                print(json.dumps(rows[-1]), flush=True)
+    for name in variants:
+        mcfg = configs[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = ModelFolder(copy_model(source, Path(tmp) / "model"))
+            mem = Memory(folder, device, mcfg)
+            val = TokenShards(folder.root / mem.config["corpora"][-1]["data"], "val")
+            rt = Runtime(mem.device)
+            bpb_before = evaluate(mem.model, val, rt, 8, 65536)["bpb"]
+            seconds = []
+            for i, fact in enumerate(facts[:max(ks)], 1):
+                seconds.append(teach(mem, fact))
+                if i in ks:
+                    fresh = Memory(folder, device, mcfg)   # what a new process would load
+                    taught = facts[:i]
+                    rows.append({"mode": SCRIPTED, "variant": name, "k": i, "memory": asdict(mcfg),
+                                 "recall": [sum(recalls(fresh, f, "question") for f in taught), i],
+                                 "paraphrase": [sum(recalls(fresh, f, "paraphrase") for f in taught), i],
+                                 "base_val_bpb": evaluate(fresh.model, val, rt, 8, 65536)["bpb"],
+                                 "base_val_bpb_before": bpb_before, "update_s_median": median(seconds)})
+                    console.print(f"{SCRIPTED}, {name}: " + summary_line(rows[-1]))
     return rows
 
 
-def retained(mem: Memory, delta_ids: list[int]) -> float:
-    """How much of these memories' change is still in the weights: the projection of (weights - base)
-    on their summed delta, 1 = all of it, 0 = snapped back to the base model."""
-    params = dict(mem.model.named_parameters())
-    total = {}
-    for d in delta_ids:
-        for n, (idx, vals) in load_delta(mem.folder.root / mem.store.delta(d).file).items():
-            flat = total.setdefault(n, torch.zeros(params[n].numel()))
-            flat.index_add_(0, idx, vals)
-    along = sum(((params[n].detach().view(-1).cpu() - mem.anchor[n].view(-1).cpu()) * v).sum() for n, v in total.items())
-    return float(along / sum((v * v).sum() for v in total.values()))
+# ---- output --------------------------------------------------------------------------------------
+
+def results_table(rows: list[dict], scripted_rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("", "K", "recall", "paraphrase", "weights only", "control kept", "to prompt s", "update s",
+                "processes"):
+        table.add_column(col, justify="left" if not col else "right")
+    show = lambda s: "" if s is None else f"{s[0]}/{s[1]}"   # noqa: E731
+    num = lambda v: "" if v is None else f"{v:.2f}"   # noqa: E731
+    for r in rows:
+        table.add_row("chat", str(r["k"]), show(r["recall"]), show(r["paraphrase"]), show(r["weights_only"]),
+                      show(r["control_kept"]), num(r["time_to_prompt_s_median"]), num(r["update_s_median"]),
+                      f"{r['teach_processes']}+{r['ask_processes']}")
+    for r in scripted_rows:
+        table.add_row(f"scripted* {r['variant']}", str(r["k"]), show(r["recall"]), show(r["paraphrase"]), "", "",
+                      "", num(r["update_s_median"]), "1")
+    table.caption = ("chat: each fact told to, and each question asked of, its own `nimllm chat` process; recall: "
+                     "the answer is in the reply (as taught; paraphrase; as taught of the memories in the weights "
+                     "alone); to prompt: launch to first prompt of the asking processes (median); update: end of "
+                     "input to exit of the teaching processes (median); processes: teaching + asking since the "
+                     "last K" + (f". *{SCRIPTED}" if scripted_rows else ""))
+    return table
 
 
-def fade_or_stay(source: ModelFolder, name: str, mcfg: MemoryConfig, device: str, n: int = 30, seed: int = 1) -> dict:
-    """One-off changes fade, consistent ones stay? Fact R is taught in 7 conversations (every third,
-    up to the 20th), fact O1 once at the start and O2 once at the 19th, made-up filler facts in the
-    rest. After each conversation: recall of each, and the share of its change still in the weights."""
-    facts = make_facts(n + 2, seed)
-    repeated, once, late_once, fillers = facts[0], facts[1], facts[2], iter(facts[3:])
-    curve = []
-    with scratch_memory(source, mcfg, device) as mem:
-        deltas = {"R": [], "O1": [], "O2": []}
-        for t in range(n):
-            which, fact = (("O1", once) if t == 0 else ("O2", late_once) if t == 18 else
-                           ("R", repeated) if t % 3 == 1 and t < 20 else ("filler", next(fillers)))
-            teach(mem, fact)
-            if which in deltas:
-                deltas[which].append(mem.applied[-1])
-            curve.append({"conversation": t + 1, "taught": which, **{
-                f"{k}_recall": float(recalls(mem, f, "question")) for k, f in
-                (("R", repeated), ("O1", once), ("O2", late_once))}, **{
-                f"{k}_retained": retained(mem, ids) if ids else None for k, ids in deltas.items()}})
-            print(json.dumps({"fade_or_stay": name, **curve[-1]}), flush=True)
-    return {"variant": name, **asdict(mcfg), "curve": curve}
+def git_commit() -> dict:
+    def git(*a):
+        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def settings(source: Path, facts_path: Path, n_facts: int, args) -> dict:
+    from nimllm.train import pick_device
+    cfg = checkpoint.load_config(ModelFolder(source))
+    return {"model": str(source), "preset": cfg.get("preset"), "model_config": asdict(cfg["model"]),
+            "trained": checkpoint.read_progress(ModelFolder(source)), "memory_config": asdict(MemoryConfig()),
+            "git": git_commit(), "torch": torch.__version__, "python": sys.version.split()[0],
+            "device": pick_device(args.device), "device_arg": args.device, "cpus": os.cpu_count(),
+            "ks": args.k, "facts_file": str(facts_path), "facts": n_facts, "jobs": args.jobs,
+            "paraphrase": args.paraphrase, "weights_only": args.weights_only, "timeout_s": args.timeout,
+            "sampling": "the chat's defaults (no sampling options passed)"}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a trained model folder (it is copied, never changed)")
-    ap.add_argument("--k", type=int, nargs="+", default=[1, 3, 10, 30])
-    ap.add_argument("--variants", nargs="+", default=["full", "mask", "ewc", "mask+ewc"])
-    ap.add_argument("--steps", type=int, default=MemoryConfig.steps)
-    ap.add_argument("--lr", type=float, default=MemoryConfig.lr)
-    ap.add_argument("--mask-fraction", type=float, default=MemoryConfig.mask_fraction)
-    ap.add_argument("--ewc-lambda", type=float, default=MemoryConfig.ewc_lambda)
-    ap.add_argument("--text", choices=["conversation", "exchanges"], default=MemoryConfig.text)
-    ap.add_argument("--optimizer", choices=["adam", "sgd"], default=MemoryConfig.optimizer)
-    ap.add_argument("--replay", type=int, default=MemoryConfig.replay_sequences,
-                    help="base-corpus windows rehearsed in each update")
-    ap.add_argument("--rehearse", type=int, default=MemoryConfig.rehearse_conversations,
-                    help="earlier conversations rehearsed in each update")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fade-or-stay", type=int, nargs="?", const=30, default=0, metavar="N",
-                    help="also teach one fact once and another seven times among fillers, N (>= 21, "
-                         "default 30) conversations in all, and follow both")
-    ap.add_argument("--device")
-    ap.add_argument("--out", default="bench/results/memory.json")
+    ap.add_argument("--k", type=int, nargs="+", default=[10, 30, 100], help="facts taught when asking (cumulative)")
+    ap.add_argument("--facts", type=Path, default=FACTS, help="JSON lines: statement, question, paraphrase, answer")
+    ap.add_argument("--device", help="passed to every chat process (default: the chat's own choice)")
+    ap.add_argument("--paraphrase", action=argparse.BooleanOptionalAction, default=True,
+                    help="also ask each fact in other words (default on)")
+    ap.add_argument("--weights-only", action=argparse.BooleanOptionalAction, default=True,
+                    help="also ask in a copy with the memories in model.safetensors and no store (default on)")
+    ap.add_argument("--jobs", type=int, default=1, help="asking processes run side by side (teaching stays one "
+                                                        "at a time); each gets the CPU's threads / jobs")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds one chat process may take")
+    ap.add_argument("--agent", action="store_true", help="also bench/agent.py on the base model and on a copy that "
+                                                         "learned bench/unrelated_chats.txt (needs bubblewrap)")
+    ap.add_argument("--agent-per-group", type=int, default=10, help="agent tasks per group (default 10)")
+    ap.add_argument("--unrelated", type=Path, default=UNRELATED, help="--agent: the chats learned, one a line")
+    ap.add_argument("--scripted", action="store_true", help=f"also the {SCRIPTED}, in one process")
+    ap.add_argument("--variants", nargs="+", default=["mask+ewc"], choices=["full", "mask", "ewc", "mask+ewc"],
+                    help="--scripted: memory settings compared (full fine-tuning, mask only, EWC only, both)")
+    ap.add_argument("--steps", type=int, default=MemoryConfig.steps, help="--scripted: Adam steps per update")
+    ap.add_argument("--work", type=Path, help="make the copies here and keep them (default: a temporary folder)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/memory.json"))
     args = ap.parse_args()
 
-    source = ModelFolder(Path(args.model).expanduser().resolve())
-    facts = make_facts(max(args.k), args.seed)
-    base = MemoryConfig(steps=args.steps, lr=args.lr, mask_fraction=args.mask_fraction, ewc_lambda=args.ewc_lambda,
-                        text=args.text, optimizer=args.optimizer, replay_sequences=args.replay,
-                        rehearse_conversations=args.rehearse)
-    variants = {"full": replace(base, mask_fraction=1.0, ewc_lambda=0.0), "mask": replace(base, ewc_lambda=0.0),
-                "ewc": replace(base, mask_fraction=1.0), "mask+ewc": base}
-    start = time.time()
-    rows = [r for v in args.variants for r in run_variant(source, v, variants[v], facts, sorted(args.k), args.device)]
-    fades = [fade_or_stay(source, v, variants[v], args.device, args.fade_or_stay) for v in args.variants] if args.fade_or_stay else []
-
+    source = Path(args.model).expanduser().resolve()
+    checkpoint.load_config(ModelFolder(source))   # a clear error when there is no model
+    facts = load_facts(args.facts)
+    ks = sorted(set(args.k))
+    if ks[-1] > len(facts):
+        sys.exit(f"--k {ks[-1]} needs {ks[-1]} facts; {args.facts} has {len(facts)}")
     console = Console()
-    console.print(capacity_table(rows, f"facts held by {source.root.name} (steps {args.steps}, lr {args.lr}, mask "
-                                       f"{args.mask_fraction:.0%}, EWC lambda {args.ewc_lambda} on a mean-1 Fisher, "
-                                       f"text {args.text}, replay {args.replay})"))
-    for fade in fades:
-        console.print(fade_table(fade))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": str(source.root), "device": str(args.device), "seconds": time.time() - start,
-                               "facts": facts, "rows": rows, "fade_or_stay": fades}, indent=2) + "\n")
+    if not console.is_terminal:   # a log file: room for the table's columns
+        console = Console(width=120)
+    start = time.time()
+    result = {"bench": "memory on the user's path: `nimllm chat` processes", "settings": settings(
+        source, args.facts, len(facts), args)}
+    with tempfile.TemporaryDirectory(prefix="nimllm-memory-bench-") as tmp:
+        work = args.work.resolve() if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        result.update(run_chats(source, facts, ks, args, work, console))
+        result["agent"] = agent_scores(source, args, work, console) if args.agent else None
+    scripted_rows = (scripted(source, facts, ks, args.variants, args.steps, args.device, console)
+                     if args.scripted else [])
+    result["scripted"] = {"label": SCRIPTED, "rows": scripted_rows} if args.scripted else None
+    result["seconds"] = round(time.time() - start, 1)
 
-
-def capacity_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title)
-    for col in ("variant", "K", "recall", "paraphrase", "first 5", "last", "base bpb (before)", "update s"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for r in rows:
-        table.add_row(r["variant"], str(r["k"]), f"{r['recall']:.0%}", f"{r['paraphrase_recall']:.0%}",
-                      f"{r['first_5_recall']:.0%}", f"{r['last_recall']:.0%}",
-                      f"{r['base_val_bpb']:.3f} ({r['base_val_bpb_before']:.3f})", f"{r['update_seconds_median']:.2f}")
-    return table
-
-
-def fade_table(fade: dict) -> Table:
-    table = Table(title=f"fade or stay ({fade['variant']}): recall and share of the change still in the weights")
-    for col in ("after conversation", "taught", "R recall", "R kept", "O1 recall", "O1 kept", "O2 recall", "O2 kept"):
-        table.add_column(col, justify="right")
-    show = lambda v: "" if v is None else f"{v:.2f}"   # noqa: E731
-    for c in fade["curve"]:
-        if c["conversation"] in (1, 2, 5, 10, 19, 20, 22, 25, 30):
-            table.add_row(str(c["conversation"]), c["taught"], show(c["R_recall"]), show(c["R_retained"]),
-                          show(c["O1_recall"]), show(c["O1_retained"]), show(c["O2_recall"]), show(c["O2_retained"]))
-    return table
+    console.print(results_table(result["rows"], scripted_rows, f"facts recalled by {source.name} through `nimllm "
+                                                               f"chat` ({result['settings']['device']})"))
+    if result["agent"]:
+        agent = result["agent"]
+        show = lambda r: f"{r['success']:.1%} of {r['tasks']} tasks" if "success" in r else "failed"   # noqa: E731
+        console.print(f"agent: {show(agent['before'])} before; {show(agent['after_unrelated_chats'])} after "
+                      f"{len(agent['unrelated_chats'])} unrelated chats "
+                      f"({sum(c['learned'] for c in agent['unrelated_chats'])} of them learned)")
+    for w in result["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    console.print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
