@@ -1,5 +1,6 @@
 """The benchmarks run end to end on the CPU (their figures come from the GPU; see bench/results)."""
 import json
+from dataclasses import asdict
 import subprocess
 import sys
 
@@ -33,21 +34,40 @@ def test_quality_bench_scores_the_shakespeare_split(tmp_path):
     assert row["val_chars"] == 111540 and 0 < row["val_bits_per_char"] < 8
 
 
-def test_memory_bench_teaches_and_scores_facts(tmp_path):
-    from conftest import real_text
-    (tmp_path / "corpus.txt").write_text(real_text(100_000))
-    run_bench("-m", "nimllm.cli", "train", tmp_path / "corpus.txt", "--model", tmp_path / "model",
-                    "--preset", "tiny", "--vocab-size", "300", "--steps", "5")
-    result = tmp_path / "memory.json"
-    run_bench("bench/memory.py", "--model", tmp_path / "model", "--k", "1", "2", "--variants", "mask+ewc", "full",
-              "--steps", "2", "--out", result)
-    rows = json.loads(result.read_text())["rows"]
-    assert [(r["variant"], r["k"]) for r in rows] == [("mask+ewc", 1), ("mask+ewc", 2), ("full", 1), ("full", 2)]
-    assert all(0 <= r["recall"] <= 1 and r["base_val_bpb"] > 0 for r in rows)
-    assert rows[2]["mask_fraction"] == 1.0 and rows[2]["ewc_lambda"] == 0.0
-    run_bench("bench/memory.py", "--model", tmp_path / "model", "--k", "1", "--variants", "ewc", "--steps", "1",
-              "--fade-or-stay", "21", "--out", result)
-    curve = json.loads(result.read_text())["fade_or_stay"][0]["curve"]
-    assert [c["taught"] for c in curve].count("R") == 7 and len(curve) == 21
-    assert curve[0]["O1_retained"] == 1.0 or abs(curve[0]["O1_retained"] - 1.0) < 1e-4   # just learned: all of it
-    assert curve[0]["R_retained"] is None and curve[-1]["R_retained"] is not None
+def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path):
+    """Behaviour, not recall (a tiny model recalls nothing): each fact is told to its own `nimllm chat`
+    process and asked in new ones, in copies; the model folder given is left as it was."""
+    from conftest import train_tiny
+    from nimllm.config import MemoryConfig
+    from nimllm.store import Store
+    model = train_tiny(tmp_path)
+    files = lambda: sorted((str(p.relative_to(model)), p.stat().st_size, p.stat().st_mtime_ns)   # noqa: E731
+                           for p in model.rglob("*"))
+    before = files()
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join((REPO / "bench" / "memory_facts.jsonl").read_text().splitlines(keepends=True)[:2]))
+    out, work = tmp_path / "memory.json", tmp_path / "work"
+    run_bench("bench/memory.py", "--model", model, "--k", "2", "--facts", facts, "--no-paraphrase", "--jobs", "2",
+              "--work", work, "--out", out)
+    result = json.loads(out.read_text())
+    [row] = result["rows"]
+    assert (row["k"], row["teach_processes"], row["ask_processes"]) == (2, 2, 4)   # 2 as taught, 2 weights only
+    assert row["recall"][1] == row["weights_only"][1] == 2 and row["paraphrase"] is None
+    assert row["update_s_median"] > 0 and row["time_to_prompt_s_median"] > 0
+    for fact in result["facts"]:
+        teach = fact["teach"]
+        assert teach["returncode"] == 0 and teach["error"] is None
+        assert f"you> {fact['statement']}\nnimllm> " in teach["transcript"] and isinstance(teach["reply"], str)
+        assert teach["time_to_prompt_s"] > 0 and teach["exit_s"] > 0
+        assert sorted(a["mode"] for a in fact["asks"]) == ["as taught", "weights only"]
+        for ask in fact["asks"]:
+            assert ask["returncode"] == 0 and isinstance(ask["reply"], str) and ask["time_to_prompt_s"] > 0
+            assert f"you> {fact['question']}\n" in ask["transcript"] and ask["recalled"] in (True, False)
+    with Store(work / "teach" / "conversations.sqlite") as store:   # the copy learned in: the two facts told
+        assert sorted(m.content for c in store.conversations() for m in store.messages(c.id) if m.role == "user") == \
+            sorted(json.loads(line)["statement"] for line in facts.read_text().splitlines())
+    assert not list((work / "weights-only-k2" / "memory").glob("delta-*"))   # asked there, never taught there
+    assert files() == before and not (model / "conversations.sqlite").exists()
+    settings = result["settings"]
+    assert settings["model_config"]["n_layer"] == 4 and settings["memory_config"] == asdict(MemoryConfig())
+    assert settings["git"]["commit"] and settings["torch"] and settings["device"] == "cpu"
