@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--agent-skills", nargs="?", type=int, const=5000, metavar="N",
                        help="mix N episodes of everyday shell tasks, run for real, into the corpus (default 5000), "
                             "so that the model learns to use tools in `nimllm --agent`")
+    from nimllm.dialogues import DEFAULT_DIALOGUES
+    train.add_argument("--chat-skills", type=int, default=DEFAULT_DIALOGUES, metavar="N",
+                       help=f"mix N made-up chat dialogues into the corpus (on by default, {DEFAULT_DIALOGUES}), so "
+                            "that the model learns to converse: acknowledge, answer from what was said, say when it "
+                            "does not know")
+    train.add_argument("--no-chat-skills", dest="chat_skills", action="store_const", const=0,
+                       help="mix in no dialogues: a plain language model of the corpus")
 
     def sampling_options(p, temperature):
         p.add_argument("--max-tokens", type=int, default=200)
@@ -134,13 +141,16 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    from nimllm import dialogues, skills
     from nimllm.config import ModelFolder
     from nimllm.data import default_corpus
-    from nimllm.skills import corpus_for
     from nimllm.train import run_training
     corpus = Path(args.corpus) if args.corpus else default_corpus()
     folder = ModelFolder.resolve(args.model)
-    mix_in = [corpus_for(folder.root, args.agent_skills)] if args.agent_skills else []
+    mix_in = []
+    if corpus.expanduser().exists():   # (if not, run_training says so before anything is written)
+        mix_in += [skills.corpus_for(folder.root, args.agent_skills)] if args.agent_skills else []
+        mix_in += [dialogues.corpus_for(folder.root, args.chat_skills)] if args.chat_skills else []
     summary = run_training(
         corpus, folder, preset=args.preset, mix_in=mix_in, steps=args.steps, time_budget=args.time,
         model_overrides={"activation": args.activation, "dropout": args.dropout},
