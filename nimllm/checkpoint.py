@@ -81,7 +81,8 @@ def load_model(folder: ModelFolder, device: str | torch.device = "cpu") -> tuple
     if not folder.weights.exists():
         raise UserError(f"{folder.root} has a config but no weights yet: finish training with `nimllm --train`")
     tensors, _ = _read_tensors(folder.weights)
-    model = GPT(cfg["model"])
+    with torch.device(device):   # initialised where it runs (103M random numbers on a CPU cost a second)
+        model = GPT(cfg["model"])
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:

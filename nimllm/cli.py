@@ -158,13 +158,18 @@ def cmd_train(args) -> int:
                          "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
                          "low_memory": args.low_memory, "seed": args.seed},
         vocab_size=args.vocab_size, fresh=args.fresh, device=args.device)
-    return 130 if summary.get("interrupted") else 0
+    if summary.get("interrupted"):
+        return 130
+    if summary["action"] != "done":
+        from nimllm.memory import prepare
+        prepare(folder, args.device)
+    return 0
 
 
 def cmd_generate(args) -> int:
     from nimllm.config import ModelFolder
     from nimllm.generate import fastest_decoder, generate
-    from nimllm.memory import load_remembered
+    from nimllm.deltas import load_remembered
     from nimllm.train import pick_device
     from nimllm.tokenizer import Tokenizer
     folder = ModelFolder.resolve(args.model)
@@ -210,7 +215,7 @@ def cmd_agent(args) -> int:
 def cmd_memory(args) -> int:
     from rich.console import Console
     from rich.table import Table
-    from nimllm import memory
+    from nimllm import deltas, memory
     from nimllm.checkpoint import load_config
     from nimllm.config import ModelFolder, UserError
     from nimllm.store import Store
@@ -221,19 +226,19 @@ def cmd_memory(args) -> int:
     console = Console()
     with Store(folder.store) as store:
         if args.action == "list":
-            rows = memory.memory_history(folder, store)
+            rows = deltas.memory_history(folder, store)
             table = Table("id", "when", "weights", "seconds", "conversations", "forgotten")
             for r in rows:
                 table.add_row(str(r["id"]), r["when"], f"{r['weights']:,}", str(r["seconds"]), r["conversations"],
                               "yes" if r["forgotten"] else "")
             console.print(table if rows else "no memories yet: talk with `nimllm --chat`")
         elif args.action == "show":
-            console.print(memory.show_memory(folder, store, args.id))
+            console.print(deltas.show_memory(folder, store, args.id))
         elif args.action == "stats":
-            for key, value in memory.memory_stats(folder, store).items():
+            for key, value in memory.folder_stats(folder, store).items():
                 console.print(f"[bold]{key}[/]: {value}")
         else:
-            forgotten = memory.forget(folder, store, args.id if args.action == "forget" else None)
+            forgotten = deltas.forget(folder, store, args.id if args.action == "forget" else None)
             console.print(f"forgot {len(forgotten)} memor{'y' if len(forgotten) == 1 else 'ies'}; "
                           f"the weights are the base model plus what remains")
     return 0

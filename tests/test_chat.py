@@ -174,6 +174,7 @@ def test_memory_commands(folder):
     assert "user: the boat is called Blue Heron" in shown.stdout and "weights" in shown.stdout
     stats = run_cli("memory", "stats", "--model", folder.root)
     assert "memories kept: 2" in stats.stdout and (folder.root / "memory.png").exists()
+    assert "control answers kept: " in stats.stdout and "/40 (" in stats.stdout
     assert "forgot 1 memory" in run_cli("memory", "forget", "1", "--model", folder.root).stdout
     assert "memories kept: 1" in run_cli("memory", "stats", "--model", folder.root).stdout
     assert "forgot 1 memor" in run_cli("memory", "reset", "--model", folder.root).stdout
