@@ -97,10 +97,17 @@ class _Reader(threading.Thread):
             return at
 
 
+THREADS: int | None = None   # --threads: every process's CPU threads
+
+
 def cli_env(threads: int | None = None) -> dict:
+    """A `nimllm` subprocess's environment: this checkout first, output unbuffered, and the CPU threads
+    of --threads (or `threads`, the machine's share of one of --jobs processes, unless already set)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
-    if threads and "OMP_NUM_THREADS" not in os.environ:
+    if THREADS:
+        env["OMP_NUM_THREADS"] = str(THREADS)
+    elif threads and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
 
@@ -272,7 +279,8 @@ def run_chats(source: Path, facts: list[dict], ks: list[int], args, work: Path, 
                      "update_s_median": median(t["exit_s"] for t in teach_rows),
                      "update_reported_s_median": median(t["update_reported_s"] for t in teach_rows),
                      "reply_s_median": median(a["reply_s"] for a in asks),
-                     "teach_processes": len(teach_rows), "taught_and_learned": sum(t["learned"] for t in teach_rows),
+                     "teach_processes": len(teach_rows),
+                     "taught_and_kept": sum(bool(t["weights_changed"]) for t in teach_rows),
                      "ask_processes": len(asks),
                      "processes": len(teach_rows) + len(asks), "memory_stats": stats["text"]})
         console.print(summary_line(rows[-1]))
@@ -411,10 +419,11 @@ def settings(source: Path, facts_path: Path, n_facts: int, args) -> dict:
     from nimllm.train import pick_device
     cfg = checkpoint.load_config(ModelFolder(source))
     return {"model": str(source), "preset": cfg.get("preset"), "model_config": asdict(cfg["model"]),
+            "corpora": cfg["corpora"],
             "trained": checkpoint.read_progress(ModelFolder(source)), "memory_config": asdict(MemoryConfig()),
             "git": git_commit(), "torch": torch.__version__, "python": sys.version.split()[0],
             "device": pick_device(args.device), "device_arg": args.device, "cpus": os.cpu_count(),
-            "ks": args.k, "facts_file": str(facts_path), "facts": n_facts, "jobs": args.jobs,
+            "ks": args.k, "facts_file": str(facts_path), "facts": n_facts, "jobs": args.jobs, "threads": args.threads,
             "paraphrase": args.paraphrase, "weights_only": args.weights_only, "timeout_s": args.timeout,
             "sampling": "the chat's defaults (no sampling options passed)"}
 
@@ -431,6 +440,9 @@ def main():
                     help="also ask in a copy with the memories in model.safetensors and no store (default on)")
     ap.add_argument("--jobs", type=int, default=1, help="asking processes run side by side (teaching stays one "
                                                         "at a time); each gets the CPU's threads / jobs")
+    ap.add_argument("--threads", type=int, help="CPU threads of every process (OMP_NUM_THREADS; default: torch's "
+                                                "own, or the CPUs / --jobs for the asking processes). On a CPU "
+                                                "shared with other work, 1 avoids threads waiting on each other")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one chat process may take")
     ap.add_argument("--agent", action="store_true", help="also bench/agent.py on the base model and on a copy that "
                                                          "learned bench/unrelated_chats.txt (needs bubblewrap)")
@@ -443,6 +455,10 @@ def main():
     ap.add_argument("--work", type=Path, help="make the copies here and keep them (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/memory.json"))
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     source = Path(args.model).expanduser().resolve()
     checkpoint.load_config(ModelFolder(source))   # a clear error when there is no model
