@@ -47,8 +47,12 @@ def popen_cli(*args) -> subprocess.Popen:
 
 
 def train_tiny(root: Path, *options, n_bytes: int = 200_000, steps: int = 5) -> Path:
-    """A tiny model trained a few steps on real text by the real command, as a user would; its folder."""
+    """A tiny model trained a few steps on real text by the real command, as a user would; its folder. With
+    200 conversation-skill dialogues mixed in unless the options say otherwise (the default 20,000 take a
+    minute to make and tokenize, and a few steps learn nothing from them)."""
     (root / "corpus.txt").write_text(real_text(n_bytes))
+    if not any(str(o).endswith("chat-skills") for o in options):
+        options += ("--chat-skills", 200)
     out = run_cli("train", root / "corpus.txt", "--model", root / "model", "--preset", "tiny", "--vocab-size", "300",
                   "--steps", steps, *options)
     assert out.returncode == 0, out.stderr
