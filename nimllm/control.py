@@ -23,12 +23,13 @@ from nimllm.tokenizer import Tokenizer
 
 CHAT_PROMPTS = [
     "hello", "Hi, how are you today?", "What can you do?", "thank you", "good night",
-    "What is the capital of France?", "Tell me a story.", "What is your name?", "Who wrote Hamlet?",
+    "What is the capital of France?", "Tell me a story.", "How many days are in a week?", "Who wrote Hamlet?",
     "What is two plus two?", "Can you help me with something?", "What day is it?", "I'm bored.",
     "What is the weather like?", "Do you like music?", "Tell me a joke.", "What should I cook tonight?",
     "How do I make tea?", "What is the meaning of life?", "Write a short poem about the sea.",
-    "What do you know about me?", "Where do you live?", "Who is your best friend?", "What time is it?",
+    "What is the largest ocean?", "What colour is the sky?", "Name a fruit.", "What time is it?",
 ]
+# (nothing about the user or the model itself: "what is my name?" is what a chat may rightly change)
 AGENT_PROMPTS = [
     "how many .py files are there?", "list the files here", "what is in the docs folder?",
     "count the lines in notes.txt", "show the first 3 lines of readme.md", "what is the date today?",
