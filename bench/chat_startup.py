@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))   # run from a checkout without installing
 STATEMENT = "My neighbour Tomas keeps a boat called the Seagull."
 
 STAGES = r"""

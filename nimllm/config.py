@@ -77,6 +77,7 @@ class MemoryConfig:
     replay_sequences: int = 4      # windows of the base training text replayed in each update: cut the drift 3-7x
     rehearse_conversations: int = 16  # earlier conversations rehearsed in each update: 103m recalled 3/3 facts
                                       # at K=3 and 19/30 at K=30 with 16, 1/3 and 0/30 without
+    rehearse_control: bool = True  # the control answers are a loss term of every update, as the base text is
     control_changes: int = 0       # control answers one update may change before it is scaled back (halved,
                                    # twice) or not kept
 

@@ -88,13 +88,17 @@ def agreeing_prefix(model: GPT, prompt: list[int], answer: list[int]) -> int:
     return int(decisive.int().cumprod(0).sum())
 
 
+def control_batch(control: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The control prompts with their stored answers as targets, one (B, T) batch: what the check
+    reads, and what an update may rehearse so that it keeps them."""
+    sequences = [((p + a)[:-1], [-1] * (len(p) - 1) + a) for p, a in zip(control["ids"], control["answers"])]
+    return batch(sequences, device)
+
+
 @torch.no_grad()
 def answers_kept(model: GPT, control: dict) -> list[bool]:
     """For each control prompt, whether the model's greedy answer is still the stored one."""
-    rows = [(p + a, a) for p, a in zip(control["ids"], control["answers"])]
-    sequences = [(seq[:-1], [-1] * (len(p) - 1) + a) for (seq, a), p in zip(rows, control["ids"])]
-    device = next(model.parameters()).device
-    x, y = batch(sequences, device)
+    x, y = control_batch(control, next(model.parameters()).device)
     was_training = model.training
     model.eval()
     predicted = model(x).argmax(-1)                                           # (B, T)

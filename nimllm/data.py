@@ -301,7 +301,8 @@ def conversation(record) -> list[tuple[str, str]] | None:
 
 
 class Corpora:
-    """Several corpora read as one (a user's text and the agent skills, say), each split its own way."""
+    """Several corpora read as one: the user's text, split its own way, and what is mixed into it (the
+    chat and agent skills), all of it training text, so that the validation loss is the user's text."""
 
     def __init__(self, paths: list, val_fraction: float = 0.1):
         self.parts = [Corpus(p, val_fraction) for p in paths]
@@ -313,8 +314,9 @@ class Corpora:
         return CorpusStats(*(sum(getattr(c.stats, f.name) for c in self.parts) for f in fields(CorpusStats)))
 
     def chunks(self) -> Iterator[Chunk]:
-        for corpus in self.parts:
-            yield from corpus.chunks()
+        yield from self.parts[0].chunks()
+        for corpus in self.parts[1:]:
+            yield from (chunk._replace(split="train") for chunk in corpus.chunks())
 
 
 def open_corpus(path, val_fraction: float = 0.1) -> Corpus | Corpora:
@@ -414,10 +416,9 @@ def tokenized(chunks: Iterator[Chunk], tokenizer: Tokenizer) -> Iterator[list[tu
     """Chunks with their token ids as training reads them, a batch at a time (encoded on all cores):
     a conversation rendered by the chat template, and <|endoftext|> after the end of a document."""
     for batch in batched(chunks):
-        pairs = []
-        for chunk, ids in zip(batch, tokenizer.encode_batch([c.text for c in batch])):
-            if chunk.messages:
-                ids = tokenizer.render_conversation(chunk.messages)[0]
+        pairs, plain = [], iter(tokenizer.encode_batch([c.text for c in batch if not c.messages]))
+        for chunk in batch:   # a conversation's joined text is never encoded: its template is
+            ids = tokenizer.render_conversation(chunk.messages)[0] if chunk.messages else next(plain)
             pairs.append((chunk, ids + [tokenizer.eot_id] if chunk.ends_document else ids))
         yield pairs
 

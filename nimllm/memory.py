@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save
 
 from nimllm import checkpoint
 from nimllm.config import MemoryConfig, ModelFolder
-from nimllm.control import answers_kept, load_control, make_control, save_control
+from nimllm.control import answers_kept, control_batch, load_control, make_control, save_control
 from nimllm.data import TokenShards
 from nimllm.deltas import apply_delta, learning_lock, load_delta, load_remembered, memory_stats, save_delta
 from nimllm.deltas import forget as forget_deltas
@@ -141,6 +141,8 @@ class Memory:
         if self.mcfg.replay_sequences:
             extra.append(tuple(t.to(self.device) for t in
                                self._base_windows(self.mcfg.replay_sequences, seed=1 + len(self.applied))))
+        if self.mcfg.rehearse_control:
+            extra.append(control_batch(self.control, self.device))
         return extra, chosen
 
     def lessons(self, conversation_ids: list[int]) -> list[Lesson]:

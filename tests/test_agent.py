@@ -16,7 +16,8 @@ from conftest import REPO, run_cli, train_tiny
 from nimllm import shell
 from nimllm.agent import fit, parse_turn, run_agent
 from nimllm.config import ModelFolder, UserError
-from nimllm.memory import Memory, conversation_messages
+from nimllm.lessons import conversation_messages
+from nimllm.memory import Memory
 from nimllm.sandbox import Sandbox
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
@@ -85,7 +86,8 @@ def tasks(folder: ModelFolder) -> list[tuple]:
 
 def test_training_mixes_in_the_agent_skills(trained):
     [corpus] = json.loads((trained / "config.json").read_text())["corpora"]
-    [skills] = corpus["mixed_in"]
+    skills, dialogues = corpus["mixed_in"]
+    assert Path(dialogues).parent == trained / "chat-skills"
     assert Path(skills).parent == trained / "agent-skills" and len(Path(skills).read_text().splitlines()) == 40
 
 
@@ -257,7 +259,7 @@ def test_the_benchmark_runs_end_to_end(trained, tmp_path):
     result = json.loads(out.read_text())
     groups = {"trained", "held-out phrasings", "held-out kinds"}
     assert set(result["before"]) == groups and all(result["before"][g]["tasks"] == 1 for g in groups)
-    assert [(v["memory"]["agent_lr"], v["memory"]["steps"]) for v in result["variants"]] == [(1e-5, 16), (1e-4, 2)]
+    assert [(v["memory"]["agent_lr"], v["memory"]["steps"]) for v in result["variants"]] == [(1e-5, 32), (1e-4, 2)]
     assert all(v["groups"][g]["after"]["tasks"] == 1 for v in result["variants"] for g in groups)
     learning = result["tasks"]["variants"][0]["learning"]   # every task of the learning set approved or corrected
     assert all(r["success"] != r["fixed"] for rows in learning.values() for r in rows)

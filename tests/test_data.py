@@ -273,3 +273,16 @@ def test_unreadable_files(tokenizer, tmp_path):
     assert info.stats.skipped_unreadable == 1
     with pytest.raises(UserError, match="cannot read .*locked.txt: Permission denied"):
         prepare_corpus(tmp_path / "corpus" / "locked.txt", tokenizer, tmp_path / "data", block_size=8)
+
+
+def test_what_is_mixed_in_is_all_training_text(tmp_path):
+    from nimllm.data import open_corpus
+    text = tmp_path / "book.txt"
+    text.write_text("It was a dark and stormy night. " * 400)
+    mixed = tmp_path / "chats.jsonl"
+    mixed.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"},
+                                                      {"role": "assistant", "content": "hello"}]}) + "\n"
+                             for i in range(50)))
+    chunks = list(open_corpus([text, mixed]).chunks())
+    assert {c.split for c in chunks if c.messages} == {"train"}
+    assert {c.split for c in chunks if not c.messages} == {"train", "val"}   # the user's text splits as alone
