@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import MemoryConfig, ModelFolder  # noqa: E402
-from nimllm.memory import load_remembered  # noqa: E402
+from nimllm.deltas import load_remembered  # noqa: E402
 from nimllm.store import Store  # noqa: E402
 
 FACTS = REPO / "bench" / "memory_facts.jsonl"
