@@ -182,7 +182,7 @@ class Memory:
 
     def _checked(self, delta, saved: dict, kept_before: list[bool], control: dict):
         """The delta as far as the control answers allow: whole, halved or quartered, or nothing, so
-        that it changes at most mcfg.control_changes answers the model still gave as stored. The
+        that it changes at most mcfg.control_share of the answers the model still gave as stored. The
         model ends at saved + the kept delta, added as a reload adds it."""
         params = dict(self.model.named_parameters())
         for scale in CONTROL_SCALES:
@@ -193,7 +193,7 @@ class Memory:
                 apply_delta(self.model, scaled(delta, scale))
             kept_after = answers_kept(self.model, control)
             changed = sum(b and not a for b, a in zip(kept_before, kept_after))
-            if changed <= self.mcfg.control_changes or not delta:
+            if changed <= self.mcfg.control_share * len(kept_after) or not delta:
                 return (scaled(delta, scale) if scale < 1 else delta), scale, kept_after
         with torch.no_grad():
             for n, (idx, _) in delta.items():
