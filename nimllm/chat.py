@@ -2,17 +2,18 @@
 
 Everything said is stored the moment it is complete (the user's line before the model answers it),
 so a chat killed at any point loses nothing: the next chat learns what was left unlearned.
+
+The prompt comes at once: torch and the model load on another thread while the user types the first
+line (bench/chat_startup.py: on the H200 the imports alone took 3 of the 3.6 s to the prompt).
 """
 from __future__ import annotations
 
 import sys
+import threading
 from functools import partial
 
 from nimllm.config import ModelFolder
 from nimllm.console import line_reader
-from nimllm.generate import generate
-from nimllm.memory import Memory
-from nimllm.tokenizer import context_budget
 
 PROMPT, MORE, REPLY = "you> ", "...> ", "nimllm> "
 HELP = """commands:
@@ -45,7 +46,8 @@ def read_message(read_line) -> str | None:
 class Chat:
     """One chat session: the stored conversation, and the recent turns the model sees."""
 
-    def __init__(self, mem: Memory, sampling: dict, stdout):
+    def __init__(self, mem, sampling: dict, stdout):
+        from nimllm.tokenizer import context_budget
         self.mem, self.sampling, self.out = mem, sampling, stdout
         self.tokenizer = mem.tokenizer
         self.budget = context_budget(mem.model.cfg.block_size, sampling["max_tokens"])
@@ -90,6 +92,7 @@ class Chat:
         self.context.append(("assistant", reply))
 
     def generate_reply(self) -> str:
+        from nimllm.generate import generate
         tok, s = self.tokenizer, self.sampling
         prompt = tok.render_recent(self.context, self.budget)
         ids = generate(self.mem.model, prompt, s["max_tokens"], s["temperature"], s["top_k"], s["top_p"],
@@ -138,12 +141,37 @@ class Chat:
         self.last_answer = None
 
 
+class Opening(threading.Thread):
+    """The model folder's Memory, opened on another thread (torch imported, weights loaded, what a killed
+    chat left unlearned learned) while the chat shows its prompt; `get` waits for it."""
+
+    def __init__(self, folder: ModelFolder, device: str | None, stdout):
+        super().__init__(daemon=True)
+        self.args, self.memory, self.error = (folder, device, stdout), None, None
+        self.start()
+
+    def run(self):
+        folder, device, stdout = self.args
+        try:
+            from nimllm.memory import Memory
+            self.memory = Memory(folder, device)
+            self.memory.learn_pending(log=partial(print, file=stdout, flush=True))
+        except BaseException as e:   # raised again on the chat's thread, where the command line reports it
+            self.error = e
+
+    def get(self):
+        self.join()
+        if self.error:
+            raise self.error
+        return self.memory
+
+
 def run_chat(folder: ModelFolder, device: str | None, sampling: dict, stdin=sys.stdin, stdout=sys.stdout) -> int:
     """The REPL. `sampling` holds temperature, top_k, top_p, max_tokens and seed; returns the exit code."""
-    mem = Memory(folder, device)
-    mem.learn_pending(log=partial(print, file=stdout, flush=True))   # what a killed chat left unlearned
-    chat = Chat(mem, sampling, stdout)
-    chat.say("talk to your model; /help lists the commands, /quit or Ctrl-D ends and remembers")
+    folder.require_model()
+    opening = Opening(folder, device, stdout)
+    print("talk to your model; /help lists the commands, /quit or Ctrl-D ends and remembers", file=stdout, flush=True)
+    chat = None
     with line_reader(stdin, stdout, "chat_history") as read_line:
         while True:
             try:
@@ -151,9 +179,10 @@ def run_chat(folder: ModelFolder, device: str | None, sampling: dict, stdin=sys.
             except KeyboardInterrupt:   # at the prompt: leave as /quit does
                 text = None
             if text is None:
-                chat.say()
+                print(file=stdout, flush=True)
                 break
+            chat = chat or Chat(opening.get(), sampling, stdout)
             if not chat.handle(text):
                 break
-    chat.end()
+    (chat or Chat(opening.get(), sampling, stdout)).end()
     return 0

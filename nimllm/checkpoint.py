@@ -41,8 +41,7 @@ def save_config(folder: ModelFolder, model_cfg: ModelConfig, train_cfg: TrainCon
 
 def load_config(folder: ModelFolder) -> dict:
     """config.json with the dataclasses rebuilt; a clear error when there is no model here."""
-    if not folder.config.exists():
-        raise UserError(f"no model in {folder.root}: train one first with `nimllm --train FILE`")
+    folder.require_model()
     raw = read_json(folder.config)
     try:
         raw["model"] = dataclass_from_dict(ModelConfig, raw["model"])

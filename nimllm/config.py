@@ -161,6 +161,11 @@ class ModelFolder:
             return cls(Path(name_or_dir).expanduser().resolve())
         return cls(nimllm_home() / "models" / name_or_dir)
 
+    def require_model(self) -> None:
+        """A clear error when nothing was trained here (cheap: no weights are read)."""
+        if not self.config.exists():
+            raise UserError(f"no model in {self.root}: train one first with `nimllm --train FILE`")
+
     config = property(lambda self: self.root / "config.json")
     tokenizer = property(lambda self: self.root / "tokenizer.json")
     weights = property(lambda self: self.root / "model.safetensors")

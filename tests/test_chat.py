@@ -102,7 +102,7 @@ def test_context_flows_on_after_remember_and_ctrl_c_keeps_a_partial_answer(folde
         yield from tokenizer.encode("so far")
         raise KeyboardInterrupt   # Ctrl-C while the model writes
 
-    monkeypatch.setattr("nimllm.chat.generate", interrupted_generate)
+    monkeypatch.setattr("nimllm.generate.generate", interrupted_generate)
     stdout = io.StringIO()
     sampling = {"temperature": 0.7, "top_k": 50, "top_p": 0.95, "max_tokens": 20, "seed": None}
     code = run_chat(folder, "cpu", sampling, stdin=io.StringIO("hello\n/remember\nagain\n"), stdout=stdout)
