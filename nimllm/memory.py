@@ -68,6 +68,14 @@ class Memory:
             self._decoder = (key, fastest_decoder(self.model, batch_size, compile))
         return self._decoder[1]
 
+    def warm_up(self) -> None:
+        """On a GPU, one forward and backward pass of a few tokens: its libraries load at their first
+        use, which would otherwise fall on the first update. The chat does it while the user types."""
+        if self.model.wte.weight.device.type == "cuda":
+            x = torch.zeros(1, 8, dtype=torch.long, device=self.device)
+            self.model(x, x).backward()
+            self.model.zero_grad(set_to_none=True)
+
     # ---- what the first update needs, made once on the base model and kept in the folder ----
 
     @property
