@@ -170,12 +170,21 @@ def as_subject(words: list[str]) -> str:
     return text[:1].lower() + text[1:] if words[0].lower() in ("my", "the", "our", "a", "an") else text
 
 
+DETERMINERS = {"the", "a", "an", "my", "your", "his", "her", "its", "our", "their", "this", "that", "these",
+               "those", "of", "some", "every", "each", "no", "two", "three", "four", "five"}
+
+
 def names_in(words: list[str]) -> list[str]:
-    """Runs of capitalised words not at the start of the sentence (names of people, places, things)."""
+    """Runs of capitalised words (names of people, places, things), a possessive 's dropped; the first
+    word of the sentence only when it is no pronoun or article."""
     runs, current = [], []
     for i, w in enumerate(words):
-        if i and w[:1].isupper() and w.lower() not in PERSPECTIVE:
-            current.append(w)
+        lower = w.lower()
+        if w[:1].isupper() and lower not in PERSPECTIVE and (i or lower not in DETERMINERS):
+            current.append(re.sub(r"['’]s$", "", w))
+            if w != current[-1]:   # a possessive ends the name
+                runs.append(" ".join(current))
+                current = []
         else:
             if current:
                 runs.append(" ".join(current))
@@ -185,12 +194,19 @@ def names_in(words: list[str]) -> list[str]:
     return runs
 
 
+def looks_like_verb(words: list[str], i: int) -> bool:
+    """An unknown verb in the third person: a lowercase -s word after a noun ("the dog answers to")."""
+    w, before = words[i], words[i - 1].lower()
+    return (w.islower() and w.endswith("s") and not w.endswith(("ss", "us", "is", "'s", "’s")) and len(w) > 3
+            and before not in DETERMINERS and not before.isdigit() and before not in AUX)
+
+
 def find_verb(words: list[str]) -> int | None:
     """Where the sentence's main verb is: the first auxiliary, or the first known verb form, after the
     subject (which is at least one word long)."""
     for i, w in enumerate(words[1:], 1):
         lower = w.lower()
-        if lower in AUX or (lower in VERB_FORMS and not (lower == words[i - 1].lower())):
+        if lower in AUX or lower in VERB_FORMS or looks_like_verb(words, i):
             return i
     return None
 
@@ -208,7 +224,8 @@ def statement_lessons(sentence: str) -> list[Lesson]:
         if subject not in ("me", "us"):
             questions.append(f"Tell me about {subject}.")
         # "my neighbour Tomas" is also asked about as "Tomas"
-        named = names_in(["-"] + subject_words) if subject_words[0].lower() in ("my", "our", "the") else []
+        named = (names_in(["-"] + subject_words) if subject_words[0].lower() in ("my", "our", "the")
+                 and subject_words[-1][:1].isupper() else [])
         for who in [subject] + named[-1:]:
             questions += wh_questions(who, verb, rest) + named_thing_questions(who, rest)
         for i, w in enumerate(subject_words):   # "Orla's cat" -> also about Orla
@@ -260,8 +277,9 @@ def wh_questions(subject: str, verb: str, rest: list[str]) -> list[str]:
             out.append(f"How many {rest[1]} {do} {subject_q} have?")
         out.append(f"What {do} {subject_q} have?")
         return out
-    if verb in VERB_FORMS:
-        base, tense = VERB_FORMS[verb]
+    if verb in VERB_FORMS or verb.endswith("s"):
+        base, tense = VERB_FORMS.get(verb, (verb[:-2] if verb.endswith(("ches", "shes", "xes", "sses")) else verb[:-1],
+                                            "present"))
         subject_q = "I" if subject == "me" else subject
         do = "did" if tense == "past" else ("do" if subject_q in ("I", "us") or verb == base else "does")
         preposition = next((i for i, w in enumerate(lowered) if w in PLACE_PREPOSITIONS), None)
@@ -271,7 +289,7 @@ def wh_questions(subject: str, verb: str, rest: list[str]) -> list[str]:
                 out.append(f"When {do} {subject_q} {base}?")
             if after[0][:1].isupper() or (after[0].lower() == "the" and len(after) > 1):
                 out.append(f"Where {do} {subject_q} {base}?")
-        if lowered[:1] and lowered[0] in ("as", "for", "with", "about", "on"):
+        if lowered[:1] and lowered[0] in ("as", "for", "with", "about", "on", "to"):
             out.append(f"What {do} {subject_q} {base} {lowered[0]}?")
         elif preposition != 0:
             out.append(f"What {do} {subject_q} {base}?")
