@@ -128,11 +128,12 @@ def test_the_control_check_keeps_an_update_that_leaves_its_answers_and_not_one_t
     base = weights(mem.model)
     gentle = mem.learn([have_conversation(mem.store, ("user", "Ilse lives in Tromso"))], log=lambda *_: None)
     assert gentle.scale == 1.0 and gentle.n_weights > 0 and gentle.control == (len(mem.control["answers"]),) * 2
-    # a lesson that rewrites the answers to control prompts: the user "fixes" them
-    mem.mcfg = MemoryConfig(mask_fraction=0.02, steps=60, lr=1e-2, replay_sequences=0)
+    # lessons that rewrite the answers to control prompts (the user "fixes" them), not held back by
+    # rehearsing the control answers: only the check stands in their way
+    mem.mcfg = MemoryConfig(mask_fraction=0.02, steps=60, lr=1e-2, replay_sequences=0, rehearse_control=False)
     store = Store(folder.store)
     cid = store.start_conversation()
-    for prompt in mem.control["prompts"][:8]:
+    for prompt in mem.control["prompts"][:16]:
         store.add_message(cid, "user", prompt)
         store.set_feedback(store.add_message(cid, "assistant", "?"), "fix", "Zanzibar quux zanzibar quux.")
     store.end_conversation(cid)
