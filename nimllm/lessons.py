@@ -202,8 +202,8 @@ def looks_like_verb(words: list[str], i: int) -> bool:
 
 
 def find_verb(words: list[str]) -> int | None:
-    """Where the sentence's main verb is: the first auxiliary, or the first known verb form, after the
-    subject (which is at least one word long)."""
+    """Where the sentence's main verb is: the first auxiliary, known verb form or unknown -s verb after
+    the subject (which is at least one word long)."""
     for i, w in enumerate(words[1:], 1):
         lower = w.lower()
         if lower in AUX or lower in VERB_FORMS or looks_like_verb(words, i):
@@ -228,10 +228,7 @@ def statement_lessons(sentence: str) -> list[Lesson]:
                  and subject_words[-1][:1].isupper() else [])
         for who in [subject] + named[-1:]:
             questions += wh_questions(who, verb, rest) + named_thing_questions(who, rest)
-        for i, w in enumerate(subject_words):   # "Orla's cat" -> also about Orla
-            if w.endswith(("'s", "’s")):
-                questions.append(f"What do you know about {join(subject_words[:i + 1])[:-2]}?")
-    questions += [f"What do you know about {name}?" for name in names_in(words)]
+    questions += [f"What do you know about {name}?" for name in names_in(words)]   # "Orla's cat": Orla too
     questions = list(dict.fromkeys(q[:1].upper() + q[1:] for q in questions))
     return [[("user", q), ("assistant", answer)] for q in questions]
 
