@@ -69,6 +69,8 @@ def test_corrupt_weights_and_config(trained):
     good = trained.weights.read_bytes()
     trained.weights.write_bytes(good[:len(good) // 2])               # cut short, as by a full disk
     assert_one_line_error(run_cli("generate", "hi"), "model.safetensors", "damaged")
+    # the chat shows its prompt first and loads the model while you type: the error still comes as one line
+    assert_one_line_error(run_cli("chat", input="hello\n"), "model.safetensors", "damaged")
     trained.weights.write_bytes(b"garbage" * 100)
     assert_one_line_error(run_cli("generate", "hi"), "damaged")
     trained.weights.write_bytes(good)
