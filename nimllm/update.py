@@ -110,6 +110,10 @@ class UpdateReport:
         if self.diverged:
             return ("the update diverged (weights became inf or nan), so nothing was changed; "
                     "a smaller learning rate would avoid it")
+        if self.scale == 0:
+            return (f"learned in {self.seconds:.1f} s ({self.lessons} lessons, {self.steps} steps) but not kept: even a "
+                    f"quarter of the update changed the model's answers to unrelated prompts"
+                    + (f"\n  control answers kept: {self.control[0]}/{self.control[1]}" if self.control else ""))
         top = sorted(self.layers.items(), key=lambda kv: -kv[1])[:3]
         lines = [f"updated {self.n_weights:,} weights ({self.n_weights / self.total_weights:.2%}) in "
                  f"{self.seconds:.1f} s | {self.lessons} lessons, {self.steps} steps"
@@ -118,9 +122,8 @@ class UpdateReport:
             lines.append(f"  control answers kept: {self.control[0]}/{self.control[1]}")
         if self.scale < 1:
             lines.append(f"  scaled back to {self.scale:.0%}: the full update changed the model's answers to "
-                         f"unrelated prompts" if self.scale else
-                         "  not kept: even a quarter of it changed the model's answers to unrelated prompts")
-        if top and self.scale:
+                         f"unrelated prompts")
+        if top:
             lines.append(f"  most changed: {', '.join(f'{n} ({c:,})' for n, c in top)}")
         return "\n".join(lines)
 
