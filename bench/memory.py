@@ -50,6 +50,7 @@ FACTS = REPO / "bench" / "memory_facts.jsonl"
 UNRELATED = REPO / "bench" / "unrelated_chats.txt"
 PROMPT, REPLY = "you> ", "nimllm> "        # what the chat prints (nimllm/chat.py)
 UPDATED = re.compile(r"updated ([\d,]+) weights \([^)]*\) in ([\d.]+) s")
+NOT_KEPT = re.compile(r"learned in ([\d.]+) s \([^)]*\) but not kept")   # refused by the control check
 CONTROL = re.compile(r"control answers kept:\s*(\d+)\s*/\s*(\d+)")
 SCRIPTED = "scripted upper bound (the bench writes the model's turns)"
 NOT_COPIED = ("conversations.sqlite*", "delta-*", "train_state.safetensors")   # a fresh model: no memories
@@ -160,10 +161,10 @@ def chat(folder: Path, message: str, device: str | None, timeout: float, threads
     if proc.returncode and not row["error"]:
         row["error"] = f"exit code {proc.returncode}"
     row["reply"] = reply_of(out.text)
-    updated = UPDATED.search(out.text)
-    row["learned"] = updated is not None
-    row["update_reported_s"] = float(updated.group(2)) if updated else None
-    row["weights_changed"] = int(updated.group(1).replace(",", "")) if updated else None
+    updated, refused = UPDATED.search(out.text), NOT_KEPT.search(out.text)
+    row["learned"] = updated is not None or refused is not None
+    row["update_reported_s"] = float(updated.group(2)) if updated else float(refused.group(1)) if refused else None
+    row["weights_changed"] = int(updated.group(1).replace(",", "")) if updated else 0 if refused else None
     row["transcript"] = out.text
     if row["error"] or err.text.strip():
         row["stderr"] = err.text[-4000:]
