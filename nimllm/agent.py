@@ -133,7 +133,7 @@ class Agent:
         request = len(tok.render_conversation(messages[:1])[0])
         block = self.mem.model.cfg.block_size
         prompt = fit(ids, max(block - s["max_tokens"], block // 2), request)   # generate slides past the rest
-        stops = {tok.special("<|/tool_call|>"), tok.special("<|end|>"), tok.eot_id}
+        stops = set(tok.turn_end_ids)
         for attempt in range(self.retries + 1):
             temperature = s["temperature"] if attempt == 0 else max(s["temperature"], 0.8)
             seed = None if s["seed"] is None else s["seed"] + attempt

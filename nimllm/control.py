@@ -41,16 +41,12 @@ MAX_TOKENS = 24
 MIN_MARGIN = 0.05   # logits: a first choice closer to the second than this is a tie
 
 
-def stop_ids(tokenizer: Tokenizer) -> list[int]:
-    return [tokenizer.special("<|end|>"), tokenizer.special("<|/tool_call|>"), tokenizer.eot_id]
-
-
 def make_control(model: GPT, tokenizer: Tokenizer) -> dict:
     """The model's greedy answers to the control prompts, each cut at its first near-tie (where the
     decoder and a check could already disagree), so that the base model keeps all of them."""
     prompts = [tokenizer.render_conversation([("user", p)], add_generation_prompt=True)[0]
                for p in CHAT_PROMPTS + AGENT_PROMPTS]
-    stops = stop_ids(tokenizer)
+    stops = tokenizer.turn_end_ids
     answers = [[] for _ in prompts]
     was_training = model.training
     model.eval()

@@ -158,5 +158,10 @@ class Tokenizer:
         return self.special_ids[name]
 
     @property
+    def turn_end_ids(self) -> list[int]:
+        """Where a model's turn ends: an answer's end, a tool call's close, or the end of text."""
+        return [self.special("<|end|>"), self.special("<|/tool_call|>"), self.eot_id]
+
+    @property
     def eot_id(self) -> int:
         return self.special_ids["<|endoftext|>"]
