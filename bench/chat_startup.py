@@ -52,7 +52,8 @@ mark("load the Fisher and control set")
 mem.store.end_conversation(chat.conversation)
 report = mem.learn([chat.conversation], log=lambda *_: None)
 mark("the update")
-print(json.dumps({"stages": marks, "steps": report.steps if report else None}))
+print(json.dumps({"stages": marks, "steps": report.steps if report else None,
+                  "update": report.timings if report else None}))
 """
 
 
@@ -113,6 +114,9 @@ def main() -> None:
     for stage in staged[0]["stages"]:
         values = [s["stages"][stage] for s in staged]
         table.add_row(f"  {stage}", f"{statistics.median(values):.2f}", ", ".join(f"{v:.2f}" for v in values))
+    for stage in staged[0]["update"] or {}:
+        values = [s["update"][stage] for s in staged]
+        table.add_row(f"    update: {stage}", f"{statistics.median(values):.2f}", ", ".join(f"{v:.2f}" for v in values))
     Console().print(table)
     result = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu x{torch.get_num_threads()}",
               "torch": torch.__version__, "commit": git_commit(), "model": str(args.model), "user_path": runs,

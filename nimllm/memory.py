@@ -165,23 +165,34 @@ class Memory:
             return None
         task = any(is_agent_task(self.store.messages(cid)) for cid in conversation_ids)
         mcfg = replace(self.mcfg, lr=self.mcfg.agent_lr) if task else self.mcfg
-        control = self.control   # made before the lock and the update, on the base model if missing
+        timings, mark = {}, start
+
+        def timed(stage: str) -> None:   # every stage ends in a value read back, so the GPU is done too
+            nonlocal mark
+            timings[stage], mark = round(time.time() - mark, 3), time.time()
+
+        control, fisher = self.control, self.fisher   # made before the lock, on the base model if missing
+        timed("load the Fisher and control set")
         with self._lock():
             x, y = batch(training_windows(self.tokenizer, lessons, self.model.cfg.block_size), self.device)
             extra, rehearsed = self._rehearsal(conversation_ids)
             kept_before = answers_kept(self.model, control)
             saved = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-            delta, report = selective_update(self.model, x, y, self.anchor, self.fisher, mcfg, extra)
+            timed("prepare")
+            delta, report = selective_update(self.model, x, y, self.anchor, fisher, mcfg, extra)
             report.lessons, report.rehearsed = len(lessons), rehearsed
+            timed("steps")
             delta, report.scale, kept_after = self._checked(delta, saved, kept_before, control)
             report.control = (sum(kept_after), len(kept_after))
             if report.scale < 1:
                 report.n_weights = sum(len(i) for i, _ in delta.values())
                 with torch.no_grad():
                     report.loss_after = self.model(x, y).item()
+            timed("check")
             name = f"memory/delta-{time.time_ns()}-{os.getpid()}.safetensors"
             save_delta(self.folder.root / name, delta)
-            report.seconds = time.time() - start
+            timed("save")
+            report.seconds, report.timings = time.time() - start, timings
             report.delta_id = self.store.record_delta(conversation_ids, name, report.n_weights, report.seconds,
                                                       report.stats())
             self.applied.append(report.delta_id)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from nimllm.config import MemoryConfig
 from nimllm.model import GPT
+from nimllm.train import Runtime
 
 Delta = dict[str, tuple[torch.Tensor, torch.Tensor]]   # tensor name -> (flat indices, values)
 
@@ -105,6 +106,7 @@ class UpdateReport:
     diverged: bool = False                                          # weights went inf or nan: nothing changed
     scale: float = 1.0                                              # share of the update kept by the control check
     control: tuple[int, int] | None = None                          # control answers kept / all, after it
+    timings: dict[str, float] = field(default_factory=dict)         # seconds per stage of Memory.learn
 
     def __str__(self) -> str:
         if self.diverged:
@@ -131,7 +133,7 @@ class UpdateReport:
         return {"loss_before": self.loss_before, "loss_after": self.loss_after, "steps": self.steps,
                 "learned": self.learned, "lessons": self.lessons, "layers": self.layers, "largest": self.largest,
                 "rehearsed": self.rehearsed, "diverged": self.diverged, "scale": self.scale,
-                "control": list(self.control) if self.control else None}
+                "control": list(self.control) if self.control else None, "timings": self.timings}
 
 
 def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict, fisher: dict,
@@ -145,10 +147,13 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
     params = dict(model.named_parameters())
     model.train(False)   # no dropout: the update should be a function of the lessons
 
+    matmuls = Runtime(x.device.type).autocast()   # bf16 on a GPU, as the chat's decoder answers there
+
     def loss_and_grads() -> tuple[float, bool]:
         model.zero_grad(set_to_none=True)
-        lm, learned = lesson_loss(model, x, y, mcfg.learned_loss)
-        rehearsal = sum(model(*xy) for xy in extra)
+        with matmuls:
+            lm, learned = lesson_loss(model, x, y, mcfg.learned_loss)
+            rehearsal = sum(model(*xy) for xy in extra)
         (lm + rehearsal + ewc_penalty(model, anchor, fisher, mcfg.ewc_lambda)).backward()
         return lm.item(), learned
 
