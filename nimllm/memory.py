@@ -132,26 +132,29 @@ class Memory:
         """n windows of the base model's latest training corpus, the same ones for the same seed."""
         return base_windows(self.folder, self.config, n, seed)
 
-    def _rehearsal(self, learning: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[int]]:
-        """What each update rehearses beside the new lessons: the lessons of a few earlier conversations
-        still remembered (a fact said in many conversations is rehearsed often and stays, a one-off
-        fades as the others crowd it out) and a few windows of the base training text (which the update
-        should not unlearn). Drawn by the memory's place in line, so relearning repeats the draw exactly."""
+    def _rehearsal(self, learning: list[int]) -> tuple[list, list, list[int]]:
+        """What each update rehearses beside the new lessons: a few windows of the base training text
+        (which the update should not unlearn), and the answers it should keep: the lessons of a few
+        earlier conversations still remembered (a fact said in many conversations is rehearsed often
+        and stays, a one-off fades as the others crowd it out) and the control answers. Drawn by the
+        memory's place in line, so relearning repeats the draw exactly."""
         rng = random.Random(len(self.applied))
         remembered = {d.id for d in self.store.deltas()}
         earlier = [c.id for c in self.store.conversations()
                    if c.learned_delta in remembered and c.id not in learning]
         chosen = sorted(rng.sample(earlier, min(self.mcfg.rehearse_conversations, len(earlier))))
-        extra = []
-        lessons = [lesson for cid in chosen for lesson in lessons_for(self.store.messages(cid))]
-        if lessons:
-            extra.append(batch(training_windows(self.tokenizer, lessons, self.model.cfg.block_size), self.device))
+        extra, keep = [], []
         if self.mcfg.replay_sequences:
             extra.append(tuple(t.to(self.device) for t in
                                self._base_windows(self.mcfg.replay_sequences, seed=1 + len(self.applied))))
+        lessons = [lesson for cid in chosen for lesson in lessons_for(self.store.messages(cid))]
+        if lessons:
+            keep.append(batch(training_windows(self.tokenizer, lessons, self.model.cfg.block_size), self.device))
         if self.mcfg.rehearse_control:
-            extra.append(control_batch(self.control, self.device))
-        return extra, chosen
+            keep.append(control_batch(self.control, self.device))
+        if not self.mcfg.keep_answers:
+            extra, keep = extra + keep, []
+        return extra, keep, chosen
 
     def lessons(self, conversation_ids: list[int]) -> list[Lesson]:
         return [lesson for cid in conversation_ids for lesson in lessons_for(self.store.messages(cid))]
@@ -175,11 +178,11 @@ class Memory:
         timed("load the Fisher and control set")
         with self._lock():
             x, y = batch(training_windows(self.tokenizer, lessons, self.model.cfg.block_size), self.device)
-            extra, rehearsed = self._rehearsal(conversation_ids)
+            extra, keep, rehearsed = self._rehearsal(conversation_ids)
             kept_before = answers_kept(self.model, control)
             saved = {n: p.detach().clone() for n, p in self.model.named_parameters()}
             timed("prepare")
-            delta, report = selective_update(self.model, x, y, self.anchor, fisher, mcfg, extra)
+            delta, report = selective_update(self.model, x, y, self.anchor, fisher, mcfg, extra, keep)
             report.lessons, report.rehearsed = len(lessons), rehearsed
             timed("steps")
             delta, report.scale, kept_after = self._checked(delta, saved, kept_before, control)

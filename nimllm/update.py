@@ -73,14 +73,19 @@ def scaled(delta: Delta, scale: float) -> Delta:
     return {n: (i, v * scale) for n, (i, v) in delta.items()}
 
 
+def answers_right(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean loss on the answers of a batch (targets -1 elsewhere), and which answer tokens the model
+    ranks first (B, T)."""
+    logits = model(x)                                                        # (B, T, V)
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
+    return loss, (logits.argmax(-1) == y) & (y >= 0)
+
+
 def lesson_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, learned_loss: float) -> tuple[torch.Tensor, bool]:
     """The mean loss on the answers, and whether they are learned: every answer token the model's
     first choice and the mean loss under learned_loss (a sampled answer then says it too)."""
-    logits = model(x)                                                        # (B, T, V)
-    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
-    answered = y >= 0
-    right = bool((logits.argmax(-1) == y)[answered].all())
-    return loss, right and loss.item() <= learned_loss
+    loss, right = answers_right(model, x, y)
+    return loss, bool(right.sum() == (y >= 0).sum()) and loss.item() <= learned_loss
 
 
 # Adam moves every chosen weight by about lr per step, however small its gradient; SGD moves each in
@@ -138,24 +143,30 @@ class UpdateReport:
 
 def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict, fisher: dict,
                      mcfg: MemoryConfig, extra: list[tuple[torch.Tensor, torch.Tensor]] = (),
-                     ) -> tuple[Delta, UpdateReport]:
+                     keep: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> tuple[Delta, UpdateReport]:
     """Optimizer steps on the top-|gradient| entries only, against the lessons' loss plus EWC, plus the
-    mean loss of each `extra` batch (earlier lessons rehearsed, windows of the base training text),
-    until the lessons are learned or mcfg.steps are taken. The model ends at old weights + delta,
-    added exactly as a reload adds it."""
+    mean loss of each `extra` batch (windows of the base training text) and each `keep` batch (earlier
+    lessons, the control answers), until the lessons are learned and every answer token of `keep` the
+    model ranked first at the start is first again, or mcfg.steps are taken. The model ends at old
+    weights + delta, added exactly as a reload adds it."""
     start = time.time()
     params = dict(model.named_parameters())
     model.train(False)   # no dropout: the update should be a function of the lessons
-
     matmuls = Runtime(x.device.type).autocast()   # bf16 on a GPU, as the chat's decoder answers there
+    right_before = None
 
     def loss_and_grads() -> tuple[float, bool]:
+        nonlocal right_before
         model.zero_grad(set_to_none=True)
         with matmuls:
             lm, learned = lesson_loss(model, x, y, mcfg.learned_loss)
             rehearsal = sum(model(*xy) for xy in extra)
-        (lm + rehearsal + ewc_penalty(model, anchor, fisher, mcfg.ewc_lambda)).backward()
-        return lm.item(), learned
+            kept = [answers_right(model, kx, ky) for kx, ky in keep]
+        (lm + rehearsal + sum(loss for loss, _ in kept) + ewc_penalty(model, anchor, fisher, mcfg.ewc_lambda)).backward()
+        if right_before is None:
+            right_before = [right for _, right in kept]
+        still = all(bool(now[before].all()) for (_, now), before in zip(kept, right_before))
+        return lm.item(), learned and still
 
     loss_before, learned = loss_and_grads()
     masks = apply_top_k_mask({n: p.grad for n, p in params.items()}, mcfg.mask_fraction)

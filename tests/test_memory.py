@@ -44,7 +44,7 @@ def have_conversation(store, *turns) -> int:
 
 
 # the control check off, where a test is about something else
-UNCHECKED = dict(control_share=1.0)
+UNCHECKED = dict(control_share=1.0, keep_answers=False)
 
 
 def test_learn_reload_and_forget_are_bit_exact(folder):

@@ -96,3 +96,28 @@ def test_lesson_loss_is_learned_only_when_every_answer_token_is_first():
     assert lesson_loss(model, x, y, learned_loss=100.0)[1]
     y[0, 12] = (best[0, 12] + 1) % 64
     assert not lesson_loss(model, x, y, learned_loss=100.0)[1]
+
+
+def test_an_update_is_learned_only_once_the_kept_answers_are_right_again():
+    torch.manual_seed(0)
+    model = GPT(CFG).eval()
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    x = torch.randint(0, 64, (2, 16))
+    y = torch.full((2, 16), -1)
+    y[:, 10:] = torch.randint(0, 64, (2, 6))
+    kx = torch.randint(0, 64, (8, 16))                              # answers the model gives now, to keep
+    with torch.no_grad():
+        ky = model(kx).argmax(-1)
+    ky[:, :8] = -1
+    mcfg = MemoryConfig(mask_fraction=0.05, steps=300, lr=1e-2, learned_loss=0.3)
+    free = copy.deepcopy(model)
+    _, alone = selective_update(free, x, y, anchor, fisher, mcfg)
+    with torch.no_grad():
+        broken = ((free(kx).argmax(-1) != ky) & (ky >= 0)).sum().item()
+    _, report = selective_update(model, x, y, anchor, fisher, mcfg, keep=[(kx, ky)])
+    with torch.no_grad():
+        still = ((model(kx).argmax(-1) == ky) | (ky < 0)).all().item()
+    assert broken > 0                     # learning the lessons alone moves some kept answer ...
+    assert report.learned and still       # ... with them kept, it is learned only once they are back
+    assert report.steps >= alone.steps
