@@ -76,7 +76,7 @@ class MemoryConfig:
     fisher_sequences: int = 32     # base-corpus sequences the Fisher diagonal is estimated from
     optimizer: str = "adam"        # "adam" or "sgd" on the chosen weights
     replay_sequences: int = 4      # windows of the base training text replayed in each update: cut the drift 3-7x
-    rehearse_conversations: int = 16  # earlier conversations rehearsed in each update: 103m recalled 3/3 facts
+    rehearse_conversations: int = 64  # earlier conversations rehearsed in each update: 103m recalled 3/3 facts
                                       # at K=3 and 19/30 at K=30 with 16, 1/3 and 0/30 without
     rehearse_control: bool = True  # the control answers are a loss term of every update, as the base text is
     keep_answers: bool = True      # an update is learned only once the rehearsed lessons and control answers

@@ -35,6 +35,7 @@ from nimllm.generate import Decoder, fastest_decoder
 from nimllm.lessons import Lesson, batch, is_agent_task, lessons_for, training_windows
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
+from nimllm.train import Runtime, pick_device
 from nimllm.update import UpdateReport, fisher_diagonal, scaled, selective_update
 
 CONTROL_SCALES = (1.0, 0.5, 0.25)   # what the control check tries before it keeps nothing
@@ -45,7 +46,6 @@ class Memory:
     its conversation store; `learn` and `forget` change the weights and keep the folder in step."""
 
     def __init__(self, folder: ModelFolder, device: str | None = None, mcfg: MemoryConfig | None = None):
-        from nimllm.train import pick_device
         self.folder, self.mcfg = folder, mcfg or MemoryConfig()
         self.device = pick_device(device)
         self.model, self.config = checkpoint.load_model(folder, self.device)
@@ -73,7 +73,9 @@ class Memory:
         use, which would otherwise fall on the first update. The chat does it while the user types."""
         if self.model.wte.weight.device.type == "cuda":
             x = torch.zeros(1, 8, dtype=torch.long, device=self.device)
-            self.model(x, x).backward()
+            with Runtime(self.device).autocast():   # in the update's precision
+                loss = self.model(x, x)
+            loss.backward()
             self.model.zero_grad(set_to_none=True)
 
     # ---- what the first update needs, made once on the base model and kept in the folder ----
@@ -258,7 +260,6 @@ def prepare(folder: ModelFolder, device: str | torch.device | None, mcfg: Memory
     """What memory needs of the base model, made once when training ends so that a chat's first update
     does not wait for it: the diagonal Fisher on the base training text, and the control set. Under
     torchrun the first process makes them."""
-    from nimllm.train import pick_device
     if os.environ.get("RANK", "0") != "0":
         return
     start, mcfg = time.time(), mcfg or MemoryConfig()

@@ -73,18 +73,17 @@ def scaled(delta: Delta, scale: float) -> Delta:
     return {n: (i, v * scale) for n, (i, v) in delta.items()}
 
 
-def answers_right(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean loss on the answers of a batch (targets -1 elsewhere), and which answer tokens the model
-    ranks first (B, T)."""
-    logits = model(x)                                                        # (B, T, V)
-    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
+def answer_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean loss on the answers of a batch (targets -1 elsewhere), and which answer tokens the
+    logits rank first (B, T)."""
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1)
     return loss, (logits.argmax(-1) == y) & (y >= 0)
 
 
 def lesson_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, learned_loss: float) -> tuple[torch.Tensor, bool]:
     """The mean loss on the answers, and whether they are learned: every answer token the model's
     first choice and the mean loss under learned_loss (a sampled answer then says it too)."""
-    loss, right = answers_right(model, x, y)
+    loss, right = answer_loss(model(x), y)
     return loss, bool(right.sum() == (y >= 0).sum()) and loss.item() <= learned_loss
 
 
@@ -141,6 +140,19 @@ class UpdateReport:
                 "control": list(self.control) if self.control else None, "timings": self.timings}
 
 
+def stacked(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
+    """Several (B, T) batches as one, right-padded to the longest (inputs 0, targets -1: causal attention
+    leaves the real positions as they were), and the rows of each: one forward pass instead of many."""
+    T = max(x.size(1) for x, _ in batches)
+    xs = [F.pad(x, (0, T - x.size(1)), value=0) for x, _ in batches]
+    ys = [F.pad(y, (0, T - y.size(1)), value=-1) for _, y in batches]
+    rows, start = [], 0
+    for x in xs:
+        rows.append(slice(start, start + x.size(0)))
+        start += x.size(0)
+    return torch.cat(xs), torch.cat(ys), rows
+
+
 def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict, fisher: dict,
                      mcfg: MemoryConfig, extra: list[tuple[torch.Tensor, torch.Tensor]] = (),
                      keep: list[tuple[torch.Tensor, torch.Tensor]] = ()) -> tuple[Delta, UpdateReport]:
@@ -153,28 +165,42 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
     params = dict(model.named_parameters())
     model.train(False)   # no dropout: the update should be a function of the lessons
     matmuls = Runtime(x.device.type).autocast()   # bf16 on a GPU, as the chat's decoder answers there
+    # the lessons and the answers to keep are short: one forward pass for all of them
+    short_x, short_y, rows = stacked([(x, y), *keep])
     right_before = None
 
-    def loss_and_grads() -> tuple[float, bool]:
+    def loss_and_learned() -> tuple[torch.Tensor, float, bool]:
+        """The loss to descend (without EWC), the lessons' loss, and whether they are learned with the
+        kept answers right again."""
         nonlocal right_before
-        model.zero_grad(set_to_none=True)
         with matmuls:
-            lm, learned = lesson_loss(model, x, y, mcfg.learned_loss)
-            rehearsal = sum(model(*xy) for xy in extra)
-            kept = [answers_right(model, kx, ky) for kx, ky in keep]
-        (lm + rehearsal + sum(loss for loss, _ in kept) + ewc_penalty(model, anchor, fisher, mcfg.ewc_lambda)).backward()
+            logits = model(short_x)                                          # (B, T, V)
+            losses, right = zip(*(answer_loss(logits[r], short_y[r]) for r in rows))
+            total = sum(losses) + sum(model(*xy) for xy in extra)
         if right_before is None:
-            right_before = [right for _, right in kept]
-        still = all(bool(now[before].all()) for (_, now), before in zip(kept, right_before))
-        return lm.item(), learned and still
+            right_before = right[1:]
+        learned = (bool(right[0].sum() == (y >= 0).sum()) and losses[0].item() <= mcfg.learned_loss
+                   and all(bool(now[before].all()) for now, before in zip(right[1:], right_before)))
+        return total, losses[0].item(), learned
 
-    loss_before, learned = loss_and_grads()
+    # the first gradient, EWC's included, chooses the weights that may move
+    model.zero_grad(set_to_none=True)
+    total, loss_before, learned = loss_and_learned()
+    (total + ewc_penalty(model, anchor, fisher, mcfg.ewc_lambda)).backward()
     masks = apply_top_k_mask({n: p.grad for n, p in params.items()}, mcfg.mask_fraction)
     old = {n: params[n].detach().view(-1)[idx].clone() for n, idx in masks.items()}
     moving = {n: old[n].clone().requires_grad_(True) for n in masks}
+    # only the chosen weights move, so EWC's gradient is needed there alone: lambda * F * (w - anchor)
+    ewc_pull = {n: (mcfg.ewc_lambda * fisher[n].view(-1)[idx], anchor[n].view(-1)[idx]) for n, idx in masks.items()}
     optimizer = OPTIMIZERS[mcfg.optimizer](list(moving.values()), lr=mcfg.lr)
     steps = 0
     while not learned and steps < mcfg.steps:
+        if steps:
+            model.zero_grad(set_to_none=True)
+            total.backward()
+            with torch.no_grad():
+                for n, (weight, at) in ewc_pull.items():
+                    params[n].grad.view(-1)[masks[n]] += weight * (moving[n] - at)
         for n, idx in masks.items():
             moving[n].grad = params[n].grad.view(-1)[idx]
         optimizer.step()
@@ -182,7 +208,7 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
             for n, idx in masks.items():
                 params[n].view(-1)[idx] = moving[n]
         steps += 1
-        _, learned = loss_and_grads()
+        total, _, learned = loss_and_learned()
     model.zero_grad(set_to_none=True)
 
     delta = {n: (idx.cpu(), (moving[n].detach() - old[n]).cpu()) for n, idx in masks.items()} if steps else {}

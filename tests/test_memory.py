@@ -76,7 +76,8 @@ def test_a_fact_stated_once_is_answered_in_a_new_process(folder):
     from nimllm.config import MemoryConfig
     from nimllm.memory import Memory
     # a tiny model needs a stronger update than the defaults (chosen for 10m and 103m by bench/memory.py)
-    mem = Memory(folder, "cpu", MemoryConfig(mask_fraction=0.02, steps=60, lr=1e-2, replay_sequences=0, **UNCHECKED))
+    mem = Memory(folder, "cpu", MemoryConfig(mask_fraction=0.02, steps=60, lr=1e-2, learned_loss=0.3, replay_sequences=0,
+                                             **UNCHECKED))
     cid = have_conversation(mem.store, ("user", "My sister Ilse lives in Tromso."), ("assistant", "the the the"))
     report = mem.learn([cid], log=lambda *_: None)
     assert report.learned and report.steps < 60                   # it stopped once learned

@@ -121,3 +121,18 @@ def test_an_update_is_learned_only_once_the_kept_answers_are_right_again():
     assert broken > 0                     # learning the lessons alone moves some kept answer ...
     assert report.learned and still       # ... with them kept, it is learned only once they are back
     assert report.steps >= alone.steps
+
+
+def test_stacked_batches_score_as_each_batch_alone():
+    from nimllm.update import answer_loss, stacked
+    torch.manual_seed(0)
+    model = GPT(CFG).eval()
+    batches = [(torch.randint(0, 64, (b, t)), torch.randint(-1, 64, (b, t))) for b, t in ((2, 5), (3, 16), (1, 9))]
+    x, y, rows = stacked(batches)
+    with torch.no_grad():
+        together = model(x)
+        for (bx, by), r in zip(batches, rows):
+            alone_loss, alone_right = answer_loss(model(bx), by)
+            loss, right = answer_loss(together[r], y[r])
+            assert torch.allclose(loss, alone_loss, atol=1e-5)
+            assert torch.equal(right[:, :bx.size(1)], alone_right) and not right[:, bx.size(1):].any()
