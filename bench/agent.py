@@ -132,7 +132,8 @@ def memory_settings(text: str) -> MemoryConfig:
     changes = dict(item.split("=", 1) for item in text.split(","))
     if not set(changes) <= set(types):
         raise argparse.ArgumentTypeError(f"unknown memory settings {sorted(set(changes) - set(types))}")
-    return replace(MemoryConfig(), **{k: {"int": int, "float": float}.get(types[k], str)(v) for k, v in changes.items()})
+    parse = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}
+    return replace(MemoryConfig(), **{k: parse.get(types[k], str)(v) for k, v in changes.items()})
 
 
 def learn_and_ask_again(base: Path, folder: Path, mcfg: MemoryConfig, args) -> dict:

@@ -15,6 +15,9 @@ model.safetensors and the conversation store removed, the question as taught aga
 the memory is in the weights, not in the store). With --agent, bench/agent.py also scores the base
 model and a copy that learned 10 unrelated chats. --scripted adds the old in-process measurement,
 an upper bound: there the bench writes the model's turns (the fact, a question, its answer).
+--in-process SETTINGS... learns the same conversations (the statement alone) in one process, once per
+memory setting, and asks the live model greedily, sampled three times and in paraphrase: an upper
+bound, quick enough to compare designs (with --no-chats, only that).
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from nimllm import checkpoint  # noqa: E402
 from nimllm.config import MemoryConfig, ModelFolder  # noqa: E402
 from nimllm.deltas import load_remembered  # noqa: E402
 from nimllm.store import Store  # noqa: E402
+from bench.agent import memory_settings  # noqa: E402
 
 FACTS = REPO / "bench" / "memory_facts.jsonl"
 UNRELATED = REPO / "bench" / "unrelated_chats.txt"
@@ -385,9 +389,65 @@ def scripted(source: Path, facts: list[dict], ks: list[int], variants: list[str]
     return rows
 
 
+# ---- in one process: the same learning, without the processes (an upper bound) ------------------
+
+IN_PROCESS = "one process (upper bound: no process starts, questions asked of the live model)"
+
+
+def in_process(source: Path, facts: list[dict], ks: list[int], configs: list[MemoryConfig], device: str | None,
+               console: Console) -> list[dict]:
+    """For each memory config, facts are stored as a chat stores them (the statement, then a reply the
+    bench never learns from) and learned with `Memory.learn`, one conversation each; at each K every
+    fact is asked of the live model greedily, sampled three times with the chat's defaults, and in
+    paraphrase. Quick enough to compare designs; the chat processes remain the measurement."""
+    from nimllm.generate import generate
+    from nimllm.memory import Memory
+    rows = []
+    for mcfg in configs:
+        with tempfile.TemporaryDirectory() as tmp:
+            mem = Memory(ModelFolder(copy_model(source, Path(tmp) / "model")), device, mcfg)
+            stop = [mem.tokenizer.special("<|end|>")]
+
+            def replies(text: str) -> list[str]:
+                ids, _ = mem.tokenizer.render_conversation([("user", text)], add_generation_prompt=True)
+                return [mem.tokenizer.decode(list(generate(mem.model, ids, 60, temperature=t, top_k=50, top_p=0.95,
+                                                           seed=seed, stop_ids=stop, decoder=mem.decoder())))
+                        for t, seed in ((0, None), (0.7, 0), (0.7, 1), (0.7, 2))]
+
+            reports = []
+            for i, fact in enumerate(facts[:max(ks)], 1):
+                cid = mem.store.start_conversation()
+                mem.store.add_message(cid, "user", fact["statement"])
+                mem.store.add_message(cid, "assistant", "ok")
+                mem.store.end_conversation(cid)
+                reports.append(mem.learn([cid], log=lambda *_: None))
+                if i not in ks:
+                    continue
+                asked = [(replies(f["question"]), replies(f["paraphrase"])[0], f["answer"]) for f in facts[:i]]
+                kept = mem.control_kept()
+                rows.append({"mode": IN_PROCESS, "memory": asdict(mcfg), "k": i,
+                             "recall": [sum(recalled(q[0], a) for q, _, a in asked), i],
+                             "sampled": [sum(recalled(r, a) for q, _, a in asked for r in q[1:]), 3 * i],
+                             "paraphrase": [sum(recalled(p, a) for _, p, a in asked), i],
+                             "recalled_by_fact": [recalled(q[0], a) for q, _, a in asked],
+                             "control_kept": [sum(kept), len(kept)],
+                             "update_s_median": median([r.seconds for r in reports]),
+                             "steps": [r.steps for r in reports], "scales": [r.scale for r in reports]})
+                r = rows[-1]
+                console.print(f"{IN_PROCESS}, {changed_settings(mcfg)}: K={i} recall {r['recall'][0]}/{i}, sampled "
+                              f"{r['sampled'][0]}/{3 * i}, paraphrase {r['paraphrase'][0]}/{i}, control "
+                              f"{sum(kept)}/{len(kept)}, update median {r['update_s_median']:.2f} s")
+    return rows
+
+
+def changed_settings(mcfg: MemoryConfig) -> str:
+    base = asdict(MemoryConfig())
+    return ",".join(f"{k}={v}" for k, v in asdict(mcfg).items() if base[k] != v) or "default"
+
+
 # ---- output --------------------------------------------------------------------------------------
 
-def results_table(rows: list[dict], scripted_rows: list[dict], title: str) -> Table:
+def results_table(rows: list[dict], scripted_rows: list[dict], in_process_rows: list[dict], title: str) -> Table:
     table = Table(title=title)
     for col in ("", "K", "recall", "paraphrase", "weights only", "control kept", "to prompt s", "update s",
                 "processes"):
@@ -398,6 +458,10 @@ def results_table(rows: list[dict], scripted_rows: list[dict], title: str) -> Ta
         table.add_row("chat", str(r["k"]), show(r["recall"]), show(r["paraphrase"]), show(r["weights_only"]),
                       show(r["control_kept"]), num(r["time_to_prompt_s_median"]), num(r["update_s_median"]),
                       f"{r['teach_processes']}+{r['ask_processes']}")
+    for r in in_process_rows:
+        table.add_row(f"one process** {changed_settings(MemoryConfig(**r['memory']))}", str(r["k"]),
+                      f"{show(r['recall'])} (sampled {show(r['sampled'])})", show(r["paraphrase"]), "",
+                      show(r["control_kept"]), "", num(r["update_s_median"]), "1")
     for r in scripted_rows:
         table.add_row(f"scripted* {r['variant']}", str(r["k"]), show(r["recall"]), show(r["paraphrase"]), "", "",
                       "", num(r["update_s_median"]), "1")
@@ -405,7 +469,8 @@ def results_table(rows: list[dict], scripted_rows: list[dict], title: str) -> Ta
                      "the answer is in the reply (as taught; paraphrase; as taught of the memories in the weights "
                      "alone); to prompt: launch to first prompt of the asking processes (median); update: end of "
                      "input to exit of the teaching processes (median); processes: teaching + asking since the "
-                     "last K" + (f". *{SCRIPTED}" if scripted_rows else ""))
+                     "last K" + (f". *{SCRIPTED}" if scripted_rows else "")
+                     + (f". **{IN_PROCESS}; recall greedy, sampled 3 times as the chat samples" if in_process_rows else ""))
     return table
 
 
@@ -449,6 +514,11 @@ def main():
                                                          "learned bench/unrelated_chats.txt (needs bubblewrap)")
     ap.add_argument("--agent-per-group", type=int, default=10, help="agent tasks per group (default 10)")
     ap.add_argument("--unrelated", type=Path, default=UNRELATED, help="--agent: the chats learned, one a line")
+    ap.add_argument("--in-process", type=memory_settings, nargs="+", metavar="SETTINGS",
+                    help=f"also the {IN_PROCESS}, once per memory setting: 'default' or changes such as "
+                         "'keep_answers=False,learned_loss=0.3'")
+    ap.add_argument("--chats", action=argparse.BooleanOptionalAction, default=True,
+                    help="the chat processes (default on; --no-chats with --in-process compares designs quickly)")
     ap.add_argument("--scripted", action="store_true", help=f"also the {SCRIPTED}, in one process")
     ap.add_argument("--variants", nargs="+", default=["mask+ewc"], choices=["full", "mask", "ewc", "mask+ewc"],
                     help="--scripted: memory settings compared (full fine-tuning, mask only, EWC only, both)")
@@ -476,14 +546,17 @@ def main():
     with tempfile.TemporaryDirectory(prefix="nimllm-memory-bench-") as tmp:
         work = args.work.resolve() if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        result.update(run_chats(source, facts, ks, args, work, console))
+        result.update(run_chats(source, facts, ks, args, work, console) if args.chats else
+                      {"rows": [], "facts": [], "warnings": []})
         result["agent"] = agent_scores(source, args, work, console) if args.agent else None
     scripted_rows = (scripted(source, facts, ks, args.variants, args.steps, args.device, console)
                      if args.scripted else [])
     result["scripted"] = {"label": SCRIPTED, "rows": scripted_rows} if args.scripted else None
+    in_process_rows = in_process(source, facts, ks, args.in_process, args.device, console) if args.in_process else []
+    result["in_process"] = {"label": IN_PROCESS, "rows": in_process_rows} if args.in_process else None
     result["seconds"] = round(time.time() - start, 1)
 
-    console.print(results_table(result["rows"], scripted_rows, f"facts recalled by {source.name} through `nimllm "
+    console.print(results_table(result["rows"], scripted_rows, in_process_rows, f"facts recalled by {source.name} through `nimllm "
                                                                f"chat` ({result['settings']['device']})"))
     if result["agent"]:
         agent = result["agent"]
