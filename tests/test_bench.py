@@ -48,8 +48,15 @@ def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path):
     facts.write_text("".join((REPO / "bench" / "memory_facts.jsonl").read_text().splitlines(keepends=True)[:2]))
     out, work = tmp_path / "memory.json", tmp_path / "work"
     run_bench("bench/memory.py", "--model", model, "--k", "2", "--facts", facts, "--no-paraphrase", "--jobs", "2",
-              "--threads", "1", "--work", work, "--out", out)   # 1 thread: a shared CI CPU stays quick
+              "--threads", "1", "--work", work, "--out", out,   # 1 thread: a shared CI CPU stays quick
+              "--in-process", "default", "keep_answers=False,learned_loss=0.3")
     result = json.loads(out.read_text())
+    designs = result["in_process"]["rows"]   # the same facts learned in one process, once per setting
+    assert [(r["k"], r["memory"]["keep_answers"], r["memory"]["learned_loss"]) for r in designs] == \
+        [(2, True, MemoryConfig().learned_loss), (2, False, 0.3)]
+    for r in designs:
+        assert r["recall"][1] == 2 and r["sampled"][1] == 6 and r["paraphrase"][1] == 2 and r["control_kept"][1] == 40
+        assert len(r["steps"]) == 2 and r["update_s_median"] > 0
     [row] = result["rows"]
     assert (row["k"], row["teach_processes"], row["ask_processes"]) == (2, 2, 4)   # 2 as taught, 2 weights only
     assert row["recall"][1] == row["weights_only"][1] == 2 and row["paraphrase"] is None
