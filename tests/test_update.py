@@ -68,14 +68,21 @@ def test_selective_update_moves_only_the_mask_and_lowers_the_loss():
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
 
 
-def test_an_update_stops_once_its_lessons_are_learned():
+def model_and_lessons():
+    """A small random model, its own weights as anchor, a flat Fisher, and two lessons whose answers are
+    the last 6 tokens (the rest is context)."""
     torch.manual_seed(0)
     model = GPT(CFG).eval()
     anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
     fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
     x = torch.randint(0, 64, (2, 16))
     y = torch.full((2, 16), -1)
-    y[:, 10:] = torch.randint(0, 64, (2, 6))                       # answers at the end, the rest is context
+    y[:, 10:] = torch.randint(0, 64, (2, 6))
+    return model, anchor, fisher, x, y
+
+
+def test_an_update_stops_once_its_lessons_are_learned():
+    model, anchor, fisher, x, y = model_and_lessons()
     mcfg = MemoryConfig(mask_fraction=0.05, steps=200, lr=1e-2, learned_loss=0.3)
     delta, report = selective_update(model, x, y, anchor, fisher, mcfg)
     assert report.learned and 0 < report.steps < 200
@@ -99,13 +106,7 @@ def test_lesson_loss_is_learned_only_when_every_answer_token_is_first():
 
 
 def test_an_update_is_learned_only_once_the_kept_answers_are_right_again():
-    torch.manual_seed(0)
-    model = GPT(CFG).eval()
-    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
-    fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
-    x = torch.randint(0, 64, (2, 16))
-    y = torch.full((2, 16), -1)
-    y[:, 10:] = torch.randint(0, 64, (2, 6))
+    model, anchor, fisher, x, y = model_and_lessons()
     kx = torch.randint(0, 64, (8, 16))                              # answers the model gives now, to keep
     with torch.no_grad():
         ky = model(kx).argmax(-1)
