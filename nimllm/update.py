@@ -84,7 +84,11 @@ def lesson_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, learned_loss: floa
     """The mean loss on the answers, and whether they are learned: every answer token the model's
     first choice and the mean loss under learned_loss (a sampled answer then says it too)."""
     loss, right = answer_loss(model(x), y)
-    return loss, bool(right.sum() == (y >= 0).sum()) and loss.item() <= learned_loss
+    return loss, all_right(right, y) and loss.item() <= learned_loss
+
+
+def all_right(right: torch.Tensor, y: torch.Tensor) -> bool:
+    return bool(right.sum() == (y >= 0).sum())
 
 
 # Adam moves every chosen weight by about lr per step, however small its gradient; SGD moves each in
@@ -179,9 +183,10 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
             total = sum(losses) + sum(model(*xy) for xy in extra)
         if right_before is None:
             right_before = right[1:]
-        learned = (bool(right[0].sum() == (y >= 0).sum()) and losses[0].item() <= mcfg.learned_loss
+        lesson = losses[0].item()
+        learned = (all_right(right[0], y) and lesson <= mcfg.learned_loss
                    and all(bool(now[before].all()) for now, before in zip(right[1:], right_before)))
-        return total, losses[0].item(), learned
+        return total, lesson, learned
 
     # the first gradient, EWC's included, chooses the weights that may move
     model.zero_grad(set_to_none=True)
@@ -195,14 +200,12 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
     optimizer = OPTIMIZERS[mcfg.optimizer](list(moving.values()), lr=mcfg.lr)
     steps = 0
     while not learned and steps < mcfg.steps:
-        if steps:
+        if steps:   # the first gradient has EWC's already
             model.zero_grad(set_to_none=True)
             total.backward()
-            with torch.no_grad():
-                for n, (weight, at) in ewc_pull.items():
-                    params[n].grad.view(-1)[masks[n]] += weight * (moving[n] - at)
         for n, idx in masks.items():
-            moving[n].grad = params[n].grad.view(-1)[idx]
+            weight, at = ewc_pull[n]
+            moving[n].grad = params[n].grad.view(-1)[idx] + (weight * (moving[n].detach() - at) if steps else 0)
         optimizer.step()
         with torch.no_grad():
             for n, idx in masks.items():
