@@ -156,7 +156,8 @@ class Opening(threading.Thread):
             from nimllm.memory import Memory
             self.memory = Memory(folder, device)
             self.memory.learn_pending(log=partial(print, file=stdout, flush=True))
-            self.memory.warm_up()
+            if self.memory.device.startswith("cuda"):
+                self.memory.warm_up()
         except BaseException as e:   # raised again on the chat's thread, where the command line reports it
             self.error = e
 

@@ -69,14 +69,15 @@ class Memory:
         return self._decoder[1]
 
     def warm_up(self) -> None:
-        """On a GPU, one forward and backward pass of a few tokens: its libraries load at their first
-        use, which would otherwise fall on the first update. The chat does it while the user types."""
-        if self.model.wte.weight.device.type == "cuda":
-            x = torch.zeros(1, 8, dtype=torch.long, device=self.device)
-            with Runtime(self.device).autocast():   # in the update's precision
-                loss = self.model(x, x)
-            loss.backward()
-            self.model.zero_grad(set_to_none=True)
+        """The whole update once, dry: the control answers as lessons, at a learning rate of 0 (Adam then
+        moves nothing, and the weights stay as they are) and never "learned", so that both kinds of step
+        run. What a GPU loads or builds at first use (libraries, kernels, attention plans at the replay's
+        shape), the Fisher and the control set then cost the user's typing time, not the first update's.
+        The chat calls it on a GPU only: on a CPU a dry update costs as much as a real one."""
+        x, y = control_batch(self.control, self.device)
+        extra, keep, _ = self._rehearsal([])
+        dry = replace(self.mcfg, lr=0.0, steps=2, learned_loss=-1.0)
+        selective_update(self.model, x, y, self.anchor, self.fisher, dry, extra, keep)
 
     # ---- what the first update needs, made once on the base model and kept in the folder ----
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nimllm.config import MemoryConfig
 from nimllm.model import GPT
@@ -90,6 +91,10 @@ def lesson_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, learned_loss: floa
 def all_right(right: torch.Tensor, y: torch.Tensor) -> bool:
     return bool(right.sum() == (y >= 0).sum())
 
+
+# Attention in the update, cuDNN's left out: it builds a plan for every new (B, T), and every update
+# brings new ones (its lessons' lengths), which the first update of a chat paid in seconds.
+UPDATE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # Adam moves every chosen weight by about lr per step, however small its gradient; SGD moves each in
 # proportion to its gradient (what sparse memory fine-tuning uses, since Adam's fresh moments distort
@@ -177,7 +182,7 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
         """The loss to descend (without EWC), the lessons' loss, and whether they are learned with the
         kept answers right again."""
         nonlocal right_before
-        with matmuls:
+        with matmuls, sdpa_kernel(UPDATE_ATTENTION):
             logits = model(short_x)                                          # (B, T, V)
             losses, right = zip(*(answer_loss(logits[r], short_y[r]) for r in rows))
             total = sum(losses) + sum(model(*xy) for xy in extra)

@@ -121,6 +121,30 @@ def test_opening_a_memory_leaves_the_fisher_control_and_decoder_for_later(folder
     assert (folder.memory / "fisher.safetensors").exists() and folder.control.exists()
 
 
+def test_the_warm_up_is_a_dry_update_that_changes_nothing(folder, tmp_path):
+    """The chat's warm-up runs the whole update at a learning rate of 0: the weights, the store and the
+    folder stay as they were, and the next update is the one a process without the warm-up makes."""
+    from nimllm.config import ModelFolder
+    from nimllm.deltas import load_delta
+    from nimllm.memory import Memory
+    mem = Memory(folder, "cpu")
+    mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
+    twin = ModelFolder(tmp_path / "twin")
+    shutil.copytree(folder.root, twin.root)
+    before, files = weights(mem.model), sorted(folder.memory.iterdir())
+    mem.warm_up()
+    assert same(before, weights(mem.model)) and sorted(folder.memory.iterdir()) == files
+    assert len(mem.store.deltas()) == 1 and all(p.grad is None for p in mem.model.parameters())
+    deltas = []
+    for m in (mem, Memory(twin, "cpu")):
+        report = m.learn([have_conversation(m.store, ("user", "the boat is called Blue Heron"))], log=lambda *_: None)
+        deltas.append(load_delta(m.folder.root / m.store.deltas()[-1].file))
+        assert report.n_weights
+    assert deltas[0].keys() == deltas[1].keys()
+    assert all(torch.equal(deltas[0][n][0], deltas[1][n][0]) and torch.equal(deltas[0][n][1], deltas[1][n][1])
+               for n in deltas[0])
+
+
 def test_the_control_check_keeps_an_update_that_leaves_its_answers_and_not_one_that_changes_them(folder):
     from nimllm.config import MemoryConfig
     from nimllm.memory import Memory
