@@ -317,12 +317,12 @@ def agent_scores(source: Path, args, work: Path, console: Console) -> dict:
     baked = weights_only(learner, work / "unrelated-weights", step)
     result = {"unrelated_chats": [{k: c[k] for k in ("message", "reply", "learned", "time_to_prompt_s", "exit_s",
                                                        "error")} for c in chats],
-              "per_group": args.agent_per_group}
+              "limit": args.agent_limit}
     for name, folder in (("before", base), ("after_unrelated_chats", baked)):
         out = work / f"agent-{name}.json"
-        cmd = [sys.executable, str(REPO / "bench" / "agent.py"), "--model", str(folder), "--per-group",
-               str(args.agent_per_group), "--learn", "0", "--out", str(out), *(["--device", args.device]
-                                                                                if args.device else [])]
+        cmd = [sys.executable, str(REPO / "bench" / "agent.py"), "--model", str(folder), "--generated", "0",
+               "--learn", "0", "--out", str(out), *(["--limit", str(args.agent_limit)] if args.agent_limit else []),
+               *(["--device", args.device] if args.device else [])]
         done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=REPO)
         if done.returncode or not out.exists():
             result[name] = {"error": (done.stdout + done.stderr).strip()[-2000:]}
@@ -512,7 +512,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=900, help="seconds one chat process may take")
     ap.add_argument("--agent", action="store_true", help="also bench/agent.py on the base model and on a copy that "
                                                          "learned bench/unrelated_chats.txt (needs bubblewrap)")
-    ap.add_argument("--agent-per-group", type=int, default=10, help="agent tasks per group (default 10)")
+    ap.add_argument("--agent-limit", type=int, help="hand-written agent requests asked (default: all)")
     ap.add_argument("--unrelated", type=Path, default=UNRELATED, help="--agent: the chats learned, one a line")
     ap.add_argument("--in-process", type=memory_settings, nargs="+", metavar="SETTINGS",
                     help=f"also the {IN_PROCESS}, once per memory setting: 'default' or changes such as "

@@ -1,0 +1,698 @@
+"""The kinds of everyday shell task the agent-skill corpus teaches, each assembled from parts.
+
+A request is not one of a kind's few sentences: it is put together from an intent, the object it is
+about (a file, a set of files described by extension, name, size, age and place), quantities and
+modifiers, in the words of a large table of synonyms, as a question or an order, polite, indirect or
+terse, now and then with a typo. The command is put together from matching parts (`find` with
+`-name`, `-size`, `-mtime`, `-maxdepth`; pipes into `wc -l`, `sort`, `uniq -c`, `head`, `tail`),
+and the answer carries what the command printed. The hand-written requests that bench/agent.py asks
+are never read here.
+
+    rng = random.Random(0); request = KINDS["count_files"].make(rng, scratch)
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+# ---- words --------------------------------------------------------------------------------------------
+
+# {NAME} in a template: one of these, itself expanded; [a|b|c]: one of a, b, c
+MACROS = {
+    "SHOW": "[show|print|display|give me|let me see|output|dump|list]",
+    "SHOWQ": "[show|print|display|give|list]",
+    "FILES": "[files|documents|file]",
+    "FOLDER": "[folder|directory|dir]",
+    "COUNT": "[count|tally up|tally|add up|figure out the number of|get me the count of]",
+    "HOWMANY": "[how many|how many|what number of|how many total]",
+    "FIND": "[find|locate|look for|search for|track down|hunt down]",
+    "WHICH": "[which|what]",
+    "BIG": "[biggest|largest|heaviest]",
+    "SMALL": "[smallest|tiniest|lightest]",
+    "NEW": "[newest|most recent|latest|most recently changed|last modified]",
+    "MAKE": "[create|make|set up|add]",
+    "LINES": "[lines|rows|lines of text]",
+    "WORDS": "[words|word tokens]",
+    "CONTAINS": "[contain|mention|include|have|use]",
+    "TELL": "[tell me|let me know|I want to know|I'd like to know|do you know]",
+}
+EXT_WORDS = {".md": ["markdown", "md", ".md"], ".py": ["python", "py", ".py"], ".txt": ["text", "txt", ".txt"],
+             ".log": ["log", ".log"], ".csv": ["csv", ".csv"], ".json": ["json", ".json"],
+             ".sh": ["shell script", ".sh"], ".html": ["html", ".html"], ".yaml": ["yaml", ".yaml", "yml"]}
+EXT_NOUNS = {".md": ["notes", "markdown docs"], ".py": ["python scripts", "scripts"], ".log": ["logs", "log files"],
+             ".sh": ["shell scripts"], ".html": ["web pages"], ".csv": ["spreadsheets"], ".txt": ["text files"],
+             ".json": ["json files"], ".yaml": ["yaml configs"]}
+HERE = ["", "", " here", " in this folder", " in this directory", " in the current folder", " in here",
+        " in cwd", " around here"]
+Q_OPENERS = ["", "", "", "hey, ", "quick question: ", "so ", "ok ", "hi, ", "question: ", "um, "]
+I_OPENERS = ["", "", "", "please ", "can you ", "could you ", "would you ", "I need you to ", "go ahead and ",
+             "pls ", "kindly ", "hey, ", "I'd like you to "]
+# first words of a request that is an order ("count the ..."): only those take "please", "can you"...
+VERBS = set("""show print display give let output dump list count tally add figure get find locate look search track
+hunt create make set sort put write save append copy duplicate rename change call move mv replace compare diff read
+open extract unpack unzip archive compress pack zip back dedupe calculate compute work grep cat ls mkdir wc git pwd
+date tell""".split())
+CLOSERS = ["", "", "", " please", " thanks", " for me", " now", ", thank you", " real quick", " asap"]
+TYPO_RATE = 0.12
+
+
+def expand(template: str, rng, **values) -> str:
+    """A template with its macros, alternatives ([a|b]) and slots filled in."""
+    for _ in range(3):   # macros may hold alternatives that hold macros
+        template = re.sub(r"\{([A-Z]+)\}", lambda m: MACROS[m[1]], template)
+    while "[" in template:   # innermost first
+        template = re.sub(r"\[([^\[\]]*)\]", lambda m: rng.choice(m[1].split("|")), template)
+    return template.format(**values).replace("  ", " ")
+
+
+def typo(rng, text: str, keep: set[str]) -> str:
+    """One word of four letters or more misspelled (swapped, dropped or doubled letter), never a
+    file name or a value the command needs."""
+    words = text.split(" ")
+    spots = [i for i, w in enumerate(words) if w.isalpha() and len(w) >= 4 and w not in keep]
+    if not spots:
+        return text
+    i = rng.choice(spots)
+    w, j = words[i], rng.randrange(1, len(words[i]) - 1)
+    words[i] = rng.choice([w[:j] + w[j + 1] + w[j] + w[j + 2:], w[:j] + w[j + 1:], w[:j] + w[j] + w[j:]])
+    return " ".join(words)
+
+
+def phrase(rng, template: str, keep: set[str] = frozenset(), **values) -> str:
+    """A whole request: the core (a question if it ends in '?', else an order) with an opener and a
+    closer, sometimes terse (no question mark, no article), sometimes capitalised or misspelled."""
+    core = expand(template, rng, **values)
+    question = core.endswith("?")
+    core = core.rstrip("?")
+    opener = rng.choice(I_OPENERS if not question and core.split()[0] in VERBS else Q_OPENERS)
+    asks = question or opener.strip() in ("can you", "could you", "would you")
+    text = opener + core + rng.choice(CLOSERS) + ("?" if asks and rng.random() < 0.85 else "")
+    if rng.random() < 0.15:
+        text = re.sub(r"\b(the|a|an) ", "", text)
+    if rng.random() < TYPO_RATE:
+        text = typo(rng, text, {str(v) for v in values.values()} | keep)
+    if rng.random() < 0.3:
+        text = text[:1].upper() + text[1:]
+    return text
+
+
+# ---- what a request is about ------------------------------------------------------------------------
+
+def in_place(place: str, rng) -> str:
+    if place == ".":
+        return rng.choice(HERE)
+    return expand(rng.choice([" in {p}", " under {p}", " inside {p}", " in the {p} {FOLDER}", " in {p}/",
+                              " within {p}"]), rng, p=place)
+
+
+@dataclass
+class FileSet:
+    """Files described as a person describes them, and the `find` that lists them."""
+    place: str = "."
+    ext: str | None = None
+    name_part: str | None = None
+    min_kb: int | None = None      # larger than this many KiB (find -size +Nk)
+    days: int | None = None        # changed less than this many days ago (find -mtime -N)
+    top_only: bool = False         # not in subfolders (find -maxdepth 1)
+
+    def find(self) -> str:
+        parts = ["find", self.place]
+        if self.top_only:
+            parts.append("-maxdepth 1")
+        parts.append("-type f")
+        if self.ext:
+            parts.append(f"-name '*{self.ext}'")
+        if self.name_part:
+            parts.append(f"-name '*{self.name_part}*'")
+        if self.min_kb is not None:
+            parts.append(f"-size +{self.min_kb}k")
+        if self.days is not None:
+            parts.append(f"-mtime -{self.days}")
+        if self.place == ".":
+            parts.append("-not -path './.git/*'")
+        return " ".join(parts)
+
+    def matches(self, root: Path) -> list[str]:
+        """The same set, found by Python (what tests check the commands against)."""
+        base, now, found = root / self.place, time.time(), []
+        for p in base.rglob("*"):
+            rel = p.relative_to(base)
+            if not p.is_file() or ".git" in rel.parts or (self.top_only and len(rel.parts) > 1):
+                continue
+            if self.ext and not p.name.endswith(self.ext) or self.name_part and self.name_part not in p.name:
+                continue
+            if self.min_kb is not None and math.ceil(p.stat().st_size / 1024) <= self.min_kb:
+                continue
+            if self.days is not None and (now - p.stat().st_mtime) // 86400 >= self.days:
+                continue
+            found.append(str(Path(self.place) / rel) if self.place != "." else str(rel))
+        return sorted(found)
+
+    def noun(self, rng) -> str:
+        """'markdown files', 'python scripts with report in the name bigger than 2 KB', ..."""
+        if self.ext:
+            word = rng.choice(EXT_WORDS[self.ext])
+            noun = rng.choice([f"{word} {{FILES}}", f"{{FILES}} ending in {self.ext}", f"*{self.ext} {{FILES}}",
+                               *EXT_NOUNS[self.ext]])
+        else:
+            noun = "{FILES}"
+        if self.name_part:
+            noun += rng.choice([f" with {self.name_part} in the name", f" named like {self.name_part}",
+                                f" whose name has {self.name_part} in it", f" called something with {self.name_part}"])
+        if self.min_kb is not None:
+            noun += rng.choice([f" bigger than {self.min_kb} KB", f" over {self.min_kb}k", f" larger than {self.min_kb} KB",
+                                f" above {self.min_kb} kilobytes"])
+        if self.days is not None:
+            noun += rng.choice([f" changed in the last {self.days} days", f" modified within {self.days} days",
+                                f" edited in the past {self.days} days", f" touched less than {self.days} days ago"])
+        return expand(noun, rng)
+
+    def where(self, rng) -> str:
+        place = in_place(self.place, rng)
+        if self.top_only:
+            place += rng.choice([" (not in subfolders)", " at the top level only", ", not counting subfolders",
+                                 " without going into subfolders"])
+        return place
+
+    def said(self) -> str:
+        """How the answer names the set (plainly, for the model to copy)."""
+        parts = [f"{self.ext} files" if self.ext else "files"]
+        if self.name_part:
+            parts.append(f"with {self.name_part} in the name")
+        if self.min_kb is not None:
+            parts.append(f"bigger than {self.min_kb} KB")
+        if self.days is not None:
+            parts.append(f"changed in the last {self.days} days")
+        if self.place != ".":
+            parts.append(f"in {self.place}")
+        return " ".join(parts)
+
+
+def draw_fileset(rng, s, filters: int | None = None) -> FileSet:
+    """A set of files in the scratch folder, with up to two filters that some file passes."""
+    fs = FileSet(place=rng.choice(["."] * 3 + s.folders))
+    files = FileSet(fs.place).matches(s.root)
+    if not files:
+        return fs
+    example = s.root / rng.choice(files)
+    for f in rng.sample(["ext", "ext", "name", "size", "days", "top"], rng.choice([0, 1, 1, 1, 2]) if filters is None
+                        else filters):
+        if f == "ext" and example.suffix in EXT_WORDS:
+            fs.ext = example.suffix
+        elif f == "name":
+            fs.name_part = example.stem.split("_")[0]
+        elif f == "size":
+            below = math.ceil(example.stat().st_size / 1024) - 1 - rng.randint(0, 1)
+            fs.min_kb = below if below >= 1 else None
+        elif f == "days":
+            age = (time.time() - example.stat().st_mtime) // 86400
+            if age < 60:
+                fs.days = int(age) + rng.randint(1, 5)
+        elif f == "top" and example.parent == s.root / fs.place:
+            fs.top_only = True
+    return fs
+
+
+# ---- reading what a command printed ---------------------------------------------------------------------
+
+def lines_of(out: str) -> list[str]:
+    return [line.strip().removeprefix("./") for line in out.splitlines() if line.strip()]
+
+
+def number(out: str) -> str | None:
+    found = re.findall(r"-?\d+(?:\.\d+)?", out)
+    return found[0] if len(found) == 1 else None
+
+
+def names(items: list[str]) -> str | None:
+    shown = items[:6] + ([f"{len(items) - 6} more"] if len(items) > 6 else [])
+    return None if not shown else shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+
+
+def listing(out: str) -> dict | None:
+    """{count} and {names} for an answer such as '3 markdown files: a.md, b.md and c.md'."""
+    items = lines_of(out)
+    return {"count": len(items), "names": names(items) or "none"}
+
+
+def first(out: str) -> str | None:
+    items = lines_of(out)
+    return items[0] if items else None
+
+
+def last(out: str) -> str | None:
+    items = lines_of(out)
+    return items[-1] if items else None
+
+
+def sized_path(out: str) -> str | None:
+    """'src/a.py (1234 bytes)' from '1234 ./src/a.py'."""
+    size, _, path = (first(out) or "").partition(" ")
+    return f"{path.removeprefix('./')} ({size} bytes)" if size.isdigit() and path else None
+
+
+def quoted(out: str) -> str | None:
+    items = lines_of(out)
+    return f'"{items[0]}"' if len(items) == 1 else None
+
+
+def shown(out: str) -> str | None:
+    """For output the user reads in the transcript: its first line, named."""
+    items = out.strip().splitlines()
+    return f'it starts "{items[0].strip()}"' if items and items[0].strip() else "it is empty"
+
+
+def frequency(out: str) -> str | None:
+    count, _, item = (first(out) or "").partition(" ")
+    return f"{item.strip()} ({count} times)" if count.isdigit() and item.strip() else None
+
+
+def git_changes(out: str) -> str:
+    items = [line[3:] for line in out.splitlines() if len(line) > 3]
+    return f"{len(items)} changed: {names(items)}" if items else "nothing has changed since the last commit"
+
+
+def done(out: str) -> str:
+    return "done"
+
+
+# ---- kinds ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Request:
+    """One request about one scratch folder: what the user says, the command that does it, and how to
+    answer from its output."""
+    kind: str
+    text: str
+    command: str
+    answer: Callable[[str], str | None]           # the answer, from what the command printed (None: none fits)
+    check: str = "answer"                         # "answer": it must carry the result; "files": the folder changes
+    verify: Callable[[Path], bool] | None = None  # with "files": is the folder as asked?
+    values: dict = field(default_factory=dict)
+    ok_exits: tuple[int, ...] = (0,)              # exit codes of a command that did its work (diff: 1 = differ)
+
+
+@dataclass
+class Kind:
+    name: str
+    make: Callable                    # (rng, scratch) -> Request | None (None: the folder does not fit)
+
+
+def answered(templates: list[str], key: Callable[[str], str | None], rng, **values) -> Callable[[str], str | None]:
+    """The answer function of a request: one of the templates, with {key} (or the fields of a dict
+    key, such as {count} and {names}) read from the output."""
+    template = rng.choice(templates)
+
+    def answer(out: str) -> str | None:
+        k = key(out)
+        return None if k is None else expand(template, rng, **{**values, **(k if isinstance(k, dict) else {"key": k})})
+    return answer
+
+
+def fileset_kind(name: str, questions: list[str], pipe: str, answers: list[str], key, filters=None) -> Kind:
+    """A kind about a set of files: `find` for the set, then `pipe` on what it lists."""
+    def make(rng, s) -> Request | None:
+        fs = draw_fileset(rng, s, filters)
+        if not fs.matches(s.root):
+            return None
+        v = {"set": fs.noun(rng), "where": fs.where(rng), "said": fs.said()}
+        keep = set(re.findall(r"[\w.]+", v["set"] + v["where"])) - set(MACROS)
+        return Request(name, phrase(rng, rng.choice(questions), keep, **v), fs.find() + pipe,
+                       answered(answers, key, rng, **v), values={"fileset": fs})
+    return Kind(name, make)
+
+
+def simple_kind(name: str, slots: Callable, questions: list[str], command: str, answers: list[str], key,
+                check: str = "answer", verify=None, ok_exits=(0,)) -> Kind:
+    """A kind whose slots come from `slots(rng, scratch)` (a dict, or None when the folder does not fit)."""
+    def make(rng, s) -> Request | None:
+        v = slots(rng, s)
+        if v is None:
+            return None
+        return Request(name, phrase(rng, rng.choice(questions), **v), command.format(**v),
+                       answered(answers, key, rng, **v), check, verify and holds(verify, v), v, ok_exits)
+    return Kind(name, make)
+
+
+def holds(verify: Callable[[Path, dict], bool], v: dict) -> Callable[[Path], bool]:
+    """A check of the folder that is False, not an error, where a file it reads is missing."""
+    def check(root: Path) -> bool:
+        try:
+            return verify(root, v)
+        except (OSError, UnicodeDecodeError):
+            return False
+    return check
+
+
+# slot makers: the files of the scratch folder a kind may be about
+def a_file(rng, s):
+    files = [f for f in s.files if not f.endswith(".tar.gz")]
+    return {"file": rng.choice(files)} if files else None
+
+
+def a_text(rng, s):
+    files = s.text_files()
+    return {"file": rng.choice(files), "n": rng.randint(2, 6)} if files else None
+
+
+def a_word(rng, s):
+    with_word = [f for f in s.text_files() if s.keywords[0] in (s.root / f).read_text()]
+    return {"file": rng.choice(with_word), "word": s.keywords[0]} if with_word else None
+
+
+def word_anywhere(rng, s):
+    return {"word": s.keywords[0], "where": in_place(".", rng)} if any(
+        s.keywords[0] in (s.root / f).read_text() for f in s.text_files()) else None
+
+
+def a_list(rng, s):
+    lists = [f for f in ("names.txt", "colors.txt", "cities.txt") if f in s.files]
+    return {"file": rng.choice(lists)} if lists else None
+
+
+def numbers(rng, s):
+    return {"file": "numbers.txt"} if "numbers.txt" in s.files else None
+
+
+def a_line_range(rng, s):
+    files = [f for f in s.text_files() if len((s.root / f).read_text().splitlines()) >= 4]
+    if not files:
+        return None
+    f = rng.choice(files)
+    total = len((s.root / f).read_text().splitlines())
+    a = rng.randint(1, total - 1)
+    return {"file": f, "a": a, "b": rng.randint(a + 1, total), "n": rng.randint(1, total)}
+
+
+def a_folder(rng, s):
+    return {"folder": rng.choice(s.folders)} if s.folders else None
+
+
+def a_place(rng, s):
+    place = rng.choice(["."] + s.folders)
+    return {"place": place, "where": in_place(place, rng),
+            "name": expand("[this {FOLDER}|the current {FOLDER}]", rng) if place == "." else place}
+
+
+def new_folder(rng, s):
+    return {"new": s.new_name(rng)}
+
+
+def new_file(rng, s):
+    return {"new": s.new_name(rng, rng.choice([".txt", ".md"])), "text": " ".join(rng.sample(s.words, rng.randint(1, 3)))}
+
+
+def file_and_text(rng, s):
+    files = s.text_files()
+    return {"file": rng.choice(files), "text": " ".join(rng.sample(s.words, rng.randint(1, 3)))} if files else None
+
+
+def file_and_folder(rng, s):
+    top = [f for f in s.files if "/" not in f]
+    return {"file": rng.choice(top), "folder": rng.choice(s.folders)} if top and s.folders else None
+
+
+def file_and_new(rng, s):
+    top = [f for f in s.files if "/" not in f]
+    if not top:
+        return None
+    f = rng.choice(top)
+    return {"file": f, "new": s.new_name(rng, Path(f).suffix)}
+
+
+def replace_word(rng, s):
+    v = a_word(rng, s)
+    return v and {**v, "other": rng.choice(s.words)}
+
+
+def the_pair(rng, s):
+    return {"a": s.pair[0], "b": s.pair[1]} if s.pair else None
+
+
+def the_csv(rng, s):
+    if not s.csv:
+        return None
+    column = rng.choice([("name", 1), ("city", 2), ("amount", 3)])
+    return {"file": s.csv, "column": column[0], "i": column[1]}
+
+
+def the_json(rng, s):
+    if not s.json:
+        return None
+    data = json.loads((s.root / s.json).read_text())
+    return {"file": s.json, "field": rng.choice(sorted(data))}
+
+
+def the_archive(rng, s):
+    return {"file": s.archive[0], "inside": s.archive[1]} if s.archive else None
+
+
+def folder_to_archive(rng, s):
+    return {"folder": rng.choice(s.folders), "new": s.new_name(rng, ".tar.gz")} if s.folders else None
+
+
+def git(rng, s):
+    return {"n": rng.randint(2, 4)} if s.git else None
+
+
+def nothing(rng, s):
+    return {}
+
+
+def sums(rng, s):
+    a, b = rng.randint(2, 999), rng.randint(2, 99)
+    op, word = rng.choice([("+", "[plus|and|+]"), ("-", "[minus|take away|-]"), ("*", "[times|multiplied by|*|x]")])
+    return {"a": a, "b": b, "op": op, "opword": expand(word, rng)}
+
+
+def percent(rng, s):
+    return {"p": rng.choice([5, 10, 15, 20, 25, 50, 75]), "a": rng.randint(2, 40) * 20}
+
+
+def exists_dir(root: Path, v) -> bool:
+    return (root / v["new"]).is_dir()
+
+
+KIND_LIST = [
+    # -- sets of files: count, list, largest, newest, total size ...
+    fileset_kind("count_files", ["{HOWMANY} {set} are there{where}?", "{COUNT} the {set}{where}",
+                                 "{HOWMANY} {set}{where}?", "{TELL} {HOWMANY} {set} I have{where}",
+                                 "what's the count of {set}{where}?", "number of {set}{where}"],
+                 " | wc -l", ["[There are|I count|I found] {key} {said}.", "{key} {said}."], number),
+    fileset_kind("list_files", ["{SHOW} the {set}{where}", "{WHICH} {set} are there{where}?", "{FIND} all {set}{where}",
+                                "what {set} do I have{where}?", "names of the {set}{where}?", "{set}{where}?"],
+                 "", ["{count} {said}: {names}.", "[Found|There are] {count} {said}: {names}."], listing),
+    fileset_kind("largest_file", ["{WHICH} is the {BIG} of the {set}{where}?", "{FIND} the {BIG} {set}{where}",
+                                  "{WHICH} {set}{where} takes the most space?", "{BIG} {set}{where}?"],
+                 " -printf '%s %p\\n' | sort -n | tail -n 1", ["The {BIG} is {key}.", "{key} is the {BIG}."], sized_path),
+    fileset_kind("newest_file", ["{WHICH} is the {NEW} of the {set}{where}?", "{FIND} the {NEW} {set}{where}",
+                                 "{WHICH} {set}{where} changed last?", "{NEW} {set}{where}?"],
+                 " -printf '%T@ %p\\n' | sort -n | tail -n 1 | cut -d' ' -f2-", ["The {NEW} is {key}.",
+                                                                                "{key} changed last."], first),
+    fileset_kind("total_size", ["how much space do the {set}{where} take?", "total size of the {set}{where}?",
+                                "{HOWMANY} bytes do the {set}{where} use [together|in all|combined]?",
+                                "add up the sizes of the {set}{where}"],
+                 " -printf '%s\\n' | awk '{s+=$1} END {print s+0}'", ["{key} bytes in all.",
+                                                                          "The {said} take {key} bytes."], number),
+    fileset_kind("total_lines", ["{HOWMANY} {LINES} are in the {set}{where} [together|in total|combined]?",
+                                 "total line count of the {set}{where}", "{COUNT} all {LINES} of the {set}{where}"],
+                 " -exec cat {} + | wc -l", ["{key} lines in all.", "The {said} have {key} lines together."], number),
+    simple_kind("find_file", lambda r, s: {"base": Path(r.choice(s.files)).name} if s.files else None,
+                ["where is {base}?", "{FIND} {base}", "where can I find {base}?", "which {FOLDER} has {base}?",
+                 "path of {base}?", "where did I put {base}?"], "find . -name '{base}'",
+                ["{base} is at {key}.", "Found it: {key}."], lambda out: names(lines_of(out))),
+    simple_kind("find_name_part", lambda r, s: {"part": Path(r.choice(s.files)).stem.split("_")[0]} if s.files else None,
+                ["{FIND} {FILES} with {part} in the name", "{WHICH} {FILES} are named like {part}?",
+                 "any {FILES} called something with {part}?", "{SHOW} {FILES} whose name contains {part}"],
+                "find . -name '*{part}*' -not -path './.git/*'", ["{count} [found|match]: {names}."], listing),
+    simple_kind("count_folders", a_place, ["{HOWMANY} {FOLDER}s are there{where}?", "{COUNT} the {FOLDER}s{where}",
+                                           "{HOWMANY} subfolders{where}?"],
+                "find {place} -mindepth 1 -type d -not -path '*/.git*' | wc -l", ["{key} folders in {name}."], number),
+    simple_kind("list_folders", a_place, ["{WHICH} {FOLDER}s are there{where}?", "{SHOW} the subfolders{where}",
+                                          "list the {FOLDER}s{where}"],
+                "find {place} -mindepth 1 -type d -not -path '*/.git*'", ["{count} folders: {names}."], listing),
+    simple_kind("list_here", nothing, ["{SHOW} what is here", "what's in this {FOLDER}?", "ls",
+                                       "{SHOW} the contents of this {FOLDER}", "what {FILES} are here?"],
+                "ls", ["{count} [entries|items]: {names}.", "Here: {names}."], listing),
+    simple_kind("list_folder", a_folder, ["what is in {folder}?", "{SHOW} the contents of {folder}",
+                                          "what's inside the {folder} {FOLDER}?", "ls {folder}"],
+                "ls {folder}", ["{folder} has {count}: {names}."], listing),
+    # -- one file: lines, words, bytes; parts of it
+    simple_kind("count_lines", a_file, ["{HOWMANY} {LINES} does {file} have?", "{COUNT} the {LINES} in {file}",
+                                        "line count of {file}?", "how long is {file} in lines?", "wc -l {file}",
+                                        "{HOWMANY} {LINES} are in {file}?"],
+                "wc -l < {file}", ["{file} has {key} lines.", "{key} lines."], number),
+    simple_kind("count_words", a_text, ["{HOWMANY} {WORDS} are in {file}?", "{COUNT} the {WORDS} in {file}",
+                                        "word count of {file}[ please|]", "how long is {file} in words?"],
+                "wc -w < {file}", ["{file} has {key} words.", "{key} words."], number),
+    simple_kind("file_size", a_file, ["how big is {file}?", "what size is {file}?", "{HOWMANY} bytes is {file}?",
+                                      "size of {file}?", "how large is {file}?"],
+                "wc -c < {file}", ["{file} is {key} bytes.", "{key} bytes."], number),
+    simple_kind("show_file", a_text, ["{SHOW} {file}", "what does {file} say?", "cat {file}", "open {file}",
+                                      "read {file} to me", "what's in {file}?"],
+                "cat {file}", ["That is {file}: {key}.", "Shown above; {key}."], shown),
+    simple_kind("head_lines", a_text, ["{SHOW} the first {n} {LINES} of {file}", "first {n} {LINES} of {file}?",
+                                       "head of {file}", "top {n} {LINES} of {file}"],
+                "head -n {n} {file}", ["The first lines of {file}: {key}.", "Above; {key}."], shown),
+    simple_kind("tail_lines", a_text, ["{SHOW} the last {n} {LINES} of {file}", "last {n} {LINES} of {file}?",
+                                       "tail of {file}", "bottom {n} {LINES} of {file}", "end of {file}"],
+                "tail -n {n} {file}", ["The last lines of {file}: {key}.", "Above; {key}."], shown),
+    simple_kind("first_line", a_text, ["what is the first line of {file}?", "{SHOW} the first line of {file}",
+                                       "how does {file} start?", "line 1 of {file}?"],
+                "head -n 1 {file}", ["The first line of {file} is {key}.", "It starts with {key}."], quoted),
+    simple_kind("last_line", a_text, ["what is the last line of {file}?", "{SHOW} the last line of {file}",
+                                      "how does {file} end?", "final line of {file}?"],
+                "tail -n 1 {file}", ["The last line of {file} is {key}.", "It ends with {key}."], quoted),
+    simple_kind("line_n", a_line_range, ["what is line {n} of {file}?", "{SHOW} line {n} of {file}",
+                                         "line number {n} in {file}?", "what does line {n} of {file} say?"],
+                "sed -n '{n}p' {file}", ["Line {n} of {file} is {key}.", "It says {key}."], quoted),
+    # -- searching text
+    simple_kind("grep_files", word_anywhere, ["{WHICH} {FILES} {CONTAINS} {word}?", "{FIND} the {FILES} that {CONTAINS} {word}",
+                                              "where does {word} appear?", "grep for {word}",
+                                              "search {word}{where}", "{WHICH} {FILES} say {word}?"],
+                "grep -rl '{word}' . --exclude-dir=.git", ["{word} is in {count} files: {names}.", "{names}."], listing),
+    simple_kind("grep_count_files", word_anywhere, ["{HOWMANY} {FILES} {CONTAINS} {word}?",
+                                                    "in {HOWMANY} {FILES} does {word} appear?",
+                                                    "{COUNT} the {FILES} that mention {word}"],
+                "grep -rl '{word}' . --exclude-dir=.git | wc -l", ["{key} files mention {word}."], number),
+    simple_kind("grep_lines", a_word, ["{SHOW} the {LINES} of {file} that {CONTAINS} {word}",
+                                       "{WHICH} {LINES} of {file} mention {word}?", "{FIND} {word} in {file}",
+                                       "grep {word} in {file}", "on what line of {file} is {word}?"],
+                "grep -n '{word}' {file}", ["{word} is on line {key} of {file}.", "Line {key}."],
+                lambda out: names(re.findall(r"^(\d+):", out, re.M))),
+    simple_kind("grep_count", a_word, ["{HOWMANY} {LINES} of {file} {CONTAINS} {word}?",
+                                       "{COUNT} the {LINES} with {word} in {file}",
+                                       "in {HOWMANY} {LINES} of {file} does {word} appear?"],
+                "grep -c '{word}' {file}", ["{key} lines of {file} contain {word}.", "{key}."], number),
+    simple_kind("grep_everywhere", word_anywhere, ["{SHOW} every line that mentions {word}{where}",
+                                                   "{FIND} all {LINES} with {word}{where}, with line numbers"],
+                "grep -rn '{word}' . --exclude-dir=.git", ["{count} lines mention {word}; shown above."], listing),
+    simple_kind("grep_ignore_case", a_word, ["{FIND} {word} in {file}, ignoring case",
+                                             "{WHICH} {LINES} of {file} have {word} in any case?"],
+                "grep -in '{word}' {file}", ["Lines {key}."], lambda out: names(re.findall(r"^(\d+):", out, re.M))),
+    # -- lists of lines: sort, unique, frequencies, numbers
+    simple_kind("sort_lines", a_list, ["sort {file}", "{SHOW} {file} sorted", "put {file} in [alphabetical|A to Z] order",
+                                       "{file} in order please"], "sort {file}", ["Sorted, {key}."], shown),
+    simple_kind("first_sorted", a_list, ["{WHICH} entry of {file} comes first alphabetically?",
+                                         "first line of {file} in [A to Z|alphabetical] order?"],
+                "sort {file} | head -n 1", ["{key} comes first."], first),
+    simple_kind("unique_lines", a_list, ["{SHOW} the [unique|distinct|different] entries of {file}",
+                                         "{file} without [duplicates|repeats]", "dedupe {file}"],
+                "sort -u {file}", ["The distinct entries: {key}."], lambda out: names(lines_of(out))),
+    simple_kind("count_unique", a_list, ["{HOWMANY} [unique|distinct|different] entries are in {file}?",
+                                         "{COUNT} the distinct lines of {file}"],
+                "sort -u {file} | wc -l", ["{key} distinct entries."], number),
+    simple_kind("most_common", a_list, ["{WHICH} entry appears most [often|] in {file}?",
+                                        "most [common|frequent] line in {file}?", "what comes up most in {file}?"],
+                "sort {file} | uniq -c | sort -rn | head -n 1", ["{key} is the most common."], frequency),
+    simple_kind("frequencies", a_list, ["how often does each entry of {file} appear?", "frequency of each line in {file}",
+                                        "{COUNT} each [entry|value] in {file}"],
+                "sort {file} | uniq -c | sort -rn", ["Most often: {key}."], frequency),
+    simple_kind("sort_numbers", numbers, ["sort {file} [numerically|by value|smallest first]",
+                                          "{SHOW} the numbers in {file} in order"], "sort -n {file}",
+                ["In order, {key}."], shown),
+    simple_kind("min_number", numbers, ["what is the {SMALL} number in {file}?", "[lowest|minimum] value in {file}?",
+                                        "{FIND} the smallest number in {file}"], "sort -n {file} | head -n 1",
+                ["The smallest is {key}.", "{key}."], number),
+    simple_kind("max_number", numbers, ["what is the largest number in {file}?", "[highest|maximum] value in {file}?",
+                                        "{FIND} the biggest number in {file}"], "sort -n {file} | tail -n 1",
+                ["The largest is {key}.", "{key}."], number),
+    simple_kind("sum_numbers", numbers, ["add up the numbers in {file}", "what is the [sum|total] of {file}?",
+                                         "total of the numbers in {file}?"], "awk '{{s+=$1}} END {{print s}}' {file}",
+                ["They add up to {key}.", "The total is {key}."], number),
+    # -- changing files and folders
+    simple_kind("make_folder", new_folder, ["{MAKE} a {FOLDER} called {new}", "mkdir {new}", "new {FOLDER} {new}",
+                                            "I need a {FOLDER} named {new}"], "mkdir -p {new}",
+                ["Created {new}.", "Done: {new} exists now."], done, check="files", verify=exists_dir),
+    simple_kind("make_file", new_file, ["{MAKE} a file {new} [containing|with] {text}", "write {text} to a new file {new}",
+                                        "save {text} in {new}", "put {text} into {new}"], "echo '{text}' > {new}",
+                ["Created {new}.", "Wrote it to {new}."], done, check="files",
+                verify=lambda root, v: (root / v["new"]).is_file() and (root / v["new"]).read_text().strip() == v["text"]),
+    simple_kind("append_line", file_and_text, ["add the line {text} to {file}", "append {text} to {file}",
+                                               "add {text} at the end of {file}"], "echo '{text}' >> {file}",
+                ["Added it to {file}.", "{file} ends with {text} now."], done, check="files",
+                verify=lambda root, v: (root / v["file"]).read_text().splitlines()[-1:] == [v["text"]]),
+    simple_kind("copy_file", file_and_new, ["copy {file} to {new}", "make a copy of {file} called {new}",
+                                            "duplicate {file} as {new}"], "cp {file} {new}",
+                ["Copied {file} to {new}."], done, check="files",
+                verify=lambda root, v: (root / v["new"]).read_bytes() == (root / v["file"]).read_bytes()),
+    simple_kind("rename_file", file_and_new, ["rename {file} to {new}", "change the name of {file} to {new}",
+                                              "call {file} {new} instead"], "mv {file} {new}",
+                ["Renamed {file} to {new}."], done, check="files",
+                verify=lambda root, v: (root / v["new"]).exists() and not (root / v["file"]).exists()),
+    simple_kind("move_file", file_and_folder, ["move {file} into {folder}", "put {file} in the {folder} {FOLDER}",
+                                               "mv {file} to {folder}"], "mv {file} {folder}/",
+                ["Moved {file} into {folder}."], done, check="files",
+                verify=lambda root, v: (root / v["folder"] / v["file"]).exists() and not (root / v["file"]).exists()),
+    simple_kind("replace_text", replace_word, ["replace {word} with {other} in {file}",
+                                               "change every {word} in {file} to {other}",
+                                               "in {file}, swap {word} for {other}"], "sed -i 's/{word}/{other}/g' {file}",
+                ["Replaced {word} with {other} in {file}."], done, check="files",
+                verify=lambda root, v: v["word"] not in (root / v["file"]).read_text()
+                and v["other"] in (root / v["file"]).read_text()),
+    # -- comparing, structured files, archives
+    simple_kind("diff_files", the_pair, ["what's the difference between {a} and {b}?", "diff {a} and {b}",
+                                         "compare {a} with {b}", "how do {a} and {b} differ?"], "diff {a} {b}",
+                ["They differ: {key}."], lambda out: first(out) and f"{len(re.findall(r'^[<>]', out, re.M))} lines differ",
+                ok_exits=(1,)),
+    simple_kind("json_field", the_json, ["what is the {field} in {file}?", "read {field} from {file}",
+                                         "{SHOW} the {field} field of {file}", "value of {field} in {file}?"],
+                "python3 -c \"import json; print(json.load(open('{file}'))['{field}'])\"",
+                ["The {field} is {key}.", "{field}: {key}."], first),
+    simple_kind("csv_column", the_csv, ["{SHOW} the {column} column of {file}", "list the {column}s in {file}",
+                                        "what {column}s are in {file}?"], "cut -d, -f{i} {file} | tail -n +2",
+                ["The {column}s: {key}."], lambda out: names(lines_of(out))),
+    simple_kind("csv_rows", the_csv, ["{HOWMANY} rows does {file} have, not counting the header?",
+                                      "{HOWMANY} records are in {file}?", "{COUNT} the entries in {file}"],
+                "tail -n +2 {file} | wc -l", ["{file} has {key} rows.", "{key} records."], number),
+    simple_kind("csv_sum", the_csv, ["what is the total amount in {file}?", "add up the amount column of {file}",
+                                     "sum of amount in {file}?"], "awk -F, 'NR>1 {{s+=$3}} END {{print s}}' {file}",
+                ["The amounts add up to {key}."], number),
+    simple_kind("archive_list", the_archive, ["what's inside {file}?", "list the contents of {file}",
+                                              "which files are in the archive {file}?"], "tar -tzf {file}",
+                ["{file} holds {count}: {names}."], listing),
+    simple_kind("archive_extract", the_archive, ["extract {file}", "unpack {file} here", "unzip {file}",
+                                                 "open up the archive {file}"], "tar -xzf {file}",
+                ["Extracted {file}."], done, check="files", verify=lambda root, v: (root / v["inside"]).is_dir()),
+    simple_kind("archive_make", folder_to_archive, ["[archive|compress|pack up] {folder} into {new}",
+                                                    "make a tarball {new} of {folder}", "zip {folder} up as {new}"],
+                "tar -czf {new} {folder}", ["Packed {folder} into {new}."], done, check="files",
+                verify=lambda root, v: (root / v["new"]).is_file()),
+    # -- git
+    simple_kind("git_status", git, ["are there uncommitted changes?", "git status", "what changed since the last commit?",
+                                    "is the working tree clean?", "anything to commit?", "{WHICH} {FILES} did I modify?"],
+                "git status --short", ["Git says {key}.", "{key}."], git_changes),
+    simple_kind("git_last_commit", git, ["what was the last commit?", "{SHOW} the last commit message",
+                                         "latest commit?", "what did the most recent commit say?"],
+                "git log -1 --format=%s", ["The last commit is {key}.", "It was {key}."], quoted),
+    simple_kind("git_log", git, ["{SHOW} the last {n} commits", "recent git history", "git log please",
+                                 "what were the last {n} commits?"], "git log --oneline -n {n}",
+                ["The latest: {key}."], lambda out: names([line.split(" ", 1)[-1] for line in lines_of(out)])),
+    simple_kind("git_count", git, ["{HOWMANY} commits are there?", "{COUNT} the commits", "number of commits in this repo?"],
+                "git rev-list --count HEAD", ["There are {key} commits.", "{key} commits."], number),
+    simple_kind("git_author", git, ["who made the last commit?", "who committed last?", "author of the latest commit?"],
+                "git log -1 --format=%an", ["{key} made the last commit."], first),
+    # -- the machine: date, folder, disk, arithmetic
+    simple_kind("date_full", nothing, ["what is the date today?", "today's date?", "what's the date?", "date please"],
+                "date +%F", ["Today is {key}.", "It is {key}."], first),
+    simple_kind("date_day", nothing, ["what day is it?", "which day of the week is it?", "is it friday yet?"],
+                "date +%A", ["Today is {key}.", "It is {key}."], first),
+    simple_kind("date_time", nothing, ["what time is it?", "the time please", "current time?", "what's the time now?"],
+                "date +%H:%M", ["It is {key}.", "The time is {key}."], first),
+    simple_kind("where_am_i", nothing, ["where am I?", "what folder is this?", "pwd", "which directory am I in?",
+                                        "current path?"], "pwd", ["You are in {key}.", "{key}."], first),
+    simple_kind("disk_use", a_place, ["how much space does {name} take?", "disk use of {name}?", "how big is {name}?",
+                                      "size of {name}?"], "du -sh {place}",
+                ["{name} takes {key}.", "{key}."], lambda out: first(out) and first(out).split()[0]),
+    simple_kind("arithmetic", sums, ["what is {a} {opword} {b}?", "calculate {a} {opword} {b}", "{a} {op} {b}?",
+                                     "compute {a} {opword} {b}", "work out {a} {opword} {b}"], "echo $(({a} {op} {b}))",
+                ["{a} {op} {b} is {key}.", "{key}."], number),
+    simple_kind("percentage", percent, ["what is {p}% of {a}?", "{p} percent of {a}?", "calculate {p}% of {a}"],
+                "echo $(({a} * {p} / 100))", ["{p}% of {a} is {key}."], number),
+]
+KINDS = {k.name: k for k in KIND_LIST}

@@ -1,0 +1,152 @@
+"""The kinds of shell task (nimllm/tasks.py): every kind comes in many phrasings, every command runs and
+prints what Python finds in the folder, and the hand-written benchmark (bench/agent_requests.jsonl) is
+out of the generator's sight and sound: no shared request, every taught kind asked, ten and more
+untaught ones, every reference and check true of its folder."""
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+from nimllm import skills
+from nimllm.sandbox import Sandbox
+from nimllm.tasks import KINDS, FileSet, expand, phrase
+
+sys.path.insert(0, str(REPO / "bench"))
+import agent as bench  # noqa: E402
+
+
+def normal(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """40 scratch folders and a request of every kind that fits each."""
+    made = []
+    for seed in range(40):
+        rng = random.Random(seed)
+        s = skills.make_scratch(rng, tmp_path)
+        made.append((s, [r for k in KINDS.values() if (r := k.make(rng, s))]))
+    return made
+
+
+def test_templates_expand_alternatives_macros_and_slots():
+    rng = random.Random(0)
+    texts = {expand("{SHOW} [the|a] [first|[top|head]] {n} lines", rng, n=3) for _ in range(200)}
+    assert all(re.fullmatch(r"[a-z ]+ (the|a) (first|top|head) 3 lines", t) for t in texts) and len(texts) > 20
+    assert not any("[" in t or "{" in t for t in texts)
+    asked = [phrase(random.Random(i), "count the files in {folder}", folder="src_old") for i in range(300)]
+    assert all("src_old" in t for t in asked)                       # a typo never touches a value
+    assert any(t.endswith("?") for t in asked) and any(t.startswith(("please", "Please")) for t in asked)
+
+
+def test_at_least_sixty_kinds_each_in_many_phrasings(folders):
+    """Phrasings apart from the slot values: at least 20 distinct ones per kind in 5 draws over 40 folders."""
+    assert len(KINDS) >= 60
+    phrasings, rng = {}, random.Random(2)
+    for s, _ in folders:
+        for r in (r for k in KINDS.values() for _ in range(5) if (r := k.make(rng, s))):
+            text = r.text
+            for value in r.values.values():
+                if isinstance(value, (str, int)) and str(value):
+                    text = text.replace(str(value), "X")
+            phrasings.setdefault(r.kind, set()).add(normal(text))
+    assert set(phrasings) == set(KINDS), set(KINDS) - set(phrasings)
+    assert min(len(p) for p in phrasings.values()) >= 20, sorted((len(p), k) for k, p in phrasings.items())[:5]
+
+
+def python_truth(r, root: Path) -> str | None:
+    """What the request's command must print, found by Python where the kind is a count, a list, a
+    number or a field (None for the rest)."""
+    v = r.values
+    if "fileset" in v:
+        found = v["fileset"].matches(root)
+        return {"count_files": str(len(found)), "list_files": "\n".join(sorted(found))}.get(r.kind)
+    path = root / str(v.get("file", ""))
+    text = path.read_bytes().decode(errors="replace") if "file" in v and path.is_file() else None
+    numbers = [int(x) for x in text.split()] if r.kind in ("min_number", "max_number", "sum_numbers") else None
+    table = [line.split(",") for line in text.splitlines()[1:]] if r.kind in ("csv_rows", "csv_sum") else None
+    return {"count_lines": lambda: str(text.count("\n")), "count_words": lambda: str(len(text.split())),
+            "file_size": lambda: str((root / v["file"]).stat().st_size),
+            "min_number": lambda: str(min(numbers)), "max_number": lambda: str(max(numbers)),
+            "sum_numbers": lambda: str(sum(numbers)), "csv_rows": lambda: str(len(table)),
+            "csv_sum": lambda: str(sum(int(row[2]) for row in table)),
+            "json_field": lambda: str(json.loads(text)[v["field"]]).replace("True", "true").replace("False", "false"),
+            "count_unique": lambda: str(len(set(text.split("\n")[:-1]))),
+            "arithmetic": lambda: str(eval(f"{v['a']} {v['op']} {v['b']}")),   # noqa: S307 (our own numbers)
+            }.get(r.kind, lambda: None)()
+
+
+def test_every_command_runs_and_prints_what_python_finds(folders):
+    checked = set()
+    for s, requests in folders[:25]:
+        sandbox = Sandbox(s.root)
+        for r in sorted(requests, key=lambda r: r.check == "files"):   # the folder changes last
+            if r.check == "files":
+                assert not r.verify(s.root), r.command
+            truth = python_truth(r, s.root)
+            result = sandbox.run(r.command)
+            if r.check == "files" and result.exit_code:   # an earlier change took its file away
+                continue
+            assert result.exit_code in r.ok_exits, (r.command, result.output)
+            assert r.answer(result.output) or not result.output.strip(), (r.command, result.output)   # (empty: no episode)
+            if r.check == "files":
+                assert r.verify(s.root), r.command
+                checked.add(r.kind)
+            if truth is not None:
+                printed = [line.strip().removeprefix("./") for line in result.output.strip().splitlines()]
+                printed = "\n".join(sorted(printed) if r.kind == "list_files" else printed)   # find's order is the disk's
+                assert printed == truth, (r.command, printed, truth)
+                checked.add(r.kind)
+    assert {"count_files", "list_files", "count_lines", "min_number", "csv_sum", "json_field", "arithmetic",
+            "make_folder", "replace_text", "move_file"} <= checked
+
+
+def test_a_fileset_is_the_find_it_says():
+    fs = FileSet("src", ext=".md", min_kb=2, days=7, top_only=True)
+    assert fs.find() == "find src -maxdepth 1 -type f -name '*.md' -size +2k -mtime -7"
+    assert fs.said() == ".md files bigger than 2 KB changed in the last 7 days in src"
+    assert FileSet().find() == "find . -type f -not -path './.git/*'"
+
+
+# ---- the hand-written benchmark ------------------------------------------------------------------------
+
+REQUESTS = [json.loads(line) for line in (REPO / "bench" / "agent_requests.jsonl").read_text().splitlines()]
+
+
+def test_the_generator_never_writes_a_hand_written_request(folders):
+    generated = {normal(r.text) for _, requests in folders for r in requests}
+    rng = random.Random(1)
+    for s, _ in folders:   # 30 more phrasings of every kind in every folder
+        generated |= {normal(r.text) for k in KINDS.values() for _ in range(30) if (r := k.make(rng, s))}
+    assert len(generated) > 50_000
+    assert not generated & {normal(r["request"]) for r in REQUESTS}
+    sources = "".join(p.read_text() for p in (REPO / "nimllm").glob("*.py"))
+    assert "agent_requests" not in sources and "agent_folders" not in sources
+
+
+def test_the_hand_written_set_asks_every_taught_kind_and_ten_untaught_ones():
+    assert len(REQUESTS) >= 150 and len({normal(r["request"]) for r in REQUESTS}) == len(REQUESTS)
+    taught = {r["kind"] for r in REQUESTS if r.get("taught", True)}
+    untaught = {r["kind"] for r in REQUESTS if not r.get("taught", True)}
+    assert taught == set(KINDS) and len(untaught) >= 10 and not untaught & set(KINDS)
+
+
+def test_every_hand_written_check_is_true_of_its_folder(tmp_path):
+    """The references run and print one line where the check reads an answer; a change's check fails
+    on the untouched folder and passes once its reference command ran."""
+    for task in bench.hand_written():
+        folder = task.make(tmp_path)
+        result = Sandbox(folder).run(task.ref)
+        assert result.exit_code == 0, (task.ref, result.output)
+        if task.check == "files":
+            assert task.verify(folder), task.ref
+            assert not task.verify(task.make(tmp_path)), task.request
+        else:
+            lines = bench.lines_of(result.output)
+            assert lines and (task.check == "shown" or len(lines) == 1), (task.ref, lines)
