@@ -25,7 +25,6 @@ from typing import Callable
 # {NAME} in a template: one of these, itself expanded; [a|b|c]: one of a, b, c
 MACROS = {
     "SHOW": "[show|print|display|give me|let me see|output|dump|list]",
-    "SHOWQ": "[show|print|display|give|list]",
     "FILES": "[files|documents|file]",
     "FOLDER": "[folder|directory|dir]",
     "COUNT": "[count|tally up|tally|add up|figure out the number of|get me the count of]",
