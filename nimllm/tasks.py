@@ -109,6 +109,17 @@ def in_place(place: str, rng) -> str:
                               " within {p}"]), rng, p=place)
 
 
+# each filter of a set of files once: how `find` says it, how a person may say it, how the answer says it
+FILTERS = {
+    "name_part": ("-name '*{}*'", ["with {} in the name", "named like {}", "whose name has {} in it",
+                                   "called something with {}"], "with {} in the name"),
+    "min_kb": ("-size +{}k", ["bigger than {} KB", "over {}k", "larger than {} KB", "above {} kilobytes"],
+               "bigger than {} KB"),
+    "days": ("-mtime -{}", ["changed in the last {} days", "modified within {} days", "edited in the past {} days",
+                            "touched less than {} days ago"], "changed in the last {} days"),
+}
+
+
 @dataclass
 class FileSet:
     """Files described as a person describes them, and the `find` that lists them."""
@@ -119,19 +130,13 @@ class FileSet:
     days: int | None = None        # changed less than this many days ago (find -mtime -N)
     top_only: bool = False         # not in subfolders (find -maxdepth 1)
 
+    def filters(self) -> list[tuple[str, object]]:
+        return [(name, getattr(self, name)) for name in FILTERS if getattr(self, name) is not None]
+
     def find(self) -> str:
-        parts = ["find", self.place]
-        if self.top_only:
-            parts.append("-maxdepth 1")
-        parts.append("-type f")
-        if self.ext:
-            parts.append(f"-name '*{self.ext}'")
-        if self.name_part:
-            parts.append(f"-name '*{self.name_part}*'")
-        if self.min_kb is not None:
-            parts.append(f"-size +{self.min_kb}k")
-        if self.days is not None:
-            parts.append(f"-mtime -{self.days}")
+        parts = ["find", self.place, *(["-maxdepth 1"] if self.top_only else []), "-type f",
+                 *([f"-name '*{self.ext}'"] if self.ext else []),
+                 *(FILTERS[name][0].format(value) for name, value in self.filters())]
         if self.place == ".":
             parts.append("-not -path './.git/*'")
         return " ".join(parts)
@@ -154,21 +159,13 @@ class FileSet:
 
     def noun(self, rng) -> str:
         """'markdown files', 'python scripts with report in the name bigger than 2 KB', ..."""
+        noun = "{FILES}"
         if self.ext:
             word = rng.choice(EXT_WORDS[self.ext])
             noun = rng.choice([f"{word} {{FILES}}", f"{{FILES}} ending in {self.ext}", f"*{self.ext} {{FILES}}",
                                *EXT_NOUNS[self.ext]])
-        else:
-            noun = "{FILES}"
-        if self.name_part:
-            noun += rng.choice([f" with {self.name_part} in the name", f" named like {self.name_part}",
-                                f" whose name has {self.name_part} in it", f" called something with {self.name_part}"])
-        if self.min_kb is not None:
-            noun += rng.choice([f" bigger than {self.min_kb} KB", f" over {self.min_kb}k", f" larger than {self.min_kb} KB",
-                                f" above {self.min_kb} kilobytes"])
-        if self.days is not None:
-            noun += rng.choice([f" changed in the last {self.days} days", f" modified within {self.days} days",
-                                f" edited in the past {self.days} days", f" touched less than {self.days} days ago"])
+        for name, value in self.filters():
+            noun += " " + rng.choice(FILTERS[name][1]).format(value)
         return expand(noun, rng)
 
     def where(self, rng) -> str:
@@ -180,16 +177,9 @@ class FileSet:
 
     def said(self) -> str:
         """How the answer names the set (plainly, for the model to copy)."""
-        parts = [f"{self.ext} files" if self.ext else "files"]
-        if self.name_part:
-            parts.append(f"with {self.name_part} in the name")
-        if self.min_kb is not None:
-            parts.append(f"bigger than {self.min_kb} KB")
-        if self.days is not None:
-            parts.append(f"changed in the last {self.days} days")
-        if self.place != ".":
-            parts.append(f"in {self.place}")
-        return " ".join(parts)
+        parts = [f"{self.ext} files" if self.ext else "files", *(FILTERS[name][2].format(value)
+                                                                  for name, value in self.filters())]
+        return " ".join(parts + ([f"in {self.place}"] if self.place != "." else []))
 
 
 def draw_fileset(rng, s, filters: int | None = None) -> FileSet:
