@@ -192,7 +192,7 @@ def detour(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, 
         request.text = request.text.replace(path, base)
         bare = [(request.command.removesuffix(path) + base, True)] if rng.random() < 0.5 else []
         return bare + [(f"find . -name '{base}'", False)]
-    if request.command.startswith("grep -rl ") and rng.random() < 0.3:
+    if request.command.startswith("grep -rl ") and rng.random() < 0.1:   # rare: training learns the wrong first try too
         return [(request.command.replace("grep -rl ", "grep -l ").replace(" --exclude-dir=.git", ""), True)]
     return []
 
