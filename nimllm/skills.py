@@ -65,6 +65,7 @@ class Scratch:
     files: list[str] = field(default_factory=list)       # relative paths
     folders: list[str] = field(default_factory=list)
     keywords: list[str] = field(default_factory=list)    # words found in some files and not others
+    lists: list[str] = field(default_factory=list)       # one entry a line, with repeats (LISTS)
     git: bool = False
     words: list[str] = field(default_factory=lambda: WORDS)
     pair: tuple[str, str] | None = None                  # two versions of one text
@@ -77,7 +78,7 @@ class Scratch:
 
     def plain(self) -> list[str]:
         """Text files whose form no request relies on: a commit may add a line to them."""
-        return [f for f in self.text_files() if f not in (self.csv, *LISTS, "numbers.txt", *(self.pair or ()))]
+        return [f for f in self.text_files() if f not in (self.csv, *self.lists, "numbers.txt", *(self.pair or ()))]
 
     def new_name(self, rng: random.Random, ext: str = "") -> str:
         return next(n for n in (f"{rng.choice(STEMS)}_{rng.choice(WORDS)}{ext}" for _ in range(100))
@@ -105,6 +106,7 @@ def make_scratch(rng: random.Random, parent: Path) -> Scratch:
         (root / folder).mkdir(parents=True, exist_ok=True)
     for name in rng.sample(sorted(LISTS), rng.randint(0, 2)):
         s.add(name, "\n".join(rng.choices(LISTS[name], k=rng.randint(4, 12))) + "\n", rng)
+        s.lists.append(name)
     if rng.random() < 0.4:
         s.add("numbers.txt", "\n".join(str(rng.randint(1, 500)) for _ in range(rng.randint(3, 12))) + "\n", rng)
     names = {rng.choice(STEMS) + rng.choice(["", "", f"_{rng.choice(WORDS)}", str(rng.randint(1, 9))])

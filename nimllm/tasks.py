@@ -360,8 +360,7 @@ def word_anywhere(rng, s):
 
 
 def a_list(rng, s):
-    lists = [f for f in ("names.txt", "colors.txt", "cities.txt") if f in s.files]
-    return {"file": rng.choice(lists)} if lists else None
+    return {"file": rng.choice(s.lists)} if s.lists else None
 
 
 def numbers(rng, s):
@@ -369,11 +368,12 @@ def numbers(rng, s):
 
 
 def a_line_range(rng, s):
-    files = [f for f in s.text_files() if len((s.root / f).read_text().splitlines()) >= 4]
+    lengths = {f: len((s.root / f).read_text().splitlines()) for f in s.text_files()}
+    files = [f for f, n in lengths.items() if n >= 4]
     if not files:
         return None
     f = rng.choice(files)
-    total = len((s.root / f).read_text().splitlines())
+    total = lengths[f]
     a = rng.randint(1, total - 1)
     return {"file": f, "a": a, "b": rng.randint(a + 1, total), "n": rng.randint(1, total)}
 

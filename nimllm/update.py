@@ -92,8 +92,8 @@ def all_right(right: torch.Tensor, y: torch.Tensor) -> bool:
     return bool(right.sum() == (y >= 0).sum())
 
 
-# Attention in the update, cuDNN's left out: it builds a plan for every new (B, T), and every update
-# brings new ones (its lessons' lengths), which the first update of a chat paid in seconds.
+# Attention in the update, cuDNN's left out: it builds a plan for every new (B, T), every update brings
+# new ones (its lessons' lengths), and a profile of the update showed about 200 us of CPU per cuDNN call.
 UPDATE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # Adam moves every chosen weight by about lr per step, however small its gradient; SGD moves each in
