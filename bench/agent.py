@@ -43,7 +43,7 @@ from rich.table import Table  # noqa: E402
 
 from nimllm import checkpoint, skills  # noqa: E402
 from nimllm.agent import Agent  # noqa: E402
-from nimllm.config import MemoryConfig, ModelFolder  # noqa: E402
+from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
 from nimllm.memory import Memory  # noqa: E402
 from nimllm.sandbox import Sandbox  # noqa: E402
 from nimllm.tasks import KINDS  # noqa: E402
@@ -287,6 +287,10 @@ def main() -> None:
     console = Console()
     if not console.is_terminal:   # a log file: room for the table's columns
         console = Console(width=160)
+    try:
+        checkpoint.load_config(ModelFolder(Path(args.model).expanduser()))
+    except UserError as e:   # no model there: one line, as the nimllm commands say it
+        sys.exit(f"bench/agent.py: {e}")
     progress = checkpoint.read_progress(ModelFolder(Path(args.model).expanduser())) or {}
     tasks = hand_written(args.limit) + generated(args.generated, args.seed)
     with tempfile.TemporaryDirectory(prefix="nimllm-agent-bench-") as tmp:

@@ -45,7 +45,7 @@ from rich.table import Table  # noqa: E402
 import torch  # noqa: E402
 
 from nimllm import checkpoint  # noqa: E402
-from nimllm.config import MemoryConfig, ModelFolder  # noqa: E402
+from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
 from nimllm.deltas import load_remembered  # noqa: E402
 from nimllm.store import Store  # noqa: E402
 from bench.agent import memory_settings  # noqa: E402
@@ -532,7 +532,10 @@ def main():
         torch.set_num_threads(args.threads)
 
     source = Path(args.model).expanduser().resolve()
-    checkpoint.load_config(ModelFolder(source))   # a clear error when there is no model
+    try:
+        checkpoint.load_config(ModelFolder(source))
+    except UserError as e:   # no model there: one line, as the nimllm commands say it
+        sys.exit(f"bench/memory.py: {e}")
     facts = load_facts(args.facts)
     ks = sorted(set(args.k))
     if ks[-1] > len(facts):

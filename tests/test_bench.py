@@ -78,3 +78,12 @@ def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path):
     settings = result["settings"]
     assert settings["model_config"]["n_layer"] == 4 and settings["memory_config"] == asdict(MemoryConfig())
     assert settings["git"]["commit"] and settings["torch"] and settings["device"] == "cpu"
+
+
+@pytest.mark.parametrize("bench", ["bench/agent.py", "bench/memory.py"])
+def test_a_missing_model_is_one_line_and_a_failure(bench, tmp_path):
+    out = subprocess.run([sys.executable, bench, "--model", str(tmp_path / "none")], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"{bench}: no model in {tmp_path / 'none'}: train one first with "
+                                               "`nimllm --train FILE`"]
