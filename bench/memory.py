@@ -231,7 +231,8 @@ def median(values) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-def run_chats(source: Path, facts: list[dict], ks: list[int], args, work: Path, console: Console) -> dict:
+def run_chats(source: Path, facts: list[dict], ks: list[int], args, work: Path, console: Console,
+              save=lambda partial: None) -> dict:
     teach = copy_model(source, work / "teach")
     step = (checkpoint.read_progress(ModelFolder(source)) or {}).get("step", 0)
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
@@ -289,6 +290,8 @@ def run_chats(source: Path, facts: list[dict], ks: list[int], args, work: Path, 
                      "ask_processes": len(asks),
                      "processes": len(teach_rows) + len(asks), "memory_stats": stats["text"]})
         console.print(summary_line(rows[-1]))
+        save({"rows": rows, "facts": per_fact[:k], "warnings": warnings,   # a run cut off later keeps this K
+              "partial": k < ks[-1]})
         if not args.work:   # a temporary work folder: the snapshots are not needed any more
             shutil.rmtree(asking)
             if baked:
@@ -494,6 +497,11 @@ def settings(source: Path, facts_path: Path, n_facts: int, args) -> dict:
             "sampling": "the chat's defaults (no sampling options passed)"}
 
 
+def write(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a trained model folder (it is copied, never changed)")
@@ -549,7 +557,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="nimllm-memory-bench-") as tmp:
         work = args.work.resolve() if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        result.update(run_chats(source, facts, ks, args, work, console) if args.chats else
+        result.update(run_chats(source, facts, ks, args, work, console, lambda partial: write(args.out, {
+            **result, **partial})) if args.chats else
                       {"rows": [], "facts": [], "warnings": []})
         result["agent"] = agent_scores(source, args, work, console) if args.agent else None
     scripted_rows = (scripted(source, facts, ks, args.variants, args.steps, args.device, console)
@@ -569,8 +578,7 @@ def main():
                       f"({sum(c['learned'] for c in agent['unrelated_chats'])} of them learned)")
     for w in result["warnings"]:
         console.print(f"[yellow]warning:[/] {w}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    write(args.out, result)
     console.print(f"wrote {args.out}")
 
 
