@@ -37,11 +37,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from nimllm.api import (ApiError, Body, ChatRequest, ChatShape, CompletionRequest, CompletionShape, FeedbackRequest,
-                        FunctionCall, Reply, Sampling, Tool, call_text, describe_tools, forced_tool, sse,
-                        template_messages, tool_call_from_text)
+from nimllm.api import (INT64, ApiError, Body, ChatRequest, ChatShape, CompletionRequest, CompletionShape,
+                        FeedbackRequest, FunctionCall, Reply, Sampling, Tool, call_text, describe_tools, forced_tool,
+                        sse, template_messages, tool_call_from_text)
 from nimllm.config import ModelFolder, UserError
-from nimllm.generate import BatchScheduler, Request
+from nimllm.generate import BatchScheduler, Request, failure
 from nimllm.deltas import memory_history, show_memory
 from nimllm.memory import Memory
 from nimllm.store import Store
@@ -66,7 +66,7 @@ async def read_body(http: HTTPRequest, cls: type[Body]) -> Body:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(map(str, first["loc"]))
-        raise ApiError(400, f"{where + ': ' if where else ''}{first['msg']}") from None
+        raise ApiError(400, f"{where + ': ' if where else ''}{first['msg']}", param=where or None) from None
 
 
 # ---- the engine: one thread owns the model ------------------------------------------------------
@@ -191,12 +191,19 @@ class Engine:
             if quiet and not self.scheduler.live:
                 self._changing_weights(lambda: self._learn(quiet))
                 continue
+            # a failure in one row's own work ends that request alone (BatchScheduler); one in the step all
+            # rows share has no single cause, and ends them all, never the server
             try:
                 self.scheduler.step(admit=not quiet, timeout=0.2)
-            except Exception as e:  # a failed step fails the requests in it, never the server
-                self.log(f"generation failed: {type(e).__name__}: {e}")
-                self.scheduler.abort(f"error: {type(e).__name__}: {e}")
+            except Exception as e:
+                self.scheduler.abort(failure(e))
             self._deliver()
+
+    def emit(self, job: Job, token: int | None, reason: str | None) -> None:
+        """A request's token or end, from this thread; a failure is logged here, whichever row it hit."""
+        if reason and reason.startswith("error"):
+            self.log(f"a request failed: {reason.removeprefix('error: ')}")
+        self.outbox.append((job, token, reason))
 
     def _deliver(self) -> None:
         """Hand a step's tokens to the event loop in one wake-up, not one per token."""
@@ -236,7 +243,7 @@ class Job:
         self.events: asyncio.Queue = asyncio.Queue()
         self.reason: str | None = None   # why it ended: "stop", "length", "cancelled", "error: ..."
         temperature = 1.0 if sampling.temperature is None else sampling.temperature
-        self.request = Request(prompt, max_tokens, lambda token, reason: engine.outbox.append((self, token, reason)),
+        self.request = Request(prompt, max_tokens, lambda token, reason: engine.emit(self, token, reason),
                                temperature, sampling.top_k, sampling.top_p, sampling.seed, frozenset(stop_ids))
         engine.scheduler.submit(self.request)
 
@@ -401,6 +408,17 @@ def include_usage(request: Sampling) -> bool:
     return bool(request.stream_options and request.stream_options.include_usage)
 
 
+def stored(what: str, read, item_id: int):
+    """read(item_id), or a 404 where the store has no such item, or where no row can have the id (SQLite's
+    integers are 64-bit: a bigger one was an OverflowError, a 500)."""
+    if not -INT64 <= item_id < INT64:
+        raise ApiError(404, f"no {what} {item_id}")
+    try:
+        return read(item_id)
+    except UserError as e:
+        raise ApiError(404, str(e)) from None
+
+
 def check_model(served: Served, requested: str | None) -> None:
     if requested not in (None, served.name):
         raise ApiError(404, f"The model `{requested}` does not exist; this server has `{served.name}`",
@@ -508,10 +526,7 @@ def create_app(served: Served) -> FastAPI:
 
     @app.get("/nimllm/conversations/{conversation_id}", dependencies=keyed)
     def conversation(conversation_id: int):
-        try:
-            found = mem.store.conversation(conversation_id)
-        except UserError as e:
-            raise ApiError(404, str(e)) from None
+        found = stored("conversation", mem.store.conversation, conversation_id)
         return {**vars(found), "messages": [vars(m) for m in mem.store.messages(conversation_id)]}
 
     @app.post("/nimllm/feedback", dependencies=keyed)
@@ -531,10 +546,7 @@ def create_app(served: Served) -> FastAPI:
 
     @app.get("/nimllm/memories/{delta_id}", dependencies=keyed)
     def memory(delta_id: int):
-        try:
-            return {"id": delta_id, "text": show_memory(folder, mem.store, delta_id)}
-        except UserError as e:
-            raise ApiError(404, str(e)) from None
+        return {"id": delta_id, "text": stored("memory", lambda i: show_memory(folder, mem.store, i), delta_id)}
 
     @app.get("/nimllm/loss.png", dependencies=keyed)
     def loss_plot():
