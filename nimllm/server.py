@@ -22,6 +22,7 @@ import errno
 import hmac
 import ipaddress
 import json
+import re
 import socket
 import threading
 import time
@@ -35,6 +36,7 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from nimllm.api import (INT64, ApiError, Body, ChatRequest, ChatShape, CompletionRequest, CompletionShape,
@@ -67,6 +69,66 @@ async def read_body(http: HTTPRequest, cls: type[Body]) -> Body:
         first = e.errors()[0]
         where = ".".join(map(str, first["loc"]))
         raise ApiError(400, f"{where + ': ' if where else ''}{first['msg']}", param=where or None) from None
+
+
+# ---- who may call: clients of this machine and the server's own page, never another site's page ----
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")   # name[:port], as Host has it
+
+
+def own_names(host: str) -> frozenset[str] | None:
+    """The names a request may call the server by: the loopback ones and the --host given. None (any)
+    where it listens on every address: which names reach the machine there is the network's business,
+    and a key is required (run_server), which no other site's page has."""
+    name = host.strip("[]").lower()
+    return None if every_address(name) else LOOPBACK_NAMES | {name}
+
+
+def authority(text: str) -> tuple[str, int | None] | None:
+    """(name, port) of a Host header or an origin's host part ("localhost:8000", "[::1]"); None if malformed."""
+    match = AUTHORITY.fullmatch(text)
+    return match and (match[1].strip("[]").lower(), int(match[2]) if match[2] else None)
+
+
+def refusal(headers: Headers, method: str, names: frozenset[str] | None, port: int) -> ApiError | None:
+    """Why a request must not reach any endpoint, if it must not. A browser lets any page send another
+    site a "simple" POST (text/plain, a form) without asking first, names the page's origin in it, and
+    takes a page whose name an attacker points at 127.0.0.1 (DNS rebinding) for this server's own
+    origin: only the Host header tells. So the Host must be one of the server's names, an Origin the
+    server's own (its names at its port: what its web chat sends), and a POST JSON, which a page of
+    another origin can send only after a CORS preflight that this server never grants."""
+    host = authority(headers.get("host", ""))
+    if host is None:
+        return ApiError(400, "the Host header is missing or malformed")
+    if names is not None and host[0] not in names:
+        return ApiError(421, f"this server is not {host[0]}: it answers to {', '.join(sorted(names))}",
+                        code="misdirected_request")
+    origin = headers.get("origin")
+    if origin is not None and not own_origin(origin, names, port):
+        return ApiError(403, f"refused: a page of {origin} may not use this server, only its own page may",
+                        code="foreign_origin")
+    if method == "POST" and headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return ApiError(415, "a POST takes a JSON body: Content-Type: application/json", code="unsupported_media_type")
+    return None
+
+
+def own_origin(origin: str, names: frozenset[str] | None, port: int) -> bool:
+    """Whether a page's origin is the server's own: http, one of its names, its port."""
+    scheme, _, rest = origin.partition("://")
+    found = authority(rest)
+    return scheme == "http" and found is not None and (names is None or found[0] in names) and (found[1] or 80) == port
+
+
+class Guard:
+    """ASGI middleware that answers a refused request (see refusal) before any endpoint or file sees it."""
+
+    def __init__(self, app, names: frozenset[str] | None, port: int):
+        self.app, self.names, self.port = app, names, port
+
+    async def __call__(self, scope, receive, send):
+        error = scope["type"] == "http" and refusal(Headers(scope=scope), scope["method"], self.names, self.port)
+        await (JSONResponse(error.body, status_code=error.status) if error else self.app)(scope, receive, send)
 
 
 # ---- the engine: one thread owns the model ------------------------------------------------------
@@ -277,10 +339,13 @@ class Job:
 
 @dataclass
 class Served:
-    """What every request needs: the engine, the model's name and folder, the key."""
+    """What every request needs: the engine, the model's name and folder, where it listens (the --host
+    given and the port: what the Host and Origin headers must name) and the key."""
     engine: Engine
     name: str
     folder: ModelFolder
+    host: str
+    port: int
     api_key: str | None = None
 
     @property
@@ -469,6 +534,7 @@ def create_app(served: Served) -> FastAPI:
     engine, folder, name = served.engine, served.folder, served.name
     mem, talks = engine.mem, engine.talks
     app = FastAPI(title="NimLLM", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, names=own_names(served.host), port=served.port)
 
     @app.exception_handler(ApiError)
     async def api_error(_, e: ApiError):
@@ -571,6 +637,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def every_address(host: str) -> bool:
+    """0.0.0.0, :: or "": a socket bound there listens on every address of the machine."""
+    try:
+        return not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
 def listen(host: str, port: int) -> socket.socket:
     """The listening socket, made before the model loads: a port in use fails at once, in one line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -600,7 +674,7 @@ def run_server(folder: ModelFolder, host: str = "127.0.0.1", port: int = 8000, d
     talks = Talks(mem.store, quiet_after) if remember else None
     engine = Engine(mem, max_batch, talks, log=lambda *text: log(*text, flush=True), compile=compile)
     name = folder.root.name
-    app = create_app(Served(engine, name, folder, api_key))
+    app = create_app(Served(engine, name, folder, host, sock.getsockname()[1], api_key))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
     engine.start()
     address = f"[{host}]" if ":" in host else host

@@ -511,7 +511,8 @@ def test_a_client_killed_mid_stream_frees_its_row(server, model):
     client = subprocess.Popen([sys.executable, "-c", f"""
 import http.client, json, sys
 c = http.client.HTTPConnection("127.0.0.1", {server.port})
-c.request("POST", "/v1/completions", json.dumps({{"prompt": "a", "max_tokens": 1000000, "stream": True, "temperature": 0}}))
+body = {{"prompt": "a", "max_tokens": 1000000, "stream": True, "temperature": 0}}
+c.request("POST", "/v1/completions", json.dumps(body), {{"Content-Type": "application/json"}})
 r = c.getresponse()
 print(r.readline().decode().strip()[:6], flush=True)
 sys.stdin.read()
@@ -577,6 +578,93 @@ def test_refusals_are_one_line_errors(trained, tmp_path):
     assert missing.returncode == 1 and missing.stderr.startswith("nimllm: error: ") and "Traceback" not in missing.stderr
 
 
+
+# ---- a page of another site: no use of a server without a key -----------------------------------
+
+@pytest.fixture(scope="module")
+def remembering(trained, tmp_path_factory):
+    """A --remember server without a key: what a page could make it learn, and the conversations it could read."""
+    root = tmp_path_factory.mktemp("remembering")
+    shutil.copytree(trained, root / "model")
+    s = Server(root / "model", "--remember")
+    yield s
+    s.stop()
+
+
+def stored_text(server) -> str:
+    """Every message of every conversation the server keeps, read through its own endpoints."""
+    listed = json.loads(server.http("GET", "/nimllm/conversations")[1])
+    return "\n".join(m["content"] for c in listed
+                     for m in json.loads(server.http("GET", f"/nimllm/conversations/{c['id']}")[1])["messages"])
+
+
+def test_a_page_of_another_site_can_neither_use_nor_teach_a_keyless_server(remembering):
+    """Any page may POST text/plain or a form across sites without a CORS preflight, and a browser names the
+    page's origin in every POST: neither reaches the model nor the store. The server's own page (its origin,
+    JSON) is served, as are clients that send no Origin."""
+    port = remembering.port
+    chat = json.dumps({"messages": [{"role": "user", "content": "the password is walrus"}], "max_tokens": 2}).encode()
+    refused = [({"Content-Type": "text/plain", "Origin": "http://evil.example"}, 403),
+               ({"Content-Type": "text/plain"}, 415),
+               ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+               ({"Origin": "http://evil.example"}, 403),
+               ({"Origin": "null"}, 403),                        # a sandboxed frame, a file:// page
+               ({"Origin": "http://127.0.0.1:1"}, 403),          # another server of this machine
+               ({"Origin": f"https://127.0.0.1:{port}"}, 403)]
+    for headers, status in refused:
+        got, body = remembering.http("POST", "/v1/chat/completions", chat, headers)
+        error = json.loads(body)["error"]
+        assert (got, error["type"]) == (status, "invalid_request_error") and error["message"], (headers, got, body)
+    assert "walrus" not in stored_text(remembering)
+    for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        got, body = remembering.http("POST", "/v1/chat/completions", chat, {"Origin": origin})
+        assert got == 200 and json.loads(body)["object"] == "chat.completion"
+    assert "walrus" in stored_text(remembering)
+
+
+def test_a_rebound_name_reads_no_conversation(remembering):
+    """DNS rebinding: a page's own name made to resolve to 127.0.0.1 is the page's origin for the browser, so
+    only the Host header tells it from this server's: under such a name nothing is served."""
+    port = remembering.port
+    assert remembering.http("POST", "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "my PIN is 4711"}], "max_tokens": 2})[0] == 200
+    [mine] = [c for c in json.loads(remembering.http("GET", "/nimllm/conversations")[1]) if "4711" in c["title"]]
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
+        for path in ("/nimllm/conversations", f"/nimllm/conversations/{mine['id']}", "/nimllm/memories",
+                     "/v1/models", "/health", "/"):
+            status, body = remembering.http("GET", path, headers={"Host": host})
+            error = json.loads(body)["error"]
+            assert (status, error["code"]) == (421, "misdirected_request") and b"4711" not in body, (host, path)
+    status, body = remembering.http("GET", "/nimllm/conversations", headers={"Origin": "http://evil.example"})
+    assert status == 403 and b"4711" not in body
+    for host in ("127.0.0.1@evil.example", "[::1", "localhost:port"):
+        assert remembering.http("GET", "/nimllm/conversations", headers={"Host": host})[0] == 400, host
+    for host in (f"localhost:{port}", "localhost", f"127.0.0.1:{port}", f"[::1]:{port}", "[::1]", "LocalHost"):
+        status, body = remembering.http("GET", "/nimllm/conversations", headers={"Host": host})
+        assert status == 200 and b"4711" in body, host
+
+
+def test_a_host_given_is_a_name_of_the_server_too():
+    """With --host NAME, NAME is the server's as well as the loopback names; with --host 0.0.0.0 any name is
+    (the key that requires guards it), but an Origin still needs the server's port and a POST JSON."""
+    from starlette.datastructures import Headers
+
+    from nimllm.server import own_names, refusal
+
+    def status(host, names, origin=None, method="GET", content_type="application/json"):
+        headers = Headers({"host": host, "content-type": content_type, **({"origin": origin} if origin else {})})
+        error = refusal(headers, method, names, 8000)
+        return error and error.status
+    box = own_names("box.lan")
+    assert [status("box.lan:8000", box), status("localhost", box), status("other.lan", box),
+            status("box.lan", box, "http://box.lan:8000"), status("box.lan", box, "http://other.lan:8000")] == [
+        None, None, 421, None, 403]
+    assert own_names("127.0.0.1") == own_names("::1") == own_names("localhost")
+    assert status("box.lan", own_names("127.0.0.1")) == 421
+    everywhere = own_names("0.0.0.0")
+    assert [status("10.0.0.5:8000", everywhere), status("10.0.0.5", everywhere, "http://10.0.0.5:8000"),
+            status("10.0.0.5", everywhere, "http://10.0.0.5:9000"),
+            status("10.0.0.5", everywhere, method="POST", content_type="text/plain")] == [None, None, 403, 415]
 
 # ---- the web page in a real browser --------------------------------------------------------------
 
