@@ -66,18 +66,31 @@ class StreamOptions(Body):
     include_usage: bool = False
 
 
+INT64 = 2**63   # integers are signed 64-bit in OpenAI's API, and in torch's generator and SQLite
+
+
 class Sampling(Body):
+    """What every endpoint that generates takes, each number bounded as OpenAI bounds it: one request's
+    value out of range must be its own 400, never an error inside the engine that its batch shares."""
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    # a reply may run past the context (generation slides its window), so the bound is the integer's
+    max_tokens: int | None = Field(None, ge=1, lt=INT64)
+    max_completion_tokens: int | None = Field(None, ge=1, lt=INT64)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)           # llama.cpp's and Ollama's, not OpenAI's
+    top_k: int | None = Field(None, ge=1, lt=INT64)   # llama.cpp's and Ollama's, not OpenAI's
     stop: str | list[str] | None = Field(None, validate_default=True)   # a list once validated
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = 1
+
+    @field_validator("temperature")
+    @classmethod
+    def _tiny_is_greedy(cls, temperature):
+        # logits divided by 5e-324 overflow to inf, and sampling meets inf/nan; long before that (at 1e-5 a
+        # token 0.001 below the likeliest is e^-100 as likely) the likeliest has it all: such a temperature is greedy
+        return 0.0 if temperature is not None and temperature < 1e-5 else temperature
 
     @field_validator("n")
     @classmethod
@@ -114,8 +127,9 @@ class FeedbackRequest(Body):
 class ApiError(Exception):
     """An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None):
-        self.status, self.body = status, {"error": {"message": message, "type": type, "param": None, "code": code}}
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None):
+        self.status, self.body = status, {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 # ---- tools: the OpenAI shape <-> the model's own tool-call turns ----------------------------------

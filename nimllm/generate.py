@@ -392,6 +392,11 @@ class Request:
         self.cancelled = True
 
 
+def failure(e: Exception) -> str:
+    """A request's end reason for an exception that failed it."""
+    return f"error: {type(e).__name__}: {e}"
+
+
 @dataclass(eq=False)
 class _Row:
     request: Request
@@ -410,7 +415,11 @@ class BatchScheduler:
     alone: the same greedy tokens, the same draws for the same seed (up to the rounding of a batched
     matrix product). Prompts and sequences that outgrow the context follow generate_batch's window
     rule. As there, the device runs a step ahead: the next step is queued on the sampled tokens before
-    Python reads them. One thread calls step(); submit() and Request.cancel() are safe from any."""
+    Python reads them. One thread calls step(); submit() and Request.cancel() are safe from any.
+
+    What is done for one row alone (making its generator, its prefill, its sampling) fails that
+    request alone: it ends with "error: ..." and the others decode on. Only a failure of the step
+    all rows share raises from step() (the caller then aborts them all)."""
 
     def __init__(self, decoder: Decoder):
         self.decoder = decoder
@@ -445,6 +454,8 @@ class BatchScheduler:
         if not self.live:
             return
         tokens = self._sample(self._logits())
+        if not self.live:   # every row failed
+            return
         new = TokensToHost(tokens)   # queued before the step ahead, so reading it does not wait for that step
         if all(row is None or row.cached < self.decoder.cfg.block_size for row in self.rows):
             self.ahead = self._step_rows(tokens, [r for r, row in enumerate(self.rows) if row is not None])
@@ -467,8 +478,12 @@ class BatchScheduler:
             if request.cancelled:
                 request.emit(None, "cancelled")
                 continue
-            self.rows[self.rows.index(None)] = _Row(request, list(request.prompt),
-                                                    new_generator(self.decoder.device, request.seed))
+            try:
+                generator = new_generator(self.decoder.device, request.seed)
+            except Exception as e:   # its seed (one past 64 bits overflows): this request's own failure
+                request.emit(None, failure(e))
+                continue
+            self.rows[self.rows.index(None)] = _Row(request, list(request.prompt), generator)
 
     def _width(self) -> int:
         """Rows a step computes: all of them where shapes must not change (a graph, a compiled step, a
@@ -503,17 +518,29 @@ class BatchScheduler:
             pad = torch.zeros(width - start, vocab, device=self.decoder.device, dtype=self.decoder.cache.k[0].dtype)
             logits = pad if logits is None else torch.cat([logits, pad])
         for r in refill:
-            window = context_window(self.rows[r].ids, block)
-            logits[r] = self.decoder.prefill(r, window)
-            self.rows[r].cached = len(window)
+            self._prefill(r, logits)
         return logits
+
+    def _prefill(self, r: int, logits: torch.Tensor) -> None:
+        """Row r's window into its row of the cache, its logits into logits[r]; a prefill that fails (its
+        prompt) fails its request alone: it wrote nothing but its own row."""
+        window = context_window(self.rows[r].ids, self.decoder.cfg.block_size)
+        try:
+            logits[r] = self.decoder.prefill(r, window)
+        except Exception as e:
+            self._finish(r, failure(e))
+            return
+        self.rows[r].cached = len(window)
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         tokens = logits.argmax(dim=-1)   # greedy rows, all at once
         for r, row in enumerate(self.rows[:len(logits)]):
             if row is not None and row.request.temperature > 0:
                 req = row.request
-                tokens[r] = sample_next(logits[r:r + 1], req.temperature, req.top_k, req.top_p, row.generator)[0]
+                try:
+                    tokens[r] = sample_next(logits[r:r + 1], req.temperature, req.top_k, req.top_p, row.generator)[0]
+                except Exception as e:   # its settings met its logits (inf/nan): its row ends, not the step
+                    self._finish(r, failure(e))
         return tokens
 
     def _take(self, tokens: list[int]) -> None:

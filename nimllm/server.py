@@ -22,6 +22,7 @@ import errno
 import hmac
 import ipaddress
 import json
+import re
 import socket
 import threading
 import time
@@ -35,13 +36,14 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from nimllm.api import (ApiError, Body, ChatRequest, ChatShape, CompletionRequest, CompletionShape, FeedbackRequest,
-                        FunctionCall, Reply, Sampling, Tool, call_text, describe_tools, forced_tool, sse,
-                        template_messages, tool_call_from_text)
+from nimllm.api import (INT64, ApiError, Body, ChatRequest, ChatShape, CompletionRequest, CompletionShape,
+                        FeedbackRequest, FunctionCall, Reply, Sampling, Tool, call_text, describe_tools, forced_tool,
+                        sse, template_messages, tool_call_from_text)
 from nimllm.config import ModelFolder, UserError
-from nimllm.generate import BatchScheduler, Request
+from nimllm.generate import BatchScheduler, Request, failure
 from nimllm.deltas import memory_history, show_memory
 from nimllm.memory import Memory
 from nimllm.store import Store
@@ -66,7 +68,67 @@ async def read_body(http: HTTPRequest, cls: type[Body]) -> Body:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(map(str, first["loc"]))
-        raise ApiError(400, f"{where + ': ' if where else ''}{first['msg']}") from None
+        raise ApiError(400, f"{where + ': ' if where else ''}{first['msg']}", param=where or None) from None
+
+
+# ---- who may call: clients of this machine and the server's own page, never another site's page ----
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")   # name[:port], as Host has it
+
+
+def own_names(host: str) -> frozenset[str] | None:
+    """The names a request may call the server by: the loopback ones and the --host given. None (any)
+    where it listens on every address: which names reach the machine there is the network's business,
+    and a key is required (run_server), which no other site's page has."""
+    name = host.strip("[]").lower()
+    return None if every_address(name) else LOOPBACK_NAMES | {name}
+
+
+def authority(text: str) -> tuple[str, int | None] | None:
+    """(name, port) of a Host header or an origin's host part ("localhost:8000", "[::1]"); None if malformed."""
+    match = AUTHORITY.fullmatch(text)
+    return match and (match[1].strip("[]").lower(), int(match[2]) if match[2] else None)
+
+
+def refusal(headers: Headers, method: str, names: frozenset[str] | None, port: int) -> ApiError | None:
+    """Why a request must not reach any endpoint, if it must not. A browser lets any page send another
+    site a "simple" POST (text/plain, a form) without asking first, names the page's origin in it, and
+    takes a page whose name an attacker points at 127.0.0.1 (DNS rebinding) for this server's own
+    origin: only the Host header tells. So the Host must be one of the server's names, an Origin the
+    server's own (its names at its port: what its web chat sends), and a POST JSON, which a page of
+    another origin can send only after a CORS preflight that this server never grants."""
+    host = authority(headers.get("host", ""))
+    if host is None:
+        return ApiError(400, "the Host header is missing or malformed")
+    if names is not None and host[0] not in names:
+        return ApiError(421, f"this server is not {host[0]}: it answers to {', '.join(sorted(names))}",
+                        code="misdirected_request")
+    origin = headers.get("origin")
+    if origin is not None and not own_origin(origin, names, port):
+        return ApiError(403, f"refused: a page of {origin} may not use this server, only its own page may",
+                        code="foreign_origin")
+    if method == "POST" and headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return ApiError(415, "a POST takes a JSON body: Content-Type: application/json", code="unsupported_media_type")
+    return None
+
+
+def own_origin(origin: str, names: frozenset[str] | None, port: int) -> bool:
+    """Whether a page's origin is the server's own: http, one of its names, its port."""
+    scheme, _, rest = origin.partition("://")
+    found = authority(rest)
+    return scheme == "http" and found is not None and (names is None or found[0] in names) and (found[1] or 80) == port
+
+
+class Guard:
+    """ASGI middleware that answers a refused request (see refusal) before any endpoint or file sees it."""
+
+    def __init__(self, app, names: frozenset[str] | None, port: int):
+        self.app, self.names, self.port = app, names, port
+
+    async def __call__(self, scope, receive, send):
+        error = scope["type"] == "http" and refusal(Headers(scope=scope), scope["method"], self.names, self.port)
+        await (JSONResponse(error.body, status_code=error.status) if error else self.app)(scope, receive, send)
 
 
 # ---- the engine: one thread owns the model ------------------------------------------------------
@@ -191,12 +253,19 @@ class Engine:
             if quiet and not self.scheduler.live:
                 self._changing_weights(lambda: self._learn(quiet))
                 continue
+            # a failure in one row's own work ends that request alone (BatchScheduler); one in the step all
+            # rows share has no single cause, and ends them all, never the server
             try:
                 self.scheduler.step(admit=not quiet, timeout=0.2)
-            except Exception as e:  # a failed step fails the requests in it, never the server
-                self.log(f"generation failed: {type(e).__name__}: {e}")
-                self.scheduler.abort(f"error: {type(e).__name__}: {e}")
+            except Exception as e:
+                self.scheduler.abort(failure(e))
             self._deliver()
+
+    def emit(self, job: Job, token: int | None, reason: str | None) -> None:
+        """A request's token or end, from this thread; a failure is logged here, whichever row it hit."""
+        if reason and reason.startswith("error"):
+            self.log(f"a request failed: {reason.removeprefix('error: ')}")
+        self.outbox.append((job, token, reason))
 
     def _deliver(self) -> None:
         """Hand a step's tokens to the event loop in one wake-up, not one per token."""
@@ -236,7 +305,7 @@ class Job:
         self.events: asyncio.Queue = asyncio.Queue()
         self.reason: str | None = None   # why it ended: "stop", "length", "cancelled", "error: ..."
         temperature = 1.0 if sampling.temperature is None else sampling.temperature
-        self.request = Request(prompt, max_tokens, lambda token, reason: engine.outbox.append((self, token, reason)),
+        self.request = Request(prompt, max_tokens, lambda token, reason: engine.emit(self, token, reason),
                                temperature, sampling.top_k, sampling.top_p, sampling.seed, frozenset(stop_ids))
         engine.scheduler.submit(self.request)
 
@@ -270,10 +339,13 @@ class Job:
 
 @dataclass
 class Served:
-    """What every request needs: the engine, the model's name and folder, the key."""
+    """What every request needs: the engine, the model's name and folder, where it listens (the --host
+    given and the port: what the Host and Origin headers must name) and the key."""
     engine: Engine
     name: str
     folder: ModelFolder
+    host: str
+    port: int
     api_key: str | None = None
 
     @property
@@ -401,6 +473,17 @@ def include_usage(request: Sampling) -> bool:
     return bool(request.stream_options and request.stream_options.include_usage)
 
 
+def stored(what: str, read, item_id: int):
+    """read(item_id), or a 404 where the store has no such item, or where no row can have the id (SQLite's
+    integers are 64-bit: a bigger one was an OverflowError, a 500)."""
+    if not -INT64 <= item_id < INT64:
+        raise ApiError(404, f"no {what} {item_id}")
+    try:
+        return read(item_id)
+    except UserError as e:
+        raise ApiError(404, str(e)) from None
+
+
 def check_model(served: Served, requested: str | None) -> None:
     if requested not in (None, served.name):
         raise ApiError(404, f"The model `{requested}` does not exist; this server has `{served.name}`",
@@ -451,6 +534,7 @@ def create_app(served: Served) -> FastAPI:
     engine, folder, name = served.engine, served.folder, served.name
     mem, talks = engine.mem, engine.talks
     app = FastAPI(title="NimLLM", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, names=own_names(served.host), port=served.port)
 
     @app.exception_handler(ApiError)
     async def api_error(_, e: ApiError):
@@ -508,10 +592,7 @@ def create_app(served: Served) -> FastAPI:
 
     @app.get("/nimllm/conversations/{conversation_id}", dependencies=keyed)
     def conversation(conversation_id: int):
-        try:
-            found = mem.store.conversation(conversation_id)
-        except UserError as e:
-            raise ApiError(404, str(e)) from None
+        found = stored("conversation", mem.store.conversation, conversation_id)
         return {**vars(found), "messages": [vars(m) for m in mem.store.messages(conversation_id)]}
 
     @app.post("/nimllm/feedback", dependencies=keyed)
@@ -531,10 +612,7 @@ def create_app(served: Served) -> FastAPI:
 
     @app.get("/nimllm/memories/{delta_id}", dependencies=keyed)
     def memory(delta_id: int):
-        try:
-            return {"id": delta_id, "text": show_memory(folder, mem.store, delta_id)}
-        except UserError as e:
-            raise ApiError(404, str(e)) from None
+        return {"id": delta_id, "text": stored("memory", lambda i: show_memory(folder, mem.store, i), delta_id)}
 
     @app.get("/nimllm/loss.png", dependencies=keyed)
     def loss_plot():
@@ -555,6 +633,14 @@ def create_app(served: Served) -> FastAPI:
 def is_loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def every_address(host: str) -> bool:
+    """0.0.0.0, :: or "": a socket bound there listens on every address of the machine."""
+    try:
+        return not host or ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
 
@@ -588,7 +674,7 @@ def run_server(folder: ModelFolder, host: str = "127.0.0.1", port: int = 8000, d
     talks = Talks(mem.store, quiet_after) if remember else None
     engine = Engine(mem, max_batch, talks, log=lambda *text: log(*text, flush=True), compile=compile)
     name = folder.root.name
-    app = create_app(Served(engine, name, folder, api_key))
+    app = create_app(Served(engine, name, folder, host, sock.getsockname()[1], api_key))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
     engine.start()
     address = f"[{host}]" if ":" in host else host

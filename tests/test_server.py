@@ -40,10 +40,12 @@ READ_FILE = {"type": "function", "function": {"name": "read_file", "description"
 
 
 class Server:
-    """`nimllm serve ARGS` on a free loopback port, its output collected as it comes."""
+    """`nimllm serve ARGS` on a free loopback port, its output collected as it comes. `before` is Python that
+    process runs first (a fault a test injects into the engine)."""
 
-    def __init__(self, folder: Path, *args):
-        self.process = popen_cli("serve", "--model", folder, "--port", "0", *args)
+    def __init__(self, folder: Path, *args, before: str | None = None):
+        command = ["serve", "--model", folder, "--port", "0", *args]
+        self.process = popen_cli(*command) if before is None else popen_python(before, *command)
         self.lines: queue.Queue = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -89,6 +91,14 @@ class Server:
         assert "Traceback" not in "".join(self.output), "".join(self.output)
 
 
+def popen_python(before: str, *args) -> subprocess.Popen:
+    """`nimllm ARGS` as popen_cli runs it, after `before`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    code = f"{before}\nimport sys\nfrom nimllm.cli import main\nsys.exit(main())"
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("serve"))
@@ -123,21 +133,28 @@ ALL_SPECIAL = list(range(len(SPECIAL_TOKENS)))
 
 # ---- the engine: continuous batching on token ids ------------------------------------------------
 
+def peaked_gpt():
+    """A random GPT of 40 tokens and a context of 24 with peaked distributions, as in test_generate: its
+    greedy choices are no near-ties."""
+    import torch
+
+    from nimllm.config import ModelConfig
+    from nimllm.model import GPT
+    torch.manual_seed(0)
+    net = GPT(ModelConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=4, block_size=24)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(4.0 if p.dim() > 1 else 1.0)
+    return net
+
+
 def test_batch_scheduler_gives_each_request_what_generate_gives_it_alone():
     """Requests arrive while others decode, greedy and seeded ones mixed, some longer than the context
     (24): each gets generate's tokens for its prompt alone; a cancelled one ends and frees its row."""
     import random
 
-    import torch
-
-    from nimllm.config import ModelConfig
     from nimllm.generate import BatchScheduler, Decoder, Request
-    from nimllm.model import GPT
-    torch.manual_seed(0)
-    net = GPT(ModelConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=4, block_size=24)).eval()
-    with torch.no_grad():   # peaked distributions, as in test_generate: greedy choices are no near-ties
-        for p in net.parameters():
-            p.mul_(4.0 if p.dim() > 1 else 1.0)
+    net = peaked_gpt()
     rng = random.Random(0)
     asks = [dict(prompt=[rng.randrange(40) for _ in range(rng.randrange(1, 30))], max_new_tokens=rng.randrange(1, 50),
                  temperature=0.9 * (i % 2), seed=i) for i in range(16)]
@@ -165,6 +182,40 @@ def test_batch_scheduler_gives_each_request_what_generate_gives_it_alone():
         assert got[:-1] == wanted[:-1] and ends[-1] == "cancelled" and ends.count("stop") > 0
         assert all(end in ("stop", "length") for end in ends[:-1]) and scheduler.rows == [None] * 4
 
+
+
+def test_a_request_the_engine_cannot_run_fails_alone():
+    """Values no API request can carry, given to the scheduler directly while two requests decode: a seed
+    past 64 bits (the generator refuses it on admission), a temperature so small that the logits overflow
+    (sampling meets inf/nan) and a token outside the vocabulary (its prefill fails). Each ends its own
+    request with an error; the two decoding get generate's tokens, and every row is free at the end."""
+    from nimllm.generate import BatchScheduler, Decoder, Request
+    net = peaked_gpt()
+    asks = [dict(prompt=[1, 2, 3], max_new_tokens=30, temperature=0.0),
+            dict(prompt=[4, 5], max_new_tokens=30, temperature=0.9, seed=7),
+            dict(prompt=[1, 2], max_new_tokens=5, seed=2**64),
+            dict(prompt=[1, 2], max_new_tokens=5, temperature=5e-324),
+            dict(prompt=[1, 400], max_new_tokens=5)]
+    wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a.get("seed"),
+                            decoder=Decoder(net, 1))) for a in asks[:2]]
+    scheduler = BatchScheduler(Decoder(net, 4))   # 4 rows for 5 requests: the last takes a row a failure freed
+    got, ends = [[] for _ in asks], [None] * len(asks)
+
+    def emit_to(i):
+        return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
+    requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
+    for request in requests[:2]:
+        scheduler.submit(request)
+    for _ in range(3):
+        scheduler.step()
+    for request in requests[2:]:
+        scheduler.submit(request)
+    while scheduler.live or not scheduler.waiting.empty():
+        scheduler.step()
+    assert got[:2] == wanted and ends[:2] == ["length", "length"] and got[2:] == [[], [], []]
+    assert [end.split(":")[:2] for end in ends[2:]] == [["error", " ValueError"], ["error", " RuntimeError"],
+                                                         ["error", " IndexError"]]
+    assert scheduler.rows == [None] * 4
 
 # ---- the API through the official client ---------------------------------------------------------
 
@@ -372,6 +423,87 @@ def test_bad_requests_get_4xx_in_openai_shape_and_the_server_stays_up(server):
     assert server.health()["status"] == "ok"
 
 
+
+def test_numbers_beyond_openai_bounds_get_400_and_a_tiny_temperature_is_greedy(server):
+    """A seed past 64 bits once never got an answer and failed the stream batched with it, and a
+    temperature of 5e-324 answered 500 (its probabilities were inf/nan): every number is bounded as
+    OpenAI bounds it, in both endpoints, and the tiniest temperature is greedy."""
+    bodies = {"/v1/chat/completions": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 4},
+              "/v1/completions": {"prompt": "ROMEO:", "max_tokens": 4}}
+    beyond = [("seed", 2**64), ("seed", -2**63 - 1), ("temperature", 2.01), ("temperature", -1e-9), ("top_p", 0),
+              ("top_p", 1.0001), ("top_k", 0), ("top_k", 2**63), ("max_tokens", 0), ("max_tokens", 2**63),
+              ("max_completion_tokens", 0), ("n", 2)]
+    for path, body in bodies.items():
+        for field, value in beyond:
+            status, answer = server.http("POST", path, {**body, field: value})
+            error = json.loads(answer)["error"]
+            assert (status, error["type"], error["param"]) == (400, "invalid_request_error", field), (path, field)
+        for seed in (2**63 - 1, -2**63):   # the ends of a signed 64-bit integer are seeds
+            assert server.http("POST", path, {**body, "seed": seed})[0] == 200
+    replies = [server.http("POST", "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 12, "temperature": t})
+               for t in (0, 5e-324, 1e-300)]
+    assert [status for status, _ in replies] == [200] * 3
+    assert len({json.loads(body)["choices"][0]["text"] for _, body in replies}) == 1
+
+
+def test_ids_no_row_can_have_are_not_found(server):
+    """Ids past SQLite's 64-bit integers once answered 500."""
+    for path in ("/nimllm/conversations", "/nimllm/memories"):
+        for item in (99999999999999999999, 2**63, -2**63 - 1, 2**63 - 1, -1):
+            status, body = server.http("GET", f"{path}/{item}")
+            error = json.loads(body)["error"]
+            assert status == 404 and str(item) in error["message"], (path, item, body)
+
+
+# a fault inside the engine for the one request the test marks (top_k 13); every other sampled token waits 10 ms,
+# so the streams batched with it are still decoding when it arrives
+FAULT = """
+import time
+import nimllm.generate as engine
+sample = engine.sample_next
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    if top_k == 13:
+        raise RuntimeError("injected fault")
+    time.sleep(0.01)
+    return sample(logits, temperature, top_k, top_p, generator)
+engine.sample_next = sample_next
+"""
+
+
+def test_a_request_that_fails_in_the_engine_fails_alone(trained, model):
+    """Two streams decode; a third request, sampled in the same steps, fails inside the engine: it alone gets
+    a 500 in OpenAI's shape, the streams go on to exactly what generate gives them alone, and the server
+    serves on."""
+    tokenizer = model[1]
+    asks = [("ROMEO:", 3), ("KING:", 4)]   # sampled: only sampled rows meet the fault
+    wanted = [tokenizer.decode(expected(model, tokenizer.encode(prompt), 100, [tokenizer.eot_id], temperature=1.0,
+                                        seed=seed)) for prompt, seed in asks]
+    server = Server(trained, before=FAULT)
+    try:
+        streams = []
+        for prompt, seed in asks:
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            connection.request("POST", "/v1/completions", json.dumps({"prompt": prompt, "max_tokens": 100, "seed": seed,
+                                                                       "stream": True}),
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            streams.append((response, response.readline()))   # the first token: it is decoding
+        assert server.health()["decoding"] == 2
+        status, body = server.http("POST", "/v1/completions", {"prompt": "x", "max_tokens": 5, "top_k": 13})
+        error = json.loads(body)["error"]
+        assert status == 500 and error["type"] == "server_error" and "injected fault" in error["message"]
+        got = []
+        for response, first in streams:
+            events = (first + response.read()).decode().split("\n\n")
+            assert events[-2:] == ["data: [DONE]", ""] and "error" not in events[-3]
+            got.append("".join(json.loads(e.removeprefix("data: "))["choices"][0]["text"] for e in events[:-2]))
+        assert got == wanted
+        server.wait_for("injected fault")   # the server's log says why the request failed
+        assert server.health()["decoding"] == 0
+        assert server.http("POST", "/v1/completions", {"prompt": "x", "max_tokens": 2})[0] == 200
+    finally:
+        server.stop()
+
 def test_a_client_killed_mid_stream_frees_its_row(server, model):
     """A client process streams a reply that would never end (max_tokens 10^6) and is SIGKILLed after its
     first chunk: the server notices, frees the row, and answers the next request at once, with what `generate`
@@ -379,7 +511,8 @@ def test_a_client_killed_mid_stream_frees_its_row(server, model):
     client = subprocess.Popen([sys.executable, "-c", f"""
 import http.client, json, sys
 c = http.client.HTTPConnection("127.0.0.1", {server.port})
-c.request("POST", "/v1/completions", json.dumps({{"prompt": "a", "max_tokens": 1000000, "stream": True, "temperature": 0}}))
+body = {{"prompt": "a", "max_tokens": 1000000, "stream": True, "temperature": 0}}
+c.request("POST", "/v1/completions", json.dumps(body), {{"Content-Type": "application/json"}})
 r = c.getresponse()
 print(r.readline().decode().strip()[:6], flush=True)
 sys.stdin.read()
@@ -444,6 +577,94 @@ def test_refusals_are_one_line_errors(trained, tmp_path):
     missing = run_cli("serve", "--model", tmp_path / "nothing")
     assert missing.returncode == 1 and missing.stderr.startswith("nimllm: error: ") and "Traceback" not in missing.stderr
 
+
+
+# ---- a page of another site: no use of a server without a key -----------------------------------
+
+@pytest.fixture(scope="module")
+def remembering(trained, tmp_path_factory):
+    """A --remember server without a key: what a page could make it learn, and the conversations it could read."""
+    root = tmp_path_factory.mktemp("remembering")
+    shutil.copytree(trained, root / "model")
+    s = Server(root / "model", "--remember")
+    yield s
+    s.stop()
+
+
+def stored_text(server) -> str:
+    """Every message of every conversation the server keeps, read through its own endpoints."""
+    listed = json.loads(server.http("GET", "/nimllm/conversations")[1])
+    return "\n".join(m["content"] for c in listed
+                     for m in json.loads(server.http("GET", f"/nimllm/conversations/{c['id']}")[1])["messages"])
+
+
+def test_a_page_of_another_site_can_neither_use_nor_teach_a_keyless_server(remembering):
+    """Any page may POST text/plain or a form across sites without a CORS preflight, and a browser names the
+    page's origin in every POST: neither reaches the model nor the store. The server's own page (its origin,
+    JSON) is served, as are clients that send no Origin."""
+    port = remembering.port
+    chat = json.dumps({"messages": [{"role": "user", "content": "the password is walrus"}], "max_tokens": 2}).encode()
+    refused = [({"Content-Type": "text/plain", "Origin": "http://evil.example"}, 403),
+               ({"Content-Type": "text/plain"}, 415),
+               ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+               ({"Origin": "http://evil.example"}, 403),
+               ({"Origin": "null"}, 403),                        # a sandboxed frame, a file:// page
+               ({"Origin": "http://127.0.0.1:1"}, 403),          # another server of this machine
+               ({"Origin": f"https://127.0.0.1:{port}"}, 403)]
+    for headers, status in refused:
+        got, body = remembering.http("POST", "/v1/chat/completions", chat, headers)
+        error = json.loads(body)["error"]
+        assert (got, error["type"]) == (status, "invalid_request_error") and error["message"], (headers, got, body)
+    assert "walrus" not in stored_text(remembering)
+    for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        got, body = remembering.http("POST", "/v1/chat/completions", chat, {"Origin": origin})
+        assert got == 200 and json.loads(body)["object"] == "chat.completion"
+    assert "walrus" in stored_text(remembering)
+
+
+def test_a_rebound_name_reads_no_conversation(remembering):
+    """DNS rebinding: a page's own name made to resolve to 127.0.0.1 is the page's origin for the browser, so
+    only the Host header tells it from this server's: under such a name nothing is served."""
+    port = remembering.port
+    assert remembering.http("POST", "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "my PIN is 4711"}], "max_tokens": 2})[0] == 200
+    [mine] = [c for c in json.loads(remembering.http("GET", "/nimllm/conversations")[1]) if "4711" in c["title"]]
+    for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
+        for path in ("/nimllm/conversations", f"/nimllm/conversations/{mine['id']}", "/nimllm/memories",
+                     "/v1/models", "/health", "/"):
+            status, body = remembering.http("GET", path, headers={"Host": host})
+            error = json.loads(body)["error"]
+            assert (status, error["code"]) == (421, "misdirected_request") and b"4711" not in body, (host, path)
+    status, body = remembering.http("GET", "/nimllm/conversations", headers={"Origin": "http://evil.example"})
+    assert status == 403 and b"4711" not in body
+    for host in ("127.0.0.1@evil.example", "[::1", "localhost:port"):
+        assert remembering.http("GET", "/nimllm/conversations", headers={"Host": host})[0] == 400, host
+    for host in (f"localhost:{port}", "localhost", f"127.0.0.1:{port}", f"[::1]:{port}", "[::1]", "LocalHost"):
+        status, body = remembering.http("GET", "/nimllm/conversations", headers={"Host": host})
+        assert status == 200 and b"4711" in body, host
+
+
+def test_a_host_given_is_a_name_of_the_server_too():
+    """With --host NAME, NAME is the server's as well as the loopback names; with --host 0.0.0.0 any name is
+    (the key that requires guards it), but an Origin still needs the server's port and a POST JSON."""
+    from starlette.datastructures import Headers
+
+    from nimllm.server import own_names, refusal
+
+    def status(host, names, origin=None, method="GET", content_type="application/json"):
+        headers = Headers({"host": host, "content-type": content_type, **({"origin": origin} if origin else {})})
+        error = refusal(headers, method, names, 8000)
+        return error and error.status
+    box = own_names("box.lan")
+    assert [status("box.lan:8000", box), status("localhost", box), status("other.lan", box),
+            status("box.lan", box, "http://box.lan:8000"), status("box.lan", box, "http://other.lan:8000")] == [
+        None, None, 421, None, 403]
+    assert own_names("127.0.0.1") == own_names("::1") == own_names("localhost")
+    assert status("box.lan", own_names("127.0.0.1")) == 421
+    everywhere = own_names("0.0.0.0")
+    assert [status("10.0.0.5:8000", everywhere), status("10.0.0.5", everywhere, "http://10.0.0.5:8000"),
+            status("10.0.0.5", everywhere, "http://10.0.0.5:9000"),
+            status("10.0.0.5", everywhere, method="POST", content_type="text/plain")] == [None, None, 403, 415]
 
 # ---- the web page in a real browser --------------------------------------------------------------
 
