@@ -356,12 +356,23 @@ class CorpusInfo:
     train: SplitInfo
     val: SplitInfo
     stats: CorpusStats
+    tokenizer: str | None = None      # Tokenizer.fingerprint of the tokenizer the ids come from
 
     @classmethod
     def load(cls, folder: str | Path) -> CorpusInfo:
         meta = json.loads((Path(folder) / "meta.json").read_text())
         return cls(**{**meta, "train": SplitInfo(**meta["train"]), "val": SplitInfo(**meta["val"]),
                       "stats": CorpusStats(**meta["stats"])})
+
+
+def prepared_with(folder: str | Path, tokenizer: Tokenizer) -> bool:
+    """Whether `folder` holds complete shards made with this very tokenizer. A run killed before its first
+    checkpoint and started again with another --vocab-size has a new tokenizer beside the old shards,
+    whose ids would index past the model's embedding or silently mean other text."""
+    try:
+        return CorpusInfo.load(folder).tokenizer == tokenizer.fingerprint
+    except (OSError, ValueError, TypeError, KeyError):   # missing, or damaged: made again
+        return False
 
 
 class ShardWriter:
@@ -453,7 +464,7 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
         if val.tokens < 2:
             raise UserError(f"corpus too short: {val.tokens} validation tokens, need at least 2")
         info = CorpusInfo(str(corpus.root.resolve()), corpus_fingerprint(path), dtype.name,
-                          tokenizer.vocab_size, val_fraction, train, val, corpus.stats)
+                          tokenizer.vocab_size, val_fraction, train, val, corpus.stats, tokenizer.fingerprint)
         atomic_write(build / "meta.json", json.dumps(asdict(info), indent=2).encode())
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

@@ -5,6 +5,7 @@ normalised, so any Unicode string encodes, and decoding gives back exactly the s
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from pathlib import Path
@@ -167,6 +168,12 @@ class Tokenizer:
                 pending = []
         if pending:
             yield self.decode(pending)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of all of the tokenizer (vocabulary, merges, settings), which token shards record:
+        the ids of another tokenizer would mean other text."""
+        return hashlib.sha256(self.hf.to_str().encode("utf-8")).hexdigest()[:16]
 
     @property
     def vocab_size(self) -> int:

@@ -32,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 import nimllm
 from nimllm import checkpoint
 from nimllm.config import PRESETS, ModelFolder, TrainConfig, UserError, default_preset_name, override
-from nimllm.data import CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus
+from nimllm.data import (CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus,
+                         prepared_with)
 from nimllm.metrics import MetricsLog, plot_losses
 from nimllm.model import GPT
 from nimllm.tokenizer import Tokenizer
@@ -305,7 +306,7 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
     model_cfg = replace(model_cfg, vocab_size=-(-tokenizer.vocab_size // 64) * 64)  # a multiple of 64 runs faster
 
     data_dir = folder.data / fingerprint
-    if rt.is_main and not (data_dir / "meta.json").exists():
+    if rt.is_main and not prepared_with(data_dir, tokenizer):
         log(f"tokenizing {corpus} ...")
         report_corpus(prepare_corpus(sources, tokenizer, data_dir, block_size=model_cfg.block_size), log)
     rt.barrier()

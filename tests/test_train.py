@@ -13,9 +13,10 @@ import torch
 from conftest import REPO, popen_cli, real_text, run_cli
 from nimllm import checkpoint
 from nimllm.config import ModelConfig, ModelFolder, TrainConfig
-from nimllm.data import TokenShards
+from nimllm.data import CorpusInfo, TokenShards
 from nimllm.metrics import read_metrics
 from nimllm.model import GPT
+from nimllm.tokenizer import Tokenizer
 from nimllm.train import Runtime, build_optimizer, default_steps, evaluate, learning_rate, run_training
 
 TINY = ["--preset", "tiny", "--vocab-size", "512"]
@@ -224,3 +225,34 @@ def test_low_memory_mode_trains_and_resumes_exactly(corpus, tmp_path):
     assert losses(ModelFolder(split)) == losses(ModelFolder(whole))
     assert ModelFolder(split).weights.read_bytes() == ModelFolder(whole).weights.read_bytes()
     assert checkpoint.load_config(ModelFolder(whole))["train"].grad_accum == 1
+
+
+# ---- what a killed run leaves behind ---------------------------------------------------------------
+
+def kill_before_first_checkpoint(corpus, folder: ModelFolder, *options) -> None:
+    """Start `nimllm train` and SIGKILL it once its tokenizer and shards are made and its steps have begun."""
+    proc = popen_cli("train", corpus, "--model", folder.root, "--preset", "tiny", "--steps", 10_000,
+                     "--no-chat-skills", *options)
+    for line in proc.stdout:
+        if line.startswith("training ") and " params on " in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert folder.tokenizer.exists() and not folder.train_state.exists()
+
+
+@pytest.mark.parametrize("first, then", [(1000, 300), (300, 1000)])
+def test_a_run_killed_before_its_first_checkpoint_then_another_vocabulary(corpus, tmp_path, first, then):
+    """The shards of the killed run hold ids of its tokenizer: fewer than the new embedding has rows
+    (silently other text) or more (an IndexError). They are made again for the new tokenizer."""
+    folder = ModelFolder(tmp_path / "m")
+    kill_before_first_checkpoint(corpus, folder, "--vocab-size", first)
+    out = run_cli("train", corpus, "--model", folder.root, "--preset", "tiny", "--steps", 2, "--no-chat-skills",
+                  "--vocab-size", then)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    tokenizer = Tokenizer.load(folder.tokenizer)
+    [data] = folder.data.iterdir()
+    info = CorpusInfo.load(data)
+    assert info.vocab_size == tokenizer.vocab_size and info.tokenizer == tokenizer.fingerprint
+    shards = TokenShards(data, "train")
+    assert shards.read(0, shards.num_tokens).max() < tokenizer.vocab_size == len(tokenizer.hf.get_vocab())
