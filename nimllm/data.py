@@ -28,7 +28,7 @@ import torch
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nimllm.config import UserError
-from nimllm.fileio import atomic_write
+from nimllm.fileio import atomic_write, temp_prefix
 from nimllm.tokenizer import Tokenizer, json_messages
 
 BLOCK_BYTES = 1 << 20      # a file is read in pieces of about this size, cut after a newline
@@ -441,7 +441,7 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
     corpus = open_corpus(path, val_fraction)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
+    build = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=temp_prefix(out_dir), suffix=".tmp"))
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     writers = {split: ShardWriter(build, split, dtype, shard_tokens) for split in ("train", "val")}
     try:
@@ -467,7 +467,7 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
                           tokenizer.vocab_size, val_fraction, train, val, corpus.stats, tokenizer.fingerprint)
         atomic_write(build / "meta.json", json.dumps(asdict(info), indent=2).encode())
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            old = out_dir.with_name(f"{temp_prefix(out_dir)}old.tmp")
             os.rename(out_dir, old)
             os.rename(build, out_dir)
             shutil.rmtree(old)

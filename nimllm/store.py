@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from nimllm.config import UserError
+from nimllm.fileio import process_alive
 
 ROLES = ("system", "user", "assistant", "tool")
 FEEDBACK = ("good", "bad", "fix")
@@ -68,16 +69,6 @@ class Delta:
     seconds: float
     stats: dict
     forgotten: float | None
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's process: alive
-        return True
-    return True
 
 
 class Store:

@@ -34,6 +34,7 @@ from nimllm import checkpoint
 from nimllm.config import PRESETS, ModelFolder, TrainConfig, UserError, default_preset_name, override
 from nimllm.data import (CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus,
                          prepared_with)
+from nimllm.fileio import remove_stale_temps
 from nimllm.metrics import MetricsLog, plot_losses
 from nimllm.model import GPT
 from nimllm.tokenizer import Tokenizer
@@ -275,6 +276,8 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
     corpus = Path(corpus).expanduser()
     if not corpus.exists():
         raise UserError(f"no such file or folder: {corpus}")
+    if rt.is_main and folder.root.exists() and (freed := remove_stale_temps(folder.root)):
+        log(f"removed {freed / 1e6:.1f} MB of temporary files that killed writes left in {folder.root}")
     sources = [corpus, *map(Path, mix_in)] if mix_in else corpus
     fingerprint = corpus_fingerprint(sources)
     action = plan(folder, fingerprint, fresh)

@@ -256,3 +256,41 @@ def test_a_run_killed_before_its_first_checkpoint_then_another_vocabulary(corpus
     assert info.vocab_size == tokenizer.vocab_size and info.tokenizer == tokenizer.fingerprint
     shards = TokenShards(data, "train")
     assert shards.read(0, shards.num_tokens).max() < tokenizer.vocab_size == len(tokenizer.hf.get_vocab())
+
+
+STUCK_WRITER = """
+import os, sys
+from pathlib import Path
+from nimllm import fileio
+os.fsync = lambda fd: (print("writing", flush=True), sys.stdin.readline())   # holds the write open
+fileio.atomic_write(Path(sys.argv[1]), b"x" * 1_000_000)
+"""
+
+
+def stuck_writer(path) -> subprocess.Popen:
+    """A process in the middle of an atomic write of `path`, its temporary file on disk."""
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_WRITER, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline() == "writing\n"
+    return proc
+
+
+def test_the_next_run_removes_what_killed_writes_left_and_only_that(tmp_path):
+    folder = ModelFolder(tmp_path / "m")
+    killed = [stuck_writer(folder.train_state), stuck_writer(folder.memory / "fisher.safetensors")]
+    for proc in killed:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    live = stuck_writer(folder.weights)
+    temps = lambda: sorted(p.name for p in folder.root.rglob("*.tmp"))
+    assert len(temps()) == 3
+    (tmp_path / "corpus.txt").write_text(real_text(30_000))
+    out = run_cli("train", tmp_path / "corpus.txt", "--model", folder.root, "--preset", "tiny", "--vocab-size", 300,
+                  "--steps", 1, "--no-chat-skills")
+    assert out.returncode == 0, out.stderr
+    assert "removed 2.0 MB of temporary files that killed writes left" in out.stdout
+    assert temps() == [p for p in temps() if f".{live.pid}." in p] != []   # the live write goes on
+    live.kill()
+    live.wait()
+    info = run_cli("info", "--model", folder.root)
+    assert info.returncode == 0 and ".tmp" not in info.stdout
