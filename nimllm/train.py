@@ -198,10 +198,21 @@ def plan(folder: ModelFolder, fingerprint: str, fresh: bool) -> str:
     return "continue"
 
 
-def clear_for_fresh_start(folder: ModelFolder) -> None:
+def clear_for_fresh_start(folder: ModelFolder, log) -> None:
+    """--fresh: the trained model goes. What it learned in conversations (the memories, the conversations
+    themselves, and the Fisher and control set of the old base) would be added onto the new model, so it
+    is moved aside, never deleted; a note says where (there is no asking when stdin is not a terminal)."""
     for path in (folder.weights, folder.train_state, folder.metrics, folder.loss_plot, folder.tokenizer):
         path.unlink(missing_ok=True)
     shutil.rmtree(folder.data, ignore_errors=True)
+    learned = [path for path in (folder.store, Path(f"{folder.store}-wal"), Path(f"{folder.store}-shm"),
+                                 folder.memory, folder.control) if path.exists()]
+    if learned:
+        aside = folder.root / time.strftime("previous-%Y-%m-%d-%H%M%S")
+        aside.mkdir()
+        for path in learned:
+            path.rename(aside / path.name)
+        log(f"--fresh: the old model's memories and conversations are kept in {aside}")
 
 
 def report_corpus(info: CorpusInfo, log) -> None:
@@ -296,7 +307,7 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
         corpora = []
         if rt.is_main:
             if fresh:
-                clear_for_fresh_start(folder)
+                clear_for_fresh_start(folder, log)
             folder.root.mkdir(parents=True, exist_ok=True)
             log(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {corpus} ...")
             Tokenizer.train(iter_texts_for_tokenizer(sources), vocab_size=vocab_size).save(folder.tokenizer)

@@ -16,6 +16,7 @@ from nimllm.config import ModelConfig, ModelFolder, TrainConfig
 from nimllm.data import CorpusInfo, TokenShards
 from nimllm.metrics import read_metrics
 from nimllm.model import GPT
+from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
 from nimllm.train import Runtime, build_optimizer, default_steps, evaluate, learning_rate, run_training
 
@@ -89,6 +90,7 @@ import sys, torch
 from nimllm import checkpoint
 from nimllm.config import ModelConfig, ModelFolder, TrainConfig
 from nimllm.model import GPT
+from nimllm.store import Store
 from nimllm.train import build_optimizer
 folder = ModelFolder(__import__('pathlib').Path(sys.argv[1]))
 model = GPT(ModelConfig(vocab_size=4096, n_layer=4, n_embd=256, n_head=4, block_size=64))
@@ -294,3 +296,30 @@ def test_the_next_run_removes_what_killed_writes_left_and_only_that(tmp_path):
     live.wait()
     info = run_cli("info", "--model", folder.root)
     assert info.returncode == 0 and ".tmp" not in info.stdout
+
+
+def test_fresh_moves_what_the_old_model_learned_aside(tmp_path):
+    """The memories of the old model (its deltas, their conversations, the Fisher and control set of the
+    old base) would be added onto the new one: --fresh moves them into previous-*/, deleting nothing."""
+    folder = ModelFolder(tmp_path / "m")
+    folder.memory.mkdir(parents=True)
+    (folder.memory / "fisher.safetensors").write_bytes(b"of the old base")
+    (folder.memory / "delta-1.safetensors").write_bytes(b"an old delta")
+    with Store(folder.store) as store:
+        cid = store.start_conversation()
+        store.add_message(cid, "user", "my boat is called Blue Heron")
+        store.end_conversation(cid)
+        store.record_delta([cid], "memory/delta-1.safetensors", 10, 0.5, {})
+    (tmp_path / "corpus.txt").write_text(real_text(30_000))
+    out = run_cli("train", tmp_path / "corpus.txt", "--model", folder.root, "--preset", "tiny", "--vocab-size", 300,
+                  "--steps", 1, "--no-chat-skills", "--fresh")
+    assert out.returncode == 0, out.stderr
+    [aside] = folder.root.glob("previous-*")
+    assert f"--fresh: the old model's memories and conversations are kept in {aside}\n" in out.stdout
+    listing = run_cli("memory", "list", "--model", folder.root)
+    assert "no memories yet" in listing.stdout and "Blue Heron" not in listing.stdout
+    assert (folder.memory / "fisher.safetensors").exists() and not (folder.memory / "delta-1.safetensors").exists()
+    with Store(aside / "conversations.sqlite") as old:
+        assert [m.content for m in old.messages(cid)] == ["my boat is called Blue Heron"] and len(old.deltas()) == 1
+    assert (aside / "memory" / "fisher.safetensors").read_bytes() == b"of the old base"
+    assert (aside / "memory" / "delta-1.safetensors").read_bytes() == b"an old delta"
