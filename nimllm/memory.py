@@ -227,9 +227,10 @@ class Memory:
         return {}, 0.0, kept_before
 
     def learn_pending(self, log=print) -> list[UpdateReport]:
-        """Conversations a killed chat left unlearned, learned one by one."""
+        """Conversations a killed chat left unlearned, claimed (no other process learns them too) and learned
+        one by one."""
         reports = []
-        for cid in self.store.unlearned():
+        for cid in self.store.claim_unlearned():
             if not self.lessons([cid]):
                 continue   # only questions, or an agent's task the user did not approve: nothing to learn
             log(f"remembering an earlier conversation ({cid})...")
