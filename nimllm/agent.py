@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from nimllm import shell
-from nimllm.console import line_reader
+from nimllm.console import line_reader, printable
 from nimllm.config import ModelFolder, UserError
 from nimllm.generate import generate
 from nimllm.lessons import conversation_messages
 from nimllm.memory import Memory
-from nimllm.sandbox import Limits, Sandbox, trim, visible
+from nimllm.sandbox import Limits, Sandbox, trim
 
 PROMPT, REPLY, PLAN = "you> ", "nimllm> ", "nimllm plans: "
 HELP = """commands:
@@ -107,7 +107,7 @@ class Agent:
                 return None
             if turn.kind == "answer":
                 self.last_model_message = self.store.add_message(self.task, "assistant", turn.text)
-                self.say(f"{REPLY}{visible(turn.text.encode())}")
+                self.say(f"{REPLY}{printable(turn.text)}")
                 return turn.text
             if not self.call(turn.text, messages):
                 return None
@@ -151,7 +151,7 @@ class Agent:
     def call(self, command: str, messages: list[tuple[str, str]], fixed: bool = False) -> bool:
         """Show a planned command (or the user's, `fixed`), check it, ask, run it, and put what it
         printed in the context. False when the task ends here (refused /fix, or the user said no)."""
-        self.say(f"{PLAN}{visible(command.encode())}")
+        self.say(f"{PLAN}{printable(command)}")
         refused = shell.refusal(command, self.sandbox.folder)
         if refused:
             self.record(command, f"[refused: {refused}]", {"refused": refused}, bad=True)

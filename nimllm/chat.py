@@ -13,7 +13,7 @@ import threading
 from functools import partial
 
 from nimllm.config import ModelFolder
-from nimllm.console import line_reader
+from nimllm.console import line_reader, printable
 
 PROMPT, MORE, REPLY = "you> ", "...> ", "nimllm> "
 HELP = """commands:
@@ -101,8 +101,8 @@ class Chat:
         self.say(REPLY, end="")
         try:
             for piece in tok.decode_stream(ids):
-                pieces.append(piece)
-                self.say(piece, end="")
+                pieces.append(piece)   # stored as the model wrote it, shown as the terminal may see it
+                self.say(printable(piece), end="")
         except KeyboardInterrupt:   # stop this answer, keep the chat and what was written
             self.say(" [stopped]", end="")
         self.say()

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from nimllm.fileio import atomic_write
+from nimllm.fileio import atomic_write, is_temp
 from nimllm.config import ModelConfig, ModelFolder, TrainConfig, UserError, dataclass_from_dict
 from nimllm.model import GPT
 
@@ -143,7 +143,7 @@ def describe(folder: ModelFolder) -> dict:
     progress = read_progress(folder) or {}
     state = ("finished" if progress.get("finished") else "interrupted (run the same train command to resume)") \
         if progress else "not started"
-    files = {p.name: p.stat().st_size for p in sorted(folder.root.iterdir()) if p.is_file()}
+    files = {p.name: p.stat().st_size for p in sorted(folder.root.iterdir()) if p.is_file() and not is_temp(p)}
     return {
         "folder": folder.root,
         "preset": cfg.get("preset"),

@@ -168,6 +168,7 @@ def cmd_train(args) -> int:
 
 def cmd_generate(args) -> int:
     from nimllm.config import ModelFolder
+    from nimllm.console import printable
     from nimllm.generate import fastest_decoder, generate
     from nimllm.deltas import load_remembered
     from nimllm.train import pick_device
@@ -179,7 +180,7 @@ def cmd_generate(args) -> int:
     ids = generate(model, tokenizer.encode(args.prompt), args.max_tokens, args.temperature, args.top_k,
                    args.top_p, args.seed, stop_ids=[tokenizer.eot_id], decoder=fastest_decoder(model))
     for piece in tokenizer.decode_stream(ids):
-        print(piece, end="", flush=True)
+        print(printable(piece), end="", flush=True)
     print()
     return 0
 
@@ -218,6 +219,7 @@ def cmd_memory(args) -> int:
     from nimllm import deltas, memory
     from nimllm.checkpoint import load_config
     from nimllm.config import ModelFolder, UserError
+    from nimllm.console import printable
     from nimllm.store import Store
     folder = ModelFolder.resolve(args.model)
     load_config(folder)   # a clear error when there is no model
@@ -233,7 +235,7 @@ def cmd_memory(args) -> int:
                               "yes" if r["forgotten"] else "")
             console.print(table if rows else "no memories yet: talk with `nimllm --chat`")
         elif args.action == "show":
-            console.print(deltas.show_memory(folder, store, args.id))
+            console.print(printable(deltas.show_memory(folder, store, args.id)), markup=False, highlight=False)
         elif args.action == "stats":
             for key, value in memory.folder_stats(folder, store).items():
                 console.print(f"[bold]{key}[/]: {value}")

@@ -1,6 +1,8 @@
-"""Reading a person's lines, on a terminal or piped, for the faces that talk (chat, agent)."""
+"""The terminal side of the faces that talk (chat, agent, generate): reading a person's lines, on a
+terminal or piped, and making what a model writes safe to show."""
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager, suppress
 
@@ -44,3 +46,20 @@ def line_reader(stdin, stdout, history_name: str):
             stdout.write(line if line.endswith("\n") else line + "\n")
             return line.rstrip("\r\n")
         yield read_line
+
+
+# ---- text that cannot drive a terminal ---------------------------------------------------------
+
+ESCAPE_SEQUENCE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    """`text` as it may reach a terminal: escape sequences (colours, cursor moves, window titles, OSC
+    links) removed, other control and invisible characters (C0 and C1 controls, bidi overrides,
+    zero-width spaces) written out as \\xNN or \\uNNNN; newlines and tabs kept. A model taught such
+    bytes could otherwise rewrite the user's screen, title or clipboard, so every path that shows a
+    model's words goes through this. Streamed text is filtered piece by piece: a sequence cut between
+    two pieces shows as text (its ESC written out), never as a command to the terminal."""
+    text = ESCAPE_SEQUENCE.sub("", text.replace("\r\n", "\n"))
+    return INVISIBLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)

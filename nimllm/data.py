@@ -28,7 +28,7 @@ import torch
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nimllm.config import UserError
-from nimllm.fileio import atomic_write
+from nimllm.fileio import atomic_write, temp_prefix
 from nimllm.tokenizer import Tokenizer, json_messages
 
 BLOCK_BYTES = 1 << 20      # a file is read in pieces of about this size, cut after a newline
@@ -356,12 +356,23 @@ class CorpusInfo:
     train: SplitInfo
     val: SplitInfo
     stats: CorpusStats
+    tokenizer: str | None = None      # Tokenizer.fingerprint of the tokenizer the ids come from
 
     @classmethod
     def load(cls, folder: str | Path) -> CorpusInfo:
         meta = json.loads((Path(folder) / "meta.json").read_text())
         return cls(**{**meta, "train": SplitInfo(**meta["train"]), "val": SplitInfo(**meta["val"]),
                       "stats": CorpusStats(**meta["stats"])})
+
+
+def prepared_with(folder: str | Path, tokenizer: Tokenizer) -> bool:
+    """Whether `folder` holds complete shards made with this very tokenizer. A run killed before its first
+    checkpoint and started again with another --vocab-size has a new tokenizer beside the old shards,
+    whose ids would index past the model's embedding or silently mean other text."""
+    try:
+        return CorpusInfo.load(folder).tokenizer == tokenizer.fingerprint
+    except (OSError, ValueError, TypeError, KeyError):   # missing, or damaged: made again
+        return False
 
 
 class ShardWriter:
@@ -430,7 +441,7 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
     corpus = open_corpus(path, val_fraction)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
+    build = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=temp_prefix(out_dir), suffix=".tmp"))
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     writers = {split: ShardWriter(build, split, dtype, shard_tokens) for split in ("train", "val")}
     try:
@@ -453,10 +464,10 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
         if val.tokens < 2:
             raise UserError(f"corpus too short: {val.tokens} validation tokens, need at least 2")
         info = CorpusInfo(str(corpus.root.resolve()), corpus_fingerprint(path), dtype.name,
-                          tokenizer.vocab_size, val_fraction, train, val, corpus.stats)
+                          tokenizer.vocab_size, val_fraction, train, val, corpus.stats, tokenizer.fingerprint)
         atomic_write(build / "meta.json", json.dumps(asdict(info), indent=2).encode())
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            old = out_dir.with_name(f"{temp_prefix(out_dir)}old.tmp")
             os.rename(out_dir, old)
             os.rename(build, out_dir)
             shutil.rmtree(old)

@@ -30,7 +30,7 @@ from nimllm.control import answers_kept, control_batch, load_control, make_contr
 from nimllm.data import TokenShards
 from nimllm.deltas import apply_delta, learning_lock, load_delta, load_remembered, memory_stats, save_delta
 from nimllm.deltas import forget as forget_deltas
-from nimllm.fileio import atomic_write
+from nimllm.fileio import atomic_write, remove_stale_temps
 from nimllm.generate import Decoder, fastest_decoder
 from nimllm.lessons import Lesson, batch, is_agent_task, lessons_for, training_windows
 from nimllm.store import Store
@@ -48,6 +48,7 @@ class Memory:
     def __init__(self, folder: ModelFolder, device: str | None = None, mcfg: MemoryConfig | None = None):
         self.folder, self.mcfg = folder, mcfg or MemoryConfig()
         self.device = pick_device(device)
+        remove_stale_temps(folder.root)   # what killed writes left, quietly: the chat's screen is for the talk
         self.model, self.config = checkpoint.load_model(folder, self.device)
         self.tokenizer = Tokenizer.load(folder.tokenizer)
         folder.memory.mkdir(parents=True, exist_ok=True)
@@ -226,9 +227,10 @@ class Memory:
         return {}, 0.0, kept_before
 
     def learn_pending(self, log=print) -> list[UpdateReport]:
-        """Conversations a killed chat left unlearned, learned one by one."""
+        """Conversations a killed chat left unlearned, claimed (no other process learns them too) and learned
+        one by one."""
         reports = []
-        for cid in self.store.unlearned():
+        for cid in self.store.claim_unlearned():
             if not self.lessons([cid]):
                 continue   # only questions, or an agent's task the user did not approve: nothing to learn
             log(f"remembering an earlier conversation ({cid})...")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from nimllm.config import UserError
+from nimllm.fileio import process_alive
 
 ROLES = ("system", "user", "assistant", "tool")
 FEEDBACK = ("good", "bad", "fix")
@@ -42,7 +43,7 @@ class Conversation:
     kind: str              # "chat", "agent", "server"...
     started: float
     ended: float | None
-    pid: int               # the process having it
+    pid: int               # the process having it: the one it was started in, or the one learning it
     title: str | None      # the start of the first user message
     learned_delta: int | None
 
@@ -70,14 +71,11 @@ class Delta:
     forgotten: float | None
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's process: alive
-        return True
-    return True
+def _unlearned(db: sqlite3.Connection) -> list[int]:
+    rows = db.execute("""SELECT id, ended, pid FROM conversations c WHERE learned_delta IS NULL
+                         AND EXISTS (SELECT 1 FROM messages WHERE conversation_id = c.id AND role = 'user')
+                         ORDER BY id""").fetchall()
+    return [cid for cid, ended, pid in rows if (pid == os.getpid() and ended is not None) or not process_alive(pid)]
 
 
 class Store:
@@ -195,13 +193,20 @@ class Store:
         return self._select(Message, "messages", "WHERE conversation_id = ? ORDER BY id", (conversation_id,))
 
     def unlearned(self) -> list[int]:
-        """Conversations with something the user said, not learned yet, and over: ended, or left by a
-        process that died (a killed chat). Those a live process is still having wait. Oldest first."""
+        """Conversations with something the user said, not learned yet, and left to learn: by a process
+        that died (a killed chat, or one killed while learning), or ended by this one. Those another live
+        process has, it learns itself (a chat learns its conversation as it ends). Oldest first."""
         with self._locked() as db:
-            rows = db.execute("""SELECT id, ended, pid FROM conversations c WHERE learned_delta IS NULL
-                                 AND EXISTS (SELECT 1 FROM messages WHERE conversation_id = c.id AND role = 'user')
-                                 ORDER BY id""").fetchall()
-        return [cid for cid, ended, pid in rows if ended is not None or not process_alive(pid)]
+            return _unlearned(db)
+
+    def claim_unlearned(self) -> list[int]:
+        """unlearned(), each made this process's in the same transaction (the write lock is taken first),
+        so that of several chats started together exactly one learns a killed chat's conversation. A
+        claim dies with its process: a learner killed midway leaves the conversation to the next one."""
+        with self._locked(write=True) as db:
+            claimed = _unlearned(db)
+            db.executemany("UPDATE conversations SET pid = ? WHERE id = ?", [(os.getpid(), cid) for cid in claimed])
+        return claimed
 
     # ---- memories (weight deltas) ----
 

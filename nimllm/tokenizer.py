@@ -5,6 +5,9 @@ normalised, so any Unicode string encodes, and decoding gives back exactly the s
 """
 from __future__ import annotations
 
+import hashlib
+import re
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -28,6 +31,8 @@ SPECIAL_TOKENS = [
     "<|/tool_result|>",
     *(f"<|reserved_{i}|>" for i in range(6)),
 ]
+MAX_WORD = 256   # the longest word the trainer is given; longer runs are cut (see short_words)
+LONG_RUN = re.compile(rf"\S{{{MAX_WORD + 1},}}|\s{{{MAX_WORD + 1},}}")
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>", "tool": "<|tool_result|>",
                "tool_call": "<|assistant|>"}   # a tool call is an assistant turn spent on running something
 
@@ -41,6 +46,20 @@ def json_messages(value) -> list[tuple[str, str]]:
     if any(role not in ROLE_TOKENS or not isinstance(content, str) for role, content in messages):
         raise ValueError('each message must be {"role": ..., "content": "..."} with a known role')
     return messages
+
+
+def short_words(texts: Iterable[str]) -> Iterator[str]:
+    """The texts with every run of more than MAX_WORD characters without a space (or of spaces) cut into
+    pieces of MAX_WORD, each a text of its own, so that no word the trainer sees is longer. `tokenizers`
+    merges inside one word in time quadratic in its length: a 400 KB word took a minute, a 50 MB line
+    of `a` never finished. A token that long would be of no use anyway."""
+    for text in texts:
+        start = 0
+        for run in LONG_RUN.finditer(text):
+            yield text[start:run.start()]
+            yield from (text[i:min(i + MAX_WORD, run.end())] for i in range(run.start(), run.end(), MAX_WORD))
+            start = run.end()
+        yield text[start:]
 
 
 def fit_context(turns: list[list[int]], budget: int) -> list[int]:
@@ -84,9 +103,9 @@ class Tokenizer:
             vocab_size=vocab_size,
             special_tokens=SPECIAL_TOKENS,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
-            show_progress=False,
+            show_progress=sys.stdout.isatty(),   # its bars of reading, counting and merging (else blank lines)
         )
-        hf.train_from_iterator(texts, trainer=trainer)
+        hf.train_from_iterator(short_words(texts), trainer=trainer)
         return cls(hf)
 
     @classmethod
@@ -149,6 +168,12 @@ class Tokenizer:
                 pending = []
         if pending:
             yield self.decode(pending)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of all of the tokenizer (vocabulary, merges, settings), which token shards record:
+        the ids of another tokenizer would mean other text."""
+        return hashlib.sha256(self.hf.to_str().encode("utf-8")).hexdigest()[:16]
 
     @property
     def vocab_size(self) -> int:

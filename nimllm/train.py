@@ -32,7 +32,9 @@ from torch.nn.parallel import DistributedDataParallel
 import nimllm
 from nimllm import checkpoint
 from nimllm.config import PRESETS, ModelFolder, TrainConfig, UserError, default_preset_name, override
-from nimllm.data import CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus
+from nimllm.data import (CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus,
+                         prepared_with)
+from nimllm.fileio import remove_stale_temps
 from nimllm.metrics import MetricsLog, plot_losses
 from nimllm.model import GPT
 from nimllm.tokenizer import Tokenizer
@@ -196,10 +198,21 @@ def plan(folder: ModelFolder, fingerprint: str, fresh: bool) -> str:
     return "continue"
 
 
-def clear_for_fresh_start(folder: ModelFolder) -> None:
+def clear_for_fresh_start(folder: ModelFolder, log) -> None:
+    """--fresh: the trained model goes. What it learned in conversations (the memories, the conversations
+    themselves, and the Fisher and control set of the old base) would be added onto the new model, so it
+    is moved aside, never deleted; a note says where (there is no asking when stdin is not a terminal)."""
     for path in (folder.weights, folder.train_state, folder.metrics, folder.loss_plot, folder.tokenizer):
         path.unlink(missing_ok=True)
     shutil.rmtree(folder.data, ignore_errors=True)
+    learned = [path for path in (folder.store, Path(f"{folder.store}-wal"), Path(f"{folder.store}-shm"),
+                                 folder.memory, folder.control) if path.exists()]
+    if learned:
+        aside = folder.root / time.strftime("previous-%Y-%m-%d-%H%M%S")
+        aside.mkdir()
+        for path in learned:
+            path.rename(aside / path.name)
+        log(f"--fresh: the old model's memories and conversations are kept in {aside}")
 
 
 def report_corpus(info: CorpusInfo, log) -> None:
@@ -274,6 +287,8 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
     corpus = Path(corpus).expanduser()
     if not corpus.exists():
         raise UserError(f"no such file or folder: {corpus}")
+    if rt.is_main and folder.root.exists() and (freed := remove_stale_temps(folder.root)):
+        log(f"removed {freed / 1e6:.1f} MB of temporary files that killed writes left in {folder.root}")
     sources = [corpus, *map(Path, mix_in)] if mix_in else corpus
     fingerprint = corpus_fingerprint(sources)
     action = plan(folder, fingerprint, fresh)
@@ -292,7 +307,7 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
         corpora = []
         if rt.is_main:
             if fresh:
-                clear_for_fresh_start(folder)
+                clear_for_fresh_start(folder, log)
             folder.root.mkdir(parents=True, exist_ok=True)
             log(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {corpus} ...")
             Tokenizer.train(iter_texts_for_tokenizer(sources), vocab_size=vocab_size).save(folder.tokenizer)
@@ -305,7 +320,7 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
     model_cfg = replace(model_cfg, vocab_size=-(-tokenizer.vocab_size // 64) * 64)  # a multiple of 64 runs faster
 
     data_dir = folder.data / fingerprint
-    if rt.is_main and not (data_dir / "meta.json").exists():
+    if rt.is_main and not prepared_with(data_dir, tokenizer):
         log(f"tokenizing {corpus} ...")
         report_corpus(prepare_corpus(sources, tokenizer, data_dir, block_size=model_cfg.block_size), log)
     rt.barrier()

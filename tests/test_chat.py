@@ -148,6 +148,22 @@ def test_killed_mid_conversation_loses_nothing_and_is_learned_next_time(folder):
         assert store.unlearned() == [] and len(store.deltas()) == 1
 
 
+
+def test_two_chats_started_together_learn_a_killed_chats_conversation_once(folder):
+    kill_chat_when(folder, "the lighthouse is called Vess\n", lambda out: out.count("you> ") >= 2)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    chats = [subprocess.Popen([sys.executable, "-m", "nimllm.cli", "chat", "--model", str(folder.root), "--max-tokens",
+                               "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outs = [proc.communicate("/quit\n", timeout=120) for proc in chats]
+    assert [proc.returncode for proc in chats] == [0, 0] and not any(err for _, err in outs), outs
+    assert sum(out.count("remembering an earlier conversation") for out, _ in outs) == 1
+    with Store(folder.store) as store:
+        [delta] = store.deltas()
+        [learned] = [c for c in store.conversations() if c.learned_delta is not None]
+    assert learned.learned_delta == delta.id and learned.title == "the lighthouse is called Vess"
+
+
 def test_killed_mid_update_keeps_the_weights_and_learns_again(folder):
     from nimllm.memory import Memory
     chat(folder, "my first car was a Volvo\n/quit\n")     # one memory already there

@@ -134,3 +134,35 @@ def test_fit_context_keeps_the_most_recent_messages_that_fit():
     assert fit_context(turns, 7) == [3, 13, 14, 15, 5]            # an older message drops out whole
     assert fit_context(turns, 3) == [3, 15, 5]                     # the newest alone is too long: its tail
     assert fit_context([], 10) == []
+
+
+TRAIN_ON = """
+import sys
+from nimllm.data import iter_texts_for_tokenizer
+from nimllm.tokenizer import Tokenizer
+tokenizer = Tokenizer.train(iter_texts_for_tokenizer(sys.argv[1]), vocab_size=300)
+print(tokenizer.decode(tokenizer.encode("a" * 1000)) == "a" * 1000)
+"""
+
+
+@pytest.mark.parametrize("word", ["a", " ", "=-"])
+def test_one_very_long_word_trains_in_seconds(tmp_path, word):
+    """A file that is one 4 MB word (no newline, no space; or all spaces): `tokenizers` merges inside a
+    word in time quadratic in its length, and this took hours."""
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    path = tmp_path / "one-word.txt"
+    path.write_text(word * (4_000_000 // len(word)))
+    out = subprocess.run([sys.executable, "-c", TRAIN_ON, str(path)], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0 and out.stdout == "True\n", out.stderr
+
+
+def test_short_words_cuts_only_long_runs():
+    from nimllm.tokenizer import MAX_WORD, short_words
+    text = "plain words " + "x" * (2 * MAX_WORD + 5) + " " * (MAX_WORD + 1) + "end"
+    pieces = [p for p in short_words([text, "short"]) if p]
+    assert "".join(pieces) == text + "short" and max(map(len, pieces)) == MAX_WORD
+    assert pieces[0] == "plain words " and pieces[-2:] == ["end", "short"]

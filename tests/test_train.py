@@ -13,9 +13,11 @@ import torch
 from conftest import REPO, popen_cli, real_text, run_cli
 from nimllm import checkpoint
 from nimllm.config import ModelConfig, ModelFolder, TrainConfig
-from nimllm.data import TokenShards
+from nimllm.data import CorpusInfo, TokenShards
 from nimllm.metrics import read_metrics
 from nimllm.model import GPT
+from nimllm.store import Store
+from nimllm.tokenizer import Tokenizer
 from nimllm.train import Runtime, build_optimizer, default_steps, evaluate, learning_rate, run_training
 
 TINY = ["--preset", "tiny", "--vocab-size", "512"]
@@ -88,6 +90,7 @@ import sys, torch
 from nimllm import checkpoint
 from nimllm.config import ModelConfig, ModelFolder, TrainConfig
 from nimllm.model import GPT
+from nimllm.store import Store
 from nimllm.train import build_optimizer
 folder = ModelFolder(__import__('pathlib').Path(sys.argv[1]))
 model = GPT(ModelConfig(vocab_size=4096, n_layer=4, n_embd=256, n_head=4, block_size=64))
@@ -224,3 +227,99 @@ def test_low_memory_mode_trains_and_resumes_exactly(corpus, tmp_path):
     assert losses(ModelFolder(split)) == losses(ModelFolder(whole))
     assert ModelFolder(split).weights.read_bytes() == ModelFolder(whole).weights.read_bytes()
     assert checkpoint.load_config(ModelFolder(whole))["train"].grad_accum == 1
+
+
+# ---- what a killed run leaves behind ---------------------------------------------------------------
+
+def kill_before_first_checkpoint(corpus, folder: ModelFolder, *options) -> None:
+    """Start `nimllm train` and SIGKILL it once its tokenizer and shards are made and its steps have begun."""
+    proc = popen_cli("train", corpus, "--model", folder.root, "--preset", "tiny", "--steps", 10_000,
+                     "--no-chat-skills", *options)
+    for line in proc.stdout:
+        if line.startswith("training ") and " params on " in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert folder.tokenizer.exists() and not folder.train_state.exists()
+
+
+@pytest.mark.parametrize("first, then", [(1000, 300), (300, 1000)])
+def test_a_run_killed_before_its_first_checkpoint_then_another_vocabulary(corpus, tmp_path, first, then):
+    """The shards of the killed run hold ids of its tokenizer: fewer than the new embedding has rows
+    (silently other text) or more (an IndexError). They are made again for the new tokenizer."""
+    folder = ModelFolder(tmp_path / "m")
+    kill_before_first_checkpoint(corpus, folder, "--vocab-size", first)
+    out = run_cli("train", corpus, "--model", folder.root, "--preset", "tiny", "--steps", 2, "--no-chat-skills",
+                  "--vocab-size", then)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    tokenizer = Tokenizer.load(folder.tokenizer)
+    [data] = folder.data.iterdir()
+    info = CorpusInfo.load(data)
+    assert info.vocab_size == tokenizer.vocab_size and info.tokenizer == tokenizer.fingerprint
+    shards = TokenShards(data, "train")
+    assert shards.read(0, shards.num_tokens).max() < tokenizer.vocab_size == len(tokenizer.hf.get_vocab())
+
+
+STUCK_WRITER = """
+import os, sys
+from pathlib import Path
+from nimllm import fileio
+os.fsync = lambda fd: (print("writing", flush=True), sys.stdin.readline())   # holds the write open
+fileio.atomic_write(Path(sys.argv[1]), b"x" * 1_000_000)
+"""
+
+
+def stuck_writer(path) -> subprocess.Popen:
+    """A process in the middle of an atomic write of `path`, its temporary file on disk."""
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_WRITER, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline() == "writing\n"
+    return proc
+
+
+def test_the_next_run_removes_what_killed_writes_left_and_only_that(tmp_path):
+    folder = ModelFolder(tmp_path / "m")
+    killed = [stuck_writer(folder.train_state), stuck_writer(folder.memory / "fisher.safetensors")]
+    for proc in killed:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    live = stuck_writer(folder.weights)
+    temps = lambda: sorted(p.name for p in folder.root.rglob("*.tmp"))
+    assert len(temps()) == 3
+    (tmp_path / "corpus.txt").write_text(real_text(30_000))
+    out = run_cli("train", tmp_path / "corpus.txt", "--model", folder.root, "--preset", "tiny", "--vocab-size", 300,
+                  "--steps", 1, "--no-chat-skills")
+    assert out.returncode == 0, out.stderr
+    assert "removed 2.0 MB of temporary files that killed writes left" in out.stdout
+    assert temps() == [p for p in temps() if f".{live.pid}." in p] != []   # the live write goes on
+    live.kill()
+    live.wait()
+    info = run_cli("info", "--model", folder.root)
+    assert info.returncode == 0 and ".tmp" not in info.stdout
+
+
+def test_fresh_moves_what_the_old_model_learned_aside(tmp_path):
+    """The memories of the old model (its deltas, their conversations, the Fisher and control set of the
+    old base) would be added onto the new one: --fresh moves them into previous-*/, deleting nothing."""
+    folder = ModelFolder(tmp_path / "m")
+    folder.memory.mkdir(parents=True)
+    (folder.memory / "fisher.safetensors").write_bytes(b"of the old base")
+    (folder.memory / "delta-1.safetensors").write_bytes(b"an old delta")
+    with Store(folder.store) as store:
+        cid = store.start_conversation()
+        store.add_message(cid, "user", "my boat is called Blue Heron")
+        store.end_conversation(cid)
+        store.record_delta([cid], "memory/delta-1.safetensors", 10, 0.5, {})
+    (tmp_path / "corpus.txt").write_text(real_text(30_000))
+    out = run_cli("train", tmp_path / "corpus.txt", "--model", folder.root, "--preset", "tiny", "--vocab-size", 300,
+                  "--steps", 1, "--no-chat-skills", "--fresh")
+    assert out.returncode == 0, out.stderr
+    [aside] = folder.root.glob("previous-*")
+    assert f"--fresh: the old model's memories and conversations are kept in {aside}\n" in out.stdout
+    listing = run_cli("memory", "list", "--model", folder.root)
+    assert "no memories yet" in listing.stdout and "Blue Heron" not in listing.stdout
+    assert (folder.memory / "fisher.safetensors").exists() and not (folder.memory / "delta-1.safetensors").exists()
+    with Store(aside / "conversations.sqlite") as old:
+        assert [m.content for m in old.messages(cid)] == ["my boat is called Blue Heron"] and len(old.deltas()) == 1
+    assert (aside / "memory" / "fisher.safetensors").read_bytes() == b"of the old base"
+    assert (aside / "memory" / "delta-1.safetensors").read_bytes() == b"an old delta"
