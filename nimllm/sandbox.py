@@ -11,7 +11,7 @@ dies with the command or with the caller. Every command, sandboxed or not, has a
 an output limit, per-process memory and file-size limits, a cap on how much the working folder may
 grow, and, where a cgroup can be made, a cap on the memory and the number of all its processes.
 
-What to run and whether to ask first is decided in `nimllm/shell.py`; this file only runs.
+What the filter warns about is in `nimllm/shell.py`; this file only runs, and holds without it.
 """
 from __future__ import annotations
 
@@ -288,12 +288,17 @@ def undo_new_repositories(folder: Path, before: set[Path]) -> list[str]:
         if any(path.is_relative_to(u) for u in undone):
             continue
         target = path if path.name.casefold() == ".git" else path / "HEAD"
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+        name = target.relative_to(folder)
+        try:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        except OSError as e:   # said, not raised: the user must hear of it before running git there
+            notes.append(f"could NOT remove {name} ({e.strerror}): delete it before you run git in that folder")
+            continue
         undone.append(path)
-        notes.append(f"removed {target.relative_to(folder)}: commands may not make git repositories here")
+        notes.append(f"removed {name}: commands may not make git repositories here")
     return notes
 
 

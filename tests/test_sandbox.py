@@ -2,7 +2,6 @@
 harmless, and what happens without a sandbox. The hostile commands are in test_sandbox_hostile.py.
 Folders that the sandbox would hide anyway (/tmp) prove nothing, so the host-side paths of these
 tests live under /var/tmp, which the sandbox shows read-only."""
-import os
 import shutil
 import signal
 import subprocess
