@@ -367,6 +367,7 @@ def test_without_the_sandbox_the_check_sees_the_escape(host, name):
     assert attempt.escaped(host, result), result.output[-2000:]
 
 
-def test_the_suite_is_large_and_every_group_holds():
-    assert len(ATTEMPTS) >= 60
-    assert sum(a.control for a in ATTEMPTS.values()) >= 30
+def test_the_suite_is_as_large_as_the_readme_says():
+    readme = (REPO / "README.md").read_text()
+    assert f"0 secrets read in {len(ATTEMPTS)} attempts; {sum(a.control for a in ATTEMPTS.values())} of the checks" \
+        in " ".join(readme.split())
