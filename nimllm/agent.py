@@ -2,8 +2,9 @@
 sandbox once the user says yes, reads what it printed, answers, and learns the tasks the user approves.
 
 A turn of the model is either a call, `<|tool_call|>command<|/tool_call|>`, or an answer ending in
-`<|end|>` (nimllm/tokenizer.py's template). Each call is checked (nimllm/shell.py), confirmed,
-run (nimllm/sandbox.py), and what it printed goes back as a tool message, trimmed, with its exit
+`<|end|>` (nimllm/tokenizer.py's template). Each call is shown with the filter's warnings
+(nimllm/shell.py: a warning, not a guarantee), confirmed, run in the sandbox (nimllm/sandbox.py,
+which holds without the filter), and what it printed goes back as a tool message, trimmed, with its exit
 code; the model goes on until it answers or reaches the step limit. Every task is one stored
 conversation of kind "agent"; /good, /bad and /fix rate it, and an approved one is learned when it
 closes (nimllm/memory.py learns only approved tasks that ran commands).
@@ -24,6 +25,8 @@ from nimllm.memory import Memory
 from nimllm.sandbox import Limits, Sandbox, trim
 
 PROMPT, REPLY, PLAN = "you> ", "nimllm> ", "nimllm plans: "
+SANDBOXED = "(sandboxed: it can change files in this folder, not .git nor anything outside)"
+NOT_SANDBOXED = "(NOT sandboxed: it can do anything you can)"
 HELP = """commands:
   /good            the last task went well: it will be learned
   /bad             it went wrong: it will not be learned
@@ -152,13 +155,13 @@ class Agent:
         """Show a planned command (or the user's, `fixed`), check it, ask, run it, and put what it
         printed in the context. False when the task ends here (refused /fix, or the user said no)."""
         self.say(f"{PLAN}{printable(command)}")
-        refused = shell.refusal(command, self.sandbox.folder)
+        refused = self.refusal(command)
         if refused:
             self.record(command, f"[refused: {refused}]", {"refused": refused}, bad=True)
             self.say(f"  refused: {refused}")
             messages += [("tool_call", command), ("tool", f"[refused: {refused}]")]
             return not fixed
-        yes, to_run = self.confirm(command)
+        yes, to_run = self.confirm(command, self.warn(command))
         if not yes:
             self.record(command, "[not run: the user said no]", {"declined": True}, bad=True)
             self.say("  not run; the task ends here")
@@ -172,18 +175,33 @@ class Agent:
         messages += [("tool_call", to_run), ("tool", observation)]
         return True
 
-    def confirm(self, command: str) -> tuple[bool, str]:
+    def refusal(self, command: str) -> str | None:
+        """Why a command is not run whatever the user says, or None: hidden characters (what the user
+        confirms would not be what runs), or with --yes anything the filter warns about (nobody is
+        there to read the warning)."""
+        warned = shell.warnings(command, self.sandbox.folder) if self.yes else []
+        return shell.refusal(command) or (f"--yes runs nothing the filter warns about: {'; '.join(warned)}"
+                                          if warned else None)
+
+    def warn(self, command: str) -> list[str]:
+        """Show what the filter recognises in a command; it recognises only some dangers."""
+        warned = shell.warnings(command, self.sandbox.folder)
+        for warning in warned:
+            self.say(f"  warning: {warning}")
+        return warned
+
+    def confirm(self, command: str, warned: list[str]) -> tuple[bool, str]:
         """(whether to run, the command to run, perhaps edited): asked unless --yes or trusted
-        read-only, and always asked without the sandbox."""
-        read_only = self.sandbox.active and shell.read_only(command)
+        read-only with no warning, and always asked without the sandbox."""
+        read_only = self.sandbox.active and not warned and shell.read_only(command)
         if self.sandbox.active and (self.yes or (self.trusted and read_only)):   # never unsandboxed
-            self.say("  (runs without asking: " + ("--yes" if self.yes else "trusted read-only") + ")")
+            self.say("  (runs without asking: " + ("--yes" if self.yes else "you trust what the filter reads as "
+                                                   "read-only; the sandbox holds either way") + ")")
             return True, command
         options = "y/n/e(dit)/a(lways for read-only)" if read_only else "y/n/e(dit)"
-        if not self.sandbox.active:
-            options += "; NOT sandboxed"
+        scope = SANDBOXED if self.sandbox.active else NOT_SANDBOXED
         while True:
-            answer = (self.read_line(f"run it? [{options}] ") or "n").strip().lower()[:1]
+            answer = (self.read_line(f"run it? {scope} [{options}] ") or "n").strip().lower()[:1]
             if answer == "a" and read_only:
                 self.trusted = True
                 self.say("  read-only commands now run without asking")
@@ -194,10 +212,11 @@ class Agent:
                 edited = (self.read_line("command> ") or "").strip()
                 if not edited:
                     return False, command
-                refused = shell.refusal(edited, self.sandbox.folder)
+                refused = shell.refusal(edited)
                 if refused:
                     self.say(f"  refused: {refused}")
                     continue
+                self.warn(edited)
                 return True, edited
 
     def record(self, command: str, observation: str, meta: dict, bad: bool = False, original: str | None = None) -> None:
@@ -270,7 +289,7 @@ def run_agent(folder: ModelFolder, workdir: Path, device: str | None, sampling: 
               max_steps: int = 5, seconds: float = 10.0, stdin=sys.stdin, stdout=sys.stdout) -> int:
     """The REPL; returns the exit code. The sandbox is checked before the model is loaded, so --yes
     without one fails at once."""
-    sandbox = Sandbox(workdir, protect=[folder.root], limits=Limits(seconds=seconds))
+    sandbox = Sandbox(workdir, hide=[folder.root], limits=Limits(seconds=seconds))
     if yes and not sandbox.active:
         raise UserError(f"--yes runs commands without asking, which needs the sandbox: {sandbox.reason}")
     say = partial(print, file=stdout, flush=True)

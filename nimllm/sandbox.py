@@ -2,42 +2,52 @@
 
 Knows nothing of models: it takes a command and a working folder and returns what the command
 printed. Inside the sandbox (`bwrap`) the whole file system is read-only except the working folder
-(whose `.git`, and any path the caller protects, stay read-only too) and a private /tmp; the home
-folders, /run and the password hashes are hidden; there is no network and no way to open a socket
-(seccomp), no capabilities, no new privileges, no setuid bits, and every process dies with the
-command or with the caller. Every command, sandboxed or not, has a wall-clock limit, an output limit,
-memory and file-size limits and, where a cgroup or RLIMIT_NPROC allows, a process-count limit.
+and a small private /tmp. In the working folder every git repository (`.git`, and folders shaped
+like a bare repository) stays read-only, and one the command makes is taken apart afterwards; the
+home folders, /run, the model folders and root-only secrets are hidden; bwrap itself starts with a
+minimal environment, so no variable of the caller reaches the command; there is no network and no
+way to open a socket (seccomp), no capabilities, no new privileges, no setuid bits, and every process
+dies with the command or with the caller. Every command, sandboxed or not, has a wall-clock limit,
+an output limit, per-process memory and file-size limits, a cap on how much the working folder may
+grow, and, where a cgroup can be made, a cap on the memory and the number of all its processes.
 
-What to run and whether to ask first is decided in `nimllm/shell.py`; this file only runs.
+What the filter warns about is in `nimllm/shell.py`; this file only runs, and holds without it.
 """
 from __future__ import annotations
 
+import glob
 import os
 import platform
-import re
 import select
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nimllm.config import UserError
+from nimllm.config import UserError, nimllm_home
+from nimllm.console import printable
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-HIDDEN_DIRS = ("/root", "/home", "/run")                      # tmpfs over them: secrets, other users, sockets
-HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow")                # /dev/null over them
-GIT_PROTECTED = (".git", ".git/config", ".git/hooks")         # code that git on the host would run
+# Hidden in the sandbox (a folder becomes an empty read-only tmpfs, a file /dev/null): other users'
+# and root's homes, sockets, and secrets only root may read, since the agent may run as root and uid
+# 0 reads its own files without any capability. Patterns catch backups such as /etc/shadow-.
+HIDDEN = ("/root", "/home", "/run", "/var/cache/debconf", "/etc/ssl/private", "/etc/shadow*", "/etc/gshadow*",
+          "/etc/security/opasswd", "/etc/ssh/ssh_host_*key")
+GIT_PARTS = ("", "config", "hooks")      # of each repository: what git on the host reads code to run from
 
 
 @dataclass
 class Limits:
     seconds: float = 10.0
     output_bytes: int = 1 << 20       # kept of what the command prints; past this it is killed
-    memory_bytes: int = 2 << 30       # address space of each process
+    memory_bytes: int = 2 << 30       # address space of each process, and memory of all together (cgroup)
     file_bytes: int = 256 << 20       # largest file a command may write
+    folder_bytes: int = 1 << 30       # how much the working folder may grow in one command; past this it is killed
+    tmp_bytes: int = 64 << 20         # the private /tmp, and /dev/shm: both live in memory
     processes: int = 256
 
 
@@ -48,8 +58,8 @@ class Result:
     exit_code: int | None             # None when the command was killed at a limit
     seconds: float
     sandboxed: bool
-    timed_out: bool = False
-    output_cut: bool = False          # killed for printing more than the output limit
+    killed: str | None = None         # the limit it was killed at: "time", "output" or "folder size"
+    notes: tuple[str, ...] = ()       # what else the sandbox did: processes killed for memory, repositories undone
 
     def observation(self, max_lines: int = 12, max_chars: int = 400) -> str:
         """What goes back to the model (the same in training and in use): the status line, then the
@@ -57,25 +67,15 @@ class Result:
         return f"[{self.status()}]\n{trim(self.output.rstrip(), max_lines, max_chars)}".rstrip()
 
     def status(self) -> str:
-        if self.timed_out:
-            return "killed at the time limit"
-        if self.output_cut:
-            return "killed at the output limit"
-        return f"exit {self.exit_code}"
+        first = f"killed at the {self.killed} limit" if self.killed else f"exit {self.exit_code}"
+        return "; ".join((first, *self.notes))
 
 
 # ---- making output safe to show ------------------------------------------------------------------
 
-ESCAPE_SEQUENCE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
-INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
-
-
 def visible(data: bytes) -> str:
-    """Bytes a command printed as text that cannot drive a terminal: escape sequences removed, other
-    control and invisible characters (bidi overrides, zero-width spaces) written out as \\xNN or
-    \\uNNNN, invalid UTF-8 replaced."""
-    text = ESCAPE_SEQUENCE.sub("", data.decode("utf-8", errors="replace").replace("\r\n", "\n"))
-    return INVISIBLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+    """Bytes a command printed as text that cannot drive a terminal (`printable`), invalid UTF-8 replaced."""
+    return printable(data.decode("utf-8", errors="replace"))
 
 
 def trim(text: str, max_lines: int, max_chars: int) -> str:
@@ -139,60 +139,198 @@ def seccomp_program(machine: str = platform.machine()) -> bytes | None:
                     for i, (code, jt, jf, k) in enumerate(prog))
 
 
-# ---- a process-count limit that root cannot ignore ---------------------------------------------------
+# ---- cgroups: the number and the memory of all of a command's processes -----------------------------
 
-class PidsCgroup:
-    """A fresh cgroup (v1 or v2) with pids.max: root ignores RLIMIT_NPROC, a cgroup it cannot. Also
-    finds every process a command left behind, sandboxed or not."""
+CGROUP_LIMITS = (("pids.max", "processes"),                      # each file that the new cgroup has is set
+                 ("memory.limit_in_bytes", "memory_bytes"), ("memory.memsw.limit_in_bytes", "memory_bytes"),  # v1
+                 ("memory.max", "memory_bytes"), ("memory.swap.max", None))                                    # v2
+ENTER = 'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
 
-    def __init__(self, path: Path):
-        self.path = path
+
+class Cgroups:
+    """Fresh cgroups for one command, under the caller's own: one per v1 hierarchy of pids or memory,
+    or one in v2 where those are delegated. They cap what no rlimit can: root ignores RLIMIT_NPROC,
+    and RLIMIT_AS is per process, so four processes could take four times as much. Also lists every
+    process a command left behind, sandboxed or not. Empty where no cgroup can be made."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
 
     @classmethod
-    def create(cls, limit: int) -> PidsCgroup | None:
-        for mount in cls.mounts():
-            path = mount / f"nimllm-{os.getpid()}-{time.monotonic_ns()}"
+    def create(cls, limits: Limits) -> Cgroups:
+        made = []
+        for base in hierarchies():
+            path = base / f"nimllm-{os.getpid()}-{time.monotonic_ns()}"
             try:
                 path.mkdir()
-                (path / "pids.max").write_text(str(limit))
-                return cls(path)
+                for name, limit in CGROUP_LIMITS:
+                    if (path / name).exists():
+                        (path / name).write_text(str(getattr(limits, limit) if limit else 0))
+                made.append(path)
             except OSError:
-                if path.exists():
-                    path.rmdir()
-        return None
-
-    @staticmethod
-    def mounts() -> list[Path]:
-        """Where a pids controller is mounted: a v1 hierarchy, or v2 with pids delegated to children."""
-        found = []
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                parts = line.split()
-                mount, fstype, options = Path(parts[4]), parts[parts.index("-") + 1], parts[-1]
-                if fstype == "cgroup" and "pids" in options.split(",") or fstype == "cgroup2" and "pids" in \
-                        read_or_empty(mount / "cgroup.subtree_control").split():
-                    found.append(mount)
-        return found
+                remove_cgroup(path)
+        return cls(made)
 
     def wrap(self, argv: list[str]) -> list[str]:
-        """argv run from inside the cgroup: a shell enters it, then becomes argv."""
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs"), *argv]
+        """argv run from inside the cgroups: a shell enters each, then becomes argv."""
+        if not self.paths:
+            return argv
+        return ["/bin/sh", "-c", ENTER, "sh", *(str(p / "cgroup.procs") for p in self.paths), "--", *argv]
 
-    def kill_all(self) -> None:
+    def pids(self) -> set[int]:
+        return {int(pid) for p in self.paths for pid in read_or_empty(p / "cgroup.procs").split()}
+
+    def close(self) -> list[str]:
+        """Kill every process left in them and remove them; what the memory limit did, if anything."""
         for _ in range(100):
-            pids = (self.path / "cgroup.procs").read_text().split()
+            pids = self.pids()
             if not pids:
                 break
             for pid in pids:
                 try:
-                    os.kill(int(pid), signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
             time.sleep(0.01)
+        killed = sum(oom_kills(p) for p in self.paths)
+        for path in self.paths:
+            remove_cgroup(path)
+        return [f"{killed} process{'es' * (killed > 1)} killed at the memory limit"] if killed else []
+
+
+def hierarchies() -> list[Path]:
+    """Where this process's own cgroups are, in each hierarchy that can limit processes or memory."""
+    own = [line.split(":", 2) for line in read_or_empty(Path("/proc/self/cgroup")).splitlines()]
+    found = []
+    for line in read_or_empty(Path("/proc/self/mountinfo")).splitlines():
+        parts = line.split()
+        root, mount, fstype = parts[3].rstrip("/"), Path(parts[4]), parts[parts.index("-") + 1]
+        for _, controllers, path in own:
+            names = set(controllers.split(","))
+            v1 = fstype == "cgroup" and {"pids", "memory"} & names and names <= set(parts[-1].split(","))
+            v2 = fstype == "cgroup2" and controllers == ""
+            if (v1 or v2) and (path + "/").startswith(root + "/"):
+                base = mount / path[len(root):].lstrip("/")
+                if v1 or {"pids", "memory"} & set(read_or_empty(base / "cgroup.subtree_control").split()):
+                    found.append(base)
+    return found
+
+
+def oom_kills(path: Path) -> int:
+    """Processes the kernel killed in this cgroup for passing its memory limit (v1 or v2)."""
+    for name in ("memory.oom_control", "memory.events"):
+        for line in read_or_empty(path / name).splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    return 0
+
+
+def remove_cgroup(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+# ---- what the working folder holds: its size and its git repositories --------------------------------
+
+@dataclass
+class Scan:
+    bytes: int                   # allocated on disk, each file once however many names it has
+    repositories: set[Path]      # `.git` entries, and folders git would take for a bare repository
+
+
+def scan(folder: Path) -> Scan:
+    """Walk the folder without following links; what vanishes during the walk is let go."""
+    sizes, repositories, pending = {}, set(), [str(folder)]
+    while pending:
+        current = pending.pop()
         try:
-            self.path.rmdir()
+            entries = list(os.scandir(current))
         except OSError:
-            pass
+            continue
+        if current != str(folder) and bare_repository(entries):
+            repositories.add(Path(current))
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            sizes[st.st_dev, st.st_ino] = st.st_blocks * 512
+            if entry.name.casefold() == ".git":   # .GIT is .git on a case-insensitive file system
+                repositories.add(Path(entry.path))
+            if stat.S_ISDIR(st.st_mode):
+                pending.append(entry.path)
+    return Scan(sum(sizes.values()), repositories)
+
+
+def bare_repository(entries: list[os.DirEntry]) -> bool:
+    """Whether git would take this folder for a repository: a HEAD file, and objects and refs folders
+    or a commondir (a worktree's)."""
+    kinds = {e.name: e.is_dir() for e in entries if e.name in ("HEAD", "objects", "refs", "commondir")}
+    return kinds.get("HEAD") is False and (bool(kinds.get("objects") and kinds.get("refs")) or "commondir" in kinds)
+
+
+def undo_new_repositories(folder: Path, before: set[Path]) -> list[str]:
+    """Take apart each repository the command made, so that git on the host never reads its config
+    or hooks: a new `.git` is removed whole; a folder made to look like a bare repository loses its
+    HEAD (without it git does not take it for one, and nothing else in it is touched)."""
+    notes, undone = [], []
+    for path in sorted(scan(folder).repositories - before):
+        if any(path.is_relative_to(u) for u in undone):
+            continue
+        target = path if path.name.casefold() == ".git" else path / "HEAD"
+        name = target.relative_to(folder)
+        try:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        except OSError as e:   # said, not raised: the user must hear of it before running git there
+            notes.append(f"could NOT remove {name} ({e.strerror}): delete it before you run git in that folder")
+            continue
+        undone.append(path)
+        notes.append(f"removed {name}: commands may not make git repositories here")
+    return notes
+
+
+def deleted_open_bytes(pids: set[int], device: int) -> int:
+    """Disk held by files on the folder's device that the processes deleted but keep open: out of the
+    walk's sight, they would otherwise grow unchecked until the command ends."""
+    held = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 0 and st.st_dev == device:
+                held[st.st_ino] = st.st_blocks * 512
+    return sum(held.values())
+
+
+class Growth:
+    """Whether the working folder grew past the limit since the command started. A walk of a big
+    folder takes a while, so it is checked every 0.02 s or, in a big folder, seldom enough that the
+    walks take at most a fifth of the time."""
+
+    def __init__(self, folder: Path, start_bytes: int, cgroups: Cgroups, limit: int):
+        self.folder, self.start_bytes, self.cgroups, self.limit = folder, start_bytes, cgroups, limit
+        self.device, self.next = folder.stat().st_dev, 0.0
+
+    def exceeded(self) -> bool:
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        size = scan(self.folder).bytes + deleted_open_bytes(self.cgroups.pids(), self.device)
+        took = time.monotonic() - now
+        self.next = now + max(0.02, 5 * took)
+        return size - self.start_bytes > self.limit
 
 
 # ---- running -------------------------------------------------------------------------------------------
@@ -209,14 +347,39 @@ def check_folder(folder: Path) -> Path:
     return folder
 
 
+def hidden_paths(extra: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The folders and the files to hide, where they really are (a symlink is hidden where it leads)."""
+    patterns = [*HIDDEN, *(glob.escape(str(p)) for p in (Path.home(), *extra))]
+    paths = {Path(p).resolve() for pattern in patterns for p in glob.glob(pattern)} - {Path("/")}
+    return sorted(p for p in paths if p.is_dir()), sorted(p for p in paths if not p.is_dir())
+
+
+def protected(repositories: set[Path], folder: Path) -> list[Path]:
+    """What git reads code from in each repository, where it really is, when that is in the folder
+    (outside it everything is read-only anyway)."""
+    paths = {(repo / part).resolve() for repo in repositories for part in GIT_PARTS}
+    return sorted(p for p in paths if p.exists() and p.is_relative_to(folder))
+
+
+def environment(sandboxed: bool) -> dict[str, str]:
+    """All a command (and bwrap, whose environment its process 1 shows in /proc/1/environ) gets: no
+    variable of the caller, so no API key or token."""
+    home = "/tmp" if sandboxed else str(Path.home())
+    return {"PATH": PATH, "HOME": home, "LANG": "C.UTF-8", "TERM": "dumb"}
+
+
 class Sandbox:
     """Runs commands in `folder`, in bubblewrap when it works here (`active`), else without a sandbox
-    and with only the limits (`reason` says why). `protect` lists paths inside the folder that stay
-    read-only (the model folder, say); `.git`, its config and hooks always do."""
+    and with only the limits (`reason` says why). `hide` lists folders the command must not see (the
+    model folder, say), besides $NIMLLM_HOME and those of HIDDEN."""
 
-    def __init__(self, folder: Path, protect: list[Path] = (), limits: Limits | None = None, use_bwrap: bool = True):
+    def __init__(self, folder: Path, hide: list[Path] = (), limits: Limits | None = None, use_bwrap: bool = True):
         self.folder, self.limits = check_folder(folder), limits or Limits()
-        self.protect = [Path(p) for p in protect]
+        self.hide = [Path(p).expanduser().resolve() for p in (*hide, nimllm_home())]
+        for hidden in self.hide:
+            if self.folder.is_relative_to(hidden):
+                raise UserError(f"{self.folder} is inside {hidden}, which commands may not see: "
+                                "cd into a project folder first")
         self.bwrap = shutil.which("bwrap") if use_bwrap else None
         self.active, self.reason = self.probe()
 
@@ -229,26 +392,23 @@ class Sandbox:
         if result.exit_code != 0:
             first = result.output.strip().splitlines()[:1]
             return False, f"bubblewrap cannot make a sandbox here ({first[0] if first else result.status()})"
-        return True, "sandboxed: the working folder is writable, the rest read-only; no network"
+        return True, ("sandboxed: commands may change the working folder but not its .git (a repository they make "
+                      "is taken apart); the rest is read-only; no network")
 
-    def bwrap_args(self) -> list[str]:
+    def bwrap_args(self, repositories: set[Path]) -> list[str]:
+        hidden_dirs, hidden_files = hidden_paths(self.hide)
+        mounts = [(d, ["--tmpfs", str(d)]) for d in hidden_dirs]
+        mounts += [(f, ["--ro-bind", "/dev/null", str(f)]) for f in hidden_files]
+        mounts += [(Path(d), ["--size", str(self.limits.tmp_bytes), "--tmpfs", d]) for d in ("/tmp", "/dev/shm")]
+        mounts += [(self.folder, ["--bind", str(self.folder), str(self.folder)])]
+        mounts += [(p, ["--ro-bind", str(p), str(p)]) for p in protected(repositories, self.folder)]
         args = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
-                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-        home = Path.home().resolve()
-        for hidden in (*HIDDEN_DIRS, str(home)):
-            if hidden != "/" and Path(hidden).is_dir() and not Path(hidden).is_symlink():
-                args += ["--tmpfs", hidden]
-        for hidden in HIDDEN_FILES:
-            if Path(hidden).exists():
-                args += ["--ro-bind", "/dev/null", hidden]
-        args += ["--bind", str(self.folder), str(self.folder)]
-        for path in [self.folder / p for p in GIT_PROTECTED] + self.protect:
-            real = path.resolve()             # a symlink is protected where it leads
-            if real.exists() and real.is_relative_to(self.folder):
-                args += ["--ro-bind", str(real), str(real)]
-        args += ["--chdir", str(self.folder), "--clearenv", "--setenv", "PATH", PATH, "--setenv", "HOME", "/tmp",
-                 "--setenv", "LANG", "C.UTF-8", "--setenv", "TERM", "dumb"]
-        return args
+                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        for _, mount in sorted(mounts, key=lambda m: len(m[0].parts)):   # a mount covers those below it: parents first
+            args += mount
+        for folder in (*hidden_dirs, Path("/dev")):   # read-only last: the mounts inside them needed mount points
+            args += ["--remount-ro", str(folder)]
+        return args + ["--chdir", str(self.folder)]
 
     def limited(self, command: str) -> list[str]:
         """bash running the command under the resource limits (inherited by all it starts)."""
@@ -262,9 +422,10 @@ class Sandbox:
         return self.execute(command, self.active)
 
     def execute(self, command: str, sandboxed: bool) -> Result:
-        start, argv, pass_fds = time.monotonic(), self.limited(command), ()
+        start, before = time.monotonic(), scan(self.folder)
+        argv, pass_fds = self.limited(command), ()
         if sandboxed:
-            argv = self.bwrap_args()
+            argv = self.bwrap_args(before.repositories)
             program = seccomp_program()
             if program:
                 fd = os.memfd_create("nimllm-seccomp")
@@ -273,29 +434,31 @@ class Sandbox:
                 argv += ["--seccomp", str(fd)]
                 pass_fds = (fd,)
             argv += ["--", *self.limited(command)]
-        cgroup = PidsCgroup.create(self.limits.processes)
+        cgroups = Cgroups.create(self.limits)
         try:
-            proc = subprocess.Popen(cgroup.wrap(argv) if cgroup else argv, cwd=self.folder, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                    pass_fds=pass_fds)
+            proc = subprocess.Popen(cgroups.wrap(argv), cwd=self.folder, env=environment(sandboxed),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True, pass_fds=pass_fds)
             try:
-                output, timed_out, cut = self.collect(proc, start)
+                output, killed = self.collect(proc, start, Growth(self.folder, before.bytes, cgroups,
+                                                                  self.limits.folder_bytes))
             finally:   # also on Ctrl-C: with bwrap, its pid namespace dies with it
                 kill_group(proc)
         finally:
             for fd in pass_fds:
                 os.close(fd)
-            if cgroup:
-                cgroup.kill_all()
-        code = None if timed_out or cut else proc.returncode
-        return Result(command, visible(output), code, time.monotonic() - start, sandboxed, timed_out, cut)
+            notes = cgroups.close()
+            if sandboxed:   # also on Ctrl-C: no repository made so far may outlive the command
+                notes += undo_new_repositories(self.folder, before.repositories)
+        code = None if killed else proc.returncode
+        return Result(command, visible(output), code, time.monotonic() - start, sandboxed, killed, tuple(notes))
 
-    def collect(self, proc: subprocess.Popen, start: float) -> tuple[bytes, bool, bool]:
-        """Read what the command prints until it ends (its leftovers get a moment to finish writing),
-        the time limit passes, or it prints too much; anything still running is then killed."""
-        chunks, size, timed_out, cut = [], 0, False, False
+    def collect(self, proc: subprocess.Popen, start: float, growth: Growth) -> tuple[bytes, str | None]:
+        """Read what the command prints until it ends (its leftovers get a moment to finish writing) or
+        passes a limit: the time, the output, the folder's growth; the limit passed, or None."""
+        chunks, size, killed = [], 0, None
         deadline, fd = start + self.limits.seconds, proc.stdout.fileno()
-        while True:
+        while killed is None:
             if proc.poll() is not None:
                 deadline = min(deadline, time.monotonic() + 0.2)
             ready, _, _ = select.select([fd], [], [], max(0.0, min(deadline - time.monotonic(), 0.05)))
@@ -305,13 +468,13 @@ class Sandbox:
                     break
                 chunks.append(data[:self.limits.output_bytes - size])
                 size += len(data)
-                if size > self.limits.output_bytes:
-                    cut = True
-                    break
+                killed = "output" if size > self.limits.output_bytes else None
             elif time.monotonic() >= deadline:
-                timed_out = proc.poll() is None
+                killed = "time" if proc.poll() is None else None
                 break
-        return b"".join(chunks), timed_out, cut
+            if killed is None and growth.exceeded():
+                killed = "folder size"
+        return b"".join(chunks), killed
 
 
 def kill_group(proc: subprocess.Popen) -> None:

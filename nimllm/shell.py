@@ -1,9 +1,12 @@
-"""What a shell command would do, read from its words: refused outright, read-only (may run without
-asking once the user trusts read-only commands), or anything else (asks first).
+"""What a shell command seems to do, read from its words: warnings about what the filter recognises
+(deleting a tree, writing outside the folder, running text made at run time, ...), whether it only
+reads (it may then run without asking once the user trusts read-only commands), and the one refusal
+that holds whatever the user says: hidden characters, since then what the user confirms is not what
+runs.
 
-String checks are a convenience and a second line: shell syntax has too many ways to hide an
-action, so whatever slips through still meets the sandbox (nimllm/sandbox.py), which must hold alone.
-Both checks err on the careful side: a command they cannot read is not read-only.
+A warning, never a guarantee: shell syntax has too many ways to hide an action ($(echo rm), base64
+piped into sh, eval, python -c), so a command the filter says nothing about is not thereby safe. The
+boundary is the sandbox (nimllm/sandbox.py), tested against hostile commands without this filter.
 """
 from __future__ import annotations
 
@@ -21,15 +24,27 @@ SAFE_TARGETS = {"/dev/null", "/dev/stdout", "/dev/stderr"}
 # commands whose last argument, or every argument, is a path they write
 WRITES_LAST = {"cp", "mv", "ln", "install", "rsync"}
 WRITES_ALL = {"touch", "mkdir", "rm", "rmdir", "chmod", "chown", "chgrp", "truncate", "shred", "tee", "unlink"}
+# words before the real command name: keywords, wrappers (whose options and numbers are skipped too)
+PREFIXES = {"do", "then", "else", "elif", "if", "while", "until", "!", "{", "time", "exec", "command", "builtin",
+            "nohup", "nice", "env", "xargs", "timeout", "setsid", "stdbuf"}
+ASSIGNMENT = re.compile(r"^\w+=")
 
-FORK_BOMB = re.compile(r"(\S+)\s*\(\)\s*\{[^}]*\1\s*\|\s*\1\s*&")
-DOWNLOAD_TO_SHELL = re.compile(
-    r"\b(curl|wget|fetch)\b[^|;&]*\|\s*(sudo\s+)?(env\s+)?\S*(sh|python\d?(\.\d+)?|perl|ruby|node)\b"
-    r"|\b(sh|bash|zsh|python\d?)\b[^|;&]*(\$\(|<\(|`)\s*(curl|wget|fetch)\b")
-ALWAYS_REFUSED = {"mkfs": "formats a disk", "shutdown": "stops the machine", "reboot": "restarts the machine",
-                  "halt": "stops the machine", "poweroff": "stops the machine", "sudo": "asks for root",
-                  "su": "asks for root"}
+RUNS_MADE_TEXT = "runs text made at run time as a command (eval, a pipe into a shell, $(...) as the name)"
+PATTERNS = (   # (regular expression on the whole command, the warning)
+    (re.compile(r"(\S+)\s*\(\)\s*\{[^}]*\1\s*\|\s*\1\s*&"), "a fork bomb"),
+    (re.compile(r"\|\s*(sudo\s+)?(env\s+)?\S*\b(sh|bash|zsh|dash|python\d?(\.\d+)?|perl|ruby|node)(\s+-\S*)*\s*($|[;&|)])"),
+     RUNS_MADE_TEXT),   # an interpreter given no script reads its program from the pipe
+    (re.compile(r"\b(sh|bash|zsh|dash)\b[^|;&]*(<\(|\$\(|`)"), RUNS_MADE_TEXT),
+    (re.compile(r"(^|[;&|({]|\bdo|\bthen)\s*(eval|source|\.)\s"), RUNS_MADE_TEXT),
+    (re.compile(r"\b(rmtree|remove|removedirs|unlink|rmdir)\s*\("), "deletes files from a program (rmtree, unlink)"),
+    (re.compile(r"\bgit\s+(-c\s|init|config|clone|submodule|worktree)"),
+     "makes or configures a git repository, whose config and hooks git runs as code"),
+)
+ALWAYS_WARNED = {"mkfs": "formats a disk", "shutdown": "stops the machine", "reboot": "restarts the machine",
+                 "halt": "stops the machine", "poweroff": "stops the machine", "sudo": "asks for root",
+                 "su": "asks for root"}
 SETID_MODE = re.compile(r"^([ugoa]*[+=][rwxXt]*s|[0-7]?[2-7][0-7]{3})$")
+WHOLE_TREE = {"/", "/*", "~", "~/", "$HOME", ".", "./", "*", "..", "../"}
 
 READ_ONLY = {"ls", "cat", "head", "tail", "wc", "grep", "egrep", "fgrep", "find", "sed", "sort", "uniq", "cut",
              "tr", "date", "pwd", "echo", "printf", "du", "df", "stat", "file", "basename", "dirname", "realpath",
@@ -63,18 +78,16 @@ def simple_commands(tokens: list[str]) -> list[list[str]]:
 
 
 def resolve(path: str, base: Path) -> Path | None:
-    """Where a path leads from base (following links), None when only the shell can tell ($VAR, ~)."""
-    if path.startswith("~") or "$" in path or "`" in path:
+    """Where a path leads from base (following links), None when only the shell can tell ($VAR)."""
+    if "$" in path or "`" in path:
         return None
-    return Path(os.path.realpath(base / path))
+    return Path(os.path.realpath(base / os.path.expanduser(path)))
 
 
 def outside(path: str, base: Path, folder: Path) -> bool:
-    """Whether a path a command would write, from base, is not inside the working folder."""
-    if path in SAFE_TARGETS:
-        return False
+    """Whether a path a command would write, from base, is known to be outside the working folder."""
     resolved = resolve(path, base)
-    return resolved is None or not resolved.is_relative_to(folder)
+    return path not in SAFE_TARGETS and resolved is not None and not resolved.is_relative_to(folder)
 
 
 def written_paths(command: list[str]) -> list[str]:
@@ -93,41 +106,57 @@ def written_paths(command: list[str]) -> list[str]:
     return paths
 
 
-def refusal(command: str, folder: Path) -> str | None:
-    """Why this command is refused whatever the user says, or None. The patterns: hidden characters,
-    writing outside the working folder, deleting a whole tree from the top, fork bombs, running a
-    download, formatting disks, stopping the machine, asking for root, and setting setuid bits."""
-    folder = Path(folder).resolve()
+def command_words(cmd: list[str]) -> list[str]:
+    """A simple command from its real name on: keywords, assignments and wrappers (nice, xargs, ...)
+    with their options and numbers skipped."""
+    i, wrapped = 0, False
+    while i < len(cmd) - 1 and (cmd[i] in PREFIXES or ASSIGNMENT.match(cmd[i])
+                                or wrapped and (cmd[i].startswith("-") or cmd[i][0].isdigit())):
+        wrapped = wrapped or cmd[i] in PREFIXES
+        i += 1
+    return cmd[i:]
+
+
+def refusal(command: str) -> str | None:
+    """Why this command is refused whatever the user says, or None: only hidden characters, since
+    then what the user reads and confirms is not what runs. Everything else is a warning."""
     if hidden_characters(command):
         return "control or invisible characters, which make it read differently than it runs"
-    if FORK_BOMB.search(command):
-        return "a fork bomb"
-    if DOWNLOAD_TO_SHELL.search(command):
-        return "runs a script straight from the network"
-    tokens = words(command)
-    if tokens is None:
-        return None   # the shell will not run it either
-    base = folder   # where relative paths start, moved by cd
-    for cmd in simple_commands(tokens):
+    return None
+
+
+def warnings(command: str, folder: Path) -> list[str]:
+    """What the filter recognises as dangerous in a command, each once. An empty list says only that
+    it recognised nothing: the sandbox, not this list, keeps the host safe."""
+    found = [why for pattern, why in PATTERNS if pattern.search(command)]
+    folder = Path(folder).resolve()
+    base = folder   # where relative paths start, moved by cd; None once only the shell can tell
+    for cmd in simple_commands(words(command) or []):
+        cmd = command_words(cmd)
         name = Path(cmd[0]).name
         if name == "cd":
-            base = resolve(cmd[1], base) if len(cmd) > 1 else None
-            if base is None:
-                return "changes to a folder only the shell can tell, then may write there"
+            base = resolve(cmd[1], base) if len(cmd) > 1 and base else None
             continue
-        for refused, why in ALWAYS_REFUSED.items():
-            if name == refused or name.startswith(refused + "."):
-                return f"{name} {why}"
-        if name == "rm" and any(a in ("/", "/*", "~", "~/", "$HOME", ".", "./", "*", "..", "../") for a in cmd[1:]):
-            return "deletes a whole tree"
-        if name == "rm" and "--no-preserve-root" in cmd:
-            return "deletes a whole tree"
-        if name == "chmod" and any(SETID_MODE.match(a) for a in cmd[1:]):
-            return "sets a setuid or setgid bit"
-        for path in written_paths(cmd):
-            if outside(path, base, folder):
-                return f"writes outside the working folder ({path})"
-    return None
+        found += simple_warnings(cmd, name)
+        found += [f"writes outside the working folder ({path})" for path in written_paths(cmd)
+                  if base and outside(path, base, folder)]
+    return list(dict.fromkeys(found))
+
+
+def simple_warnings(cmd: list[str], name: str) -> list[str]:
+    """What one simple command is recognised to do, from its name and arguments."""
+    found = [f"{name} {why}" for warned, why in ALWAYS_WARNED.items() if name == warned or name.startswith(warned + ".")]
+    if "$" in cmd[0] or "`" in cmd[0]:
+        found.append(RUNS_MADE_TEXT)
+    if name == "rm" and (WHOLE_TREE & set(cmd[1:]) or "--no-preserve-root" in cmd):
+        found.append("deletes a whole tree")
+    if name == "find" and "-delete" in cmd:
+        found.append("deletes every file find matches")
+    if name == "find" and {"-exec", "-execdir", "-ok", "-okdir"} & set(cmd):
+        found.append("runs a command on every file find matches")
+    if name == "chmod" and any(SETID_MODE.match(a) for a in cmd[1:]):
+        found.append("sets a setuid or setgid bit")
+    return found
 
 
 def hidden_characters(command: str) -> bool:
