@@ -80,7 +80,21 @@ def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path):
     assert settings["git"]["commit"] and settings["torch"] and settings["device"] == "cpu"
 
 
-@pytest.mark.parametrize("bench", ["bench/agent.py", "bench/memory.py"])
+def test_first_update_bench_times_updates_after_a_dry_warm_up_that_changes_nothing(tmp_path):
+    """Both variants learn the same facts in new processes; the dry warm-up moves no weight, so the
+    updates after it take as many steps as without it."""
+    from conftest import train_tiny
+    model = train_tiny(tmp_path, "--no-chat-skills")
+    out = tmp_path / "first_update.json"
+    run_bench("bench/first_update.py", "--model", model, "--device", "cpu", "--updates", "1", "--out", out)
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"none", "dry"} and rows["dry"]["warm_up_s"] > 0 and rows["none"]["warm_up_s"] is None
+    assert all(len(r["updates"]) == 1 and all(u["total_s"] > 0 for u in r["updates"]) for r in rows.values())
+    assert [u["n_steps"] for u in rows["dry"]["updates"]] == [u["n_steps"] for u in rows["none"]["updates"]]
+    assert not (model / "conversations.sqlite").exists()   # it learned in copies
+
+
+@pytest.mark.parametrize("bench", ["bench/agent.py", "bench/memory.py", "bench/first_update.py"])
 def test_a_missing_model_is_one_line_and_a_failure(bench, tmp_path):
     out = subprocess.run([sys.executable, bench, "--model", str(tmp_path / "none")], capture_output=True, text=True,
                          timeout=120, cwd=REPO)
