@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import queue
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -25,13 +24,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from nimllm.model import GPT, apply_rotary
+from nimllm.model import GPT
 
 
 class KVCache:
-    """Keys and values of every layer for up to `max_len` positions, written in place. One tensor per
-    layer, not a slice of a shared one: a compiled step then writes into it directly, where writing
-    through a view copied the whole cache back every step."""
+    """Keys and values of every layer for B sequences that all stand at position `pos`, written in
+    place. `model(idx, cache=cache)` continues them by idx's T tokens: their keys and values go into
+    positions pos..pos + T, their queries attend over everything up to there, and pos moves on by T.
+    One tensor per layer, not a slice of a shared one: a compiled step then writes into it directly,
+    where writing through a view copied the whole cache back every step."""
 
     def __init__(self, model: GPT, batch_size: int, max_len: int | None = None, dtype=None):
         cfg = model.cfg
@@ -41,17 +42,52 @@ class KVCache:
         self.v = [torch.zeros_like(k) for k in self.k]
         self.pos = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        T = k.shape[2]
-        self.k[layer][:, :, self.pos:self.pos + T] = k
-        self.v[layer][:, :, self.pos:self.pos + T] = v
-        return self.k[layer][:, :, :self.pos + T], self.v[layer][:, :, :self.pos + T]
+    def row(self, r: int) -> KVCache:
+        """Row r alone, empty: a sequence about to be prefilled into its row of a batch's cache."""
+        view = copy.copy(self)
+        view.k, view.v, view.pos = [k[r:r + 1] for k in self.k], [v[r:r + 1] for v in self.v], 0
+        return view
 
-    def advance(self, n: int) -> None:
-        self.pos += n
+    def rotary(self, cos: torch.Tensor, sin: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return cos[self.pos:self.pos + T], sin[self.pos:self.pos + T]                  # (T, D)
 
-    def reset(self) -> None:
-        self.pos = 0
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        past, T = self.pos, q.shape[2]
+        self.k[layer][:, :, past:past + T], self.v[layer][:, :, past:past + T] = k, v
+        keys, values = self.k[layer][:, :, :past + T], self.v[layer][:, :, :past + T]   # (B, H, past + T, D)
+        if layer == len(self.k) - 1:
+            self.pos += T
+        if past == 0:
+            mask, causal = None, True
+        elif T == 1:
+            mask, causal = None, False                                      # one new token sees everything
+        else:                                                                # a chunk after a prefix
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
+            causal = False
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal)
+
+
+class DecodeStep:
+    """A cache for one batched decode step: one new token for each of the first B rows of a KVCache,
+    each at its own position (B,), attending over the first `length` slots up to that position. Its
+    shapes do not depend on the positions, which is what lets a step be compiled and replayed."""
+
+    def __init__(self, cache: KVCache, positions: torch.Tensor, length: int):
+        self.cache, self.positions, self.length = cache, positions, length
+        self.rows = torch.arange(len(positions), device=positions.device)
+        key_positions = torch.arange(length, device=positions.device)
+        self.visible = (key_positions <= positions[:, None])[:, None, None]            # (B, 1, 1, S)
+
+    def rotary(self, cos: torch.Tensor, sin: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return cos[self.positions][:, None, None], sin[self.positions][:, None, None]   # (B, 1, 1, D)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        keys, values = self.cache.k[layer], self.cache.v[layer]                         # (B, H, S, D)
+        if len(self.rows) < len(keys):   # an eager step of the first rows only (BatchScheduler's)
+            keys, values = keys[:len(self.rows)], values[:len(self.rows)]
+        keys[self.rows, :, self.positions], values[self.rows, :, self.positions] = k[:, :, 0], v[:, :, 0]
+        return F.scaled_dot_product_attention(q, keys[:, :, :self.length], values[:, :, :self.length],
+                                              attn_mask=self.visible)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -126,6 +162,7 @@ def with_weights(model: GPT, weights: str) -> GPT:
             for name, child in module.named_children():
                 if isinstance(child, nn.Linear):
                     setattr(module, name, linear(child.weight))
+        fast.output_layer = linear(fast.wte.weight)   # the tied output layer, in the same format
     return fast
 
 
@@ -152,10 +189,6 @@ class Decoder:
         self.cfg, self.batch_size = model.cfg, batch_size
         self.cache = KVCache(self.model, batch_size)
         self.device = self.cache.k[0].device
-        wte = self.model.wte.weight
-        linear = WEIGHTS[weights][1]
-        self.head = linear(wte) if linear else partial(F.linear, weight=wte)   # tied to the embedding
-        self.key_positions = torch.arange(self.cfg.block_size, device=self.device)
         # attention spans the whole cache: shapes that never change let a step be a graph, and spare
         # cuDNN (SDPA's choice on a GPU) from planning anew for every length
         self.static = cuda_graph or compile or self.device.type == "cuda"
@@ -165,47 +198,16 @@ class Decoder:
                                       options={"coordinate_descent_tuning": True}) if compile else self._step
         self.graph = self._capture() if cuda_graph else None
 
-    def _layers(self, idx: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend) -> torch.Tensor:
-        """The model's blocks over idx (B, T), with `attend(layer, q, k, v)` doing cache and attention."""
-        B, T = idx.shape
-        H, D = self.cfg.n_head, self.cfg.head_dim
-        x = self.model.wte(idx)                                                          # (B, T, C)
-        for layer, block in enumerate(self.model.blocks):
-            qkv = block.attn.qkv(block.attn_norm(x))
-            q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)                     # 3 x (B, H, T, D)
-            y = attend(layer, apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)   # (B, H, T, D)
-            x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, -1))
-            x = x + block.mlp(block.mlp_norm(x))
-        return self.model.norm(x)
-
     @torch.no_grad()
     def prefill(self, row: int, ids: Sequence[int]) -> torch.Tensor:
-        T = len(ids)
-        cache = self.cache
-
-        def attend(layer, q, k, v):
-            cache.k[layer][row, :, :T], cache.v[layer][row, :, :T] = k[0], v[0]
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-        idx = torch.tensor([ids], device=self.device)
+        """ids from position 0 into the cache's row `row` -> the logits of their last token (V,)."""
+        idx = torch.tensor([ids], device=self.device)                                    # (1, T)
         with sdpa_kernel(PREFILL_ATTENTION):
-            x = self._layers(idx, self.model.rope_cos[:T], self.model.rope_sin[:T], attend)
-        return self.head(x[0, -1:])[0]                                                   # (V,)
+            return self.model(idx, cache=self.cache.row(row), last_only=True)[0, -1]
 
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         """tokens, positions (B,) -> logits (B, V), attending to the first `length` cache slots."""
-        cache, rows = self.cache, torch.arange(len(tokens), device=self.device)
-        visible = (self.key_positions[:length] <= positions[:, None])[:, None, None]     # (B, 1, 1, S)
-
-        def attend(layer, q, k, v):
-            keys, values = cache.k[layer], cache.v[layer]                               # (B, H, T, D)
-            if len(tokens) < len(keys):   # an eager step of the first rows only (BatchScheduler's)
-                keys, values = keys[:len(tokens)], values[:len(tokens)]
-            keys[rows, :, positions], values[rows, :, positions] = k[:, :, 0], v[:, :, 0]
-            return F.scaled_dot_product_attention(q, keys[:, :, :length], values[:, :, :length], attn_mask=visible)
-
-        cos, sin = self.model.rope_cos[positions][:, None, None], self.model.rope_sin[positions][:, None, None]
-        return self.head(self._layers(tokens[:, None], cos, sin, attend)[:, 0])         # (B, V)
+        return self.model(tokens[:, None], cache=DecodeStep(self.cache, positions, length))[:, 0]
 
     def _capture(self) -> torch.cuda.CUDAGraph:
         """Record one step on static input and output buffers; replaying it launches nothing from Python."""

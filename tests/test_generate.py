@@ -32,6 +32,28 @@ def test_cached_forward_matches_full_forward_in_chunks():
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
 
 
+@torch.no_grad()
+def test_decoder_prefill_and_steps_at_own_positions_give_the_full_forward_logits():
+    """Rows prefilled with prompts of different lengths, then stepped together, each at its own
+    position: every row's logits are those of the plain forward over its whole sequence."""
+    model = small_model(block_size=24)
+    g = torch.Generator().manual_seed(4)
+    sequences = [torch.randint(0, 40, (n,), generator=g).tolist() for n in (24, 5, 17)]
+    lengths = [3, 1, 12]   # prefilled; the rest is fed a token per step (a row that has run out sits at 0)
+    decoder = Decoder(model, batch_size=3)
+    for row, (seq, n) in enumerate(zip(sequences, lengths)):
+        assert torch.allclose(decoder.prefill(row, seq[:n]), model(torch.tensor([seq[:n]]))[0, -1], atol=1e-5)
+    for t in range(max(map(len, sequences)) - min(lengths)):
+        feeding = [lengths[r] + t < len(seq) for r, seq in enumerate(sequences)]
+        positions = [lengths[r] + t if feeding[r] else 0 for r in range(3)]
+        tokens = torch.tensor([seq[positions[r]] if feeding[r] else 0 for r, seq in enumerate(sequences)])
+        logits = decoder.step(tokens, positions)
+        for r, seq in enumerate(sequences):
+            if feeding[r]:
+                full = model(torch.tensor([seq[:positions[r] + 1]]))[0, -1]
+                assert torch.allclose(logits[r], full, atol=1e-5), (r, t)
+
+
 @pytest.mark.parametrize("max_new", [10, 60])  # 60 runs past the context of 24 several times
 def test_generation_with_cache_equals_without(max_new):
     model = small_model(block_size=24)
