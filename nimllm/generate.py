@@ -1,12 +1,18 @@
 """Generation on token ids: a KV cache, sampling, and one decoding engine. Knows nothing of text.
 
-`Decoder` runs the model's own layers against a preallocated cache of B sequences in two shapes:
-prefill (one sequence's window from position 0, causal attention) and step (one new token for
-every sequence, each at its own position, attending to what that sequence has cached). A step has
-the same shapes every time, which is what lets it be captured as a CUDA graph (compiled first, if
-asked) and replayed without Python launching each kernel. The same engine runs the weights in
-float32, bf16, float16 (fbgemm's CPU kernel: half the memory traffic, float32 arithmetic) or int8.
-`generate_batch` drives B sequences through it; `generate` is its one-sequence stream.
+The model's own forward pass decodes: it takes a cache object that places the new tokens and keeps
+each layer's keys and values (KVCache: sequences at one position, in chunks; DecodeStep: one token
+for each row at its own position). `Decoder` runs it against a preallocated cache of B sequences in
+two shapes: prefill (one sequence's window from position 0, causal attention) and step (one new
+token for every sequence, each at its own position, attending to what that sequence has cached). A
+step has the same shapes every time, which is what lets it be captured as a CUDA graph (compiled
+first, if asked) and replayed without Python launching each kernel. The same engine runs the
+weights in float32, bf16, float16 (fbgemm's CPU kernel: half the memory traffic, float32
+arithmetic) or int8.
+
+`BatchScheduler` is the one decode loop: the server's requests come and go through it;
+`generate_batch` runs B prompts through it side by side (chat, agent, `nimllm generate` and the
+control set), and `generate` is its one-sequence stream.
 
 When a sequence outgrows the model's context, its window jumps forward to keep the last half of
 the context and is prefilled again; the plain path (no cache) follows the same rule, so every path
@@ -285,95 +291,7 @@ class TokensToHost:
         return self.host.tolist()
 
 
-@torch.no_grad()
-def generate_batch(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                   seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[list[int | None]]:
-    """For each new position, every sequence's new token, or None once it has stopped. A sequence
-    stops at a stop id (not given) or after max_new_tokens; decoding ends when all have.
-
-    The device works one step ahead of Python: the step for token n + 1 is queued on the tokens n,
-    still on the device, before Python reads them, so Python's bookkeeping hides behind the GPU's
-    work. (A sequence that has just stopped costs that step, whose result is dropped.) Where a
-    sequence must be prefilled again, its tokens are read first."""
-    B, block = len(prompts), decoder.cfg.block_size
-    if B != decoder.batch_size or not all(prompts):
-        raise ValueError(f"this decoder takes {decoder.batch_size} prompts of at least one token")
-    generator = new_generator(decoder.device, seed)
-    ids = [list(p) for p in prompts]
-    cached, live = [0] * B, [True] * B
-
-    def step_live_rows(tokens: torch.Tensor) -> torch.Tensor:
-        positions = [cached[r] if live[r] else 0 for r in range(B)]   # a finished row writes harmlessly at 0
-        for r in range(B):
-            cached[r] += live[r]
-        return decoder.step(tokens, positions)
-
-    def logits_from_host() -> torch.Tensor:
-        """Live rows with an empty or full cache are prefilled from their window; the others step."""
-        refill = [r for r in range(B) if live[r] and cached[r] in (0, block)]
-        stepping = [live[r] and r not in refill for r in range(B)]
-        if any(stepping):
-            tokens = torch.tensor([ids[r][-1] if stepping[r] else 0 for r in range(B)], device=decoder.device)
-            positions = [cached[r] if stepping[r] else 0 for r in range(B)]
-            for r in range(B):
-                cached[r] += stepping[r]
-            logits = decoder.step(tokens, positions)
-        else:
-            logits = torch.zeros(B, decoder.cfg.vocab_size, device=decoder.device, dtype=decoder.cache.k[0].dtype)
-        for r in refill:
-            window = context_window(ids[r], block)
-            logits[r] = decoder.prefill(r, window)
-            cached[r] = len(window)
-        return logits
-
-    logits = None
-    for n in range(max_new_tokens):
-        if logits is None:             # nothing queued ahead: the first token, or a sequence to prefill again
-            logits = logits_from_host()
-        new = TokensToHost(sample_next(logits, temperature, top_k, top_p, generator))
-        ahead = n + 1 < max_new_tokens and all(cached[r] < block for r in range(B) if live[r])
-        logits = step_live_rows(new.tokens) if ahead else None
-        tokens = new.read()
-        for r in range(B):
-            live[r] = live[r] and tokens[r] not in stop_ids
-            if live[r]:
-                ids[r].append(tokens[r])
-        if not any(live):
-            return
-        yield [token if alive else None for token, alive in zip(tokens, live)]
-
-
-@torch.no_grad()
-def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop_ids: Sequence[int] = (), use_cache: bool = True, decoder: Decoder | None = None) -> Iterator[int]:
-    """Yield new token ids one by one after `prompt` until max_new_tokens or a stop id (not yielded).
-    With the cache this runs a Decoder on the model's own weights, or the faster one given (built
-    once, a CUDA graph pays for itself over many tokens); without, the model's plain forward over
-    the whole window for every token."""
-    if not prompt:
-        raise ValueError("generation needs at least one prompt token")
-    if use_cache:
-        decoder = decoder or Decoder(model)
-        for tokens in generate_batch(decoder, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop_ids):
-            yield tokens[0]
-        return
-    device, block = next(model.parameters()).device, model.cfg.block_size
-    generator = new_generator(device, seed)
-    ids, start = list(prompt), 0
-    for _ in range(max_new_tokens):
-        if len(ids) - start > block:
-            start = len(ids) - block // 2
-        logits = model(torch.tensor([ids[start:]], device=device))
-        token = int(sample_next(logits[:, -1], temperature, top_k, top_p, generator))
-        if token in stop_ids:
-            return
-        ids.append(token)
-        yield token
-
-
-# ---- serving: requests that come and go ----------------------------------------------------------
+# ---- the decode loop: requests that come and go ---------------------------------------------------
 
 @dataclass(eq=False)
 class Request:
@@ -389,9 +307,15 @@ class Request:
     seed: int | None = None
     stop_ids: frozenset[int] = frozenset()
     cancelled: bool = False   # set from any thread: the row is let go at the next step
+    error: Exception | None = None   # what failed it, for a caller that raises it again (generate_batch)
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def fail(self, e: Exception) -> None:
+        """End this request alone for an exception in its own work."""
+        self.error = e
+        self.emit(None, failure(e))
 
 
 def failure(e: Exception) -> str:
@@ -412,12 +336,14 @@ class BatchScheduler:
     """Continuous batching: requests take rows of one Decoder as rows come free and give them back when
     they stop, reach their length or are cancelled; every step decodes one token for every live row.
 
-    Each row is sampled alone with its request's settings and its own generator, exactly as
-    generate_batch samples a batch of one, so a request gets the tokens `generate` gives its prompt
-    alone: the same greedy tokens, the same draws for the same seed (up to the rounding of a batched
-    matrix product). Prompts and sequences that outgrow the context follow generate_batch's window
-    rule. As there, the device runs a step ahead: the next step is queued on the sampled tokens before
-    Python reads them. One thread calls step(); submit() and Request.cancel() are safe from any.
+    Each row is sampled alone with its request's settings and its own generator, so a request gets
+    the tokens `generate` gives its prompt alone: the same greedy tokens, the same draws for the same
+    seed (up to the rounding of a batched matrix product). Prompts and sequences that outgrow the
+    context are prefilled again from their window (context_window). The device runs a step ahead:
+    the next step is queued on the sampled tokens before Python reads them, so Python's bookkeeping
+    hides behind the device's work (a row that has just stopped costs that step, whose result is
+    dropped; one at its length is left out of it). One thread calls step(); submit() and
+    Request.cancel() are safe from any.
 
     What is done for one row alone (making its generator, its prefill, its sampling) fails that
     request alone: it ends with "error: ..." and the others decode on. Only a failure of the step
@@ -459,8 +385,10 @@ class BatchScheduler:
         if not self.live:   # every row failed
             return
         new = TokensToHost(tokens)   # queued before the step ahead, so reading it does not wait for that step
-        if all(row is None or row.cached < self.decoder.cfg.block_size for row in self.rows):
-            self.ahead = self._step_rows(tokens, [r for r, row in enumerate(self.rows) if row is not None])
+        # rows that reach their length with this token are done: the step ahead is for the others
+        going_on = [r for r, row in enumerate(self.rows) if row is not None and row.new + 1 < row.request.max_new_tokens]
+        if going_on and all(self.rows[r].cached < self.decoder.cfg.block_size for r in going_on):
+            self.ahead = self._step_rows(tokens, going_on)
         self._take(new.read())
 
     def abort(self, reason: str) -> None:
@@ -483,7 +411,7 @@ class BatchScheduler:
             try:
                 generator = new_generator(self.decoder.device, request.seed)
             except Exception as e:   # its seed (one past 64 bits overflows): this request's own failure
-                request.emit(None, failure(e))
+                request.fail(e)
                 continue
             self.rows[self.rows.index(None)] = _Row(request, list(request.prompt), generator)
 
@@ -530,7 +458,7 @@ class BatchScheduler:
         try:
             logits[r] = self.decoder.prefill(r, window)
         except Exception as e:
-            self._finish(r, failure(e))
+            self._fail(r, e)
             return
         self.rows[r].cached = len(window)
 
@@ -542,7 +470,7 @@ class BatchScheduler:
                 try:
                     tokens[r] = sample_next(logits[r:r + 1], req.temperature, req.top_k, req.top_p, row.generator)[0]
                 except Exception as e:   # its settings met its logits (inf/nan): its row ends, not the step
-                    self._finish(r, failure(e))
+                    self._fail(r, e)
         return tokens
 
     def _take(self, tokens: list[int]) -> None:
@@ -561,3 +489,69 @@ class BatchScheduler:
     def _finish(self, r: int, reason: str) -> None:
         request, self.rows[r] = self.rows[r].request, None
         request.emit(None, reason)
+
+    def _fail(self, r: int, e: Exception) -> None:
+        request, self.rows[r] = self.rows[r].request, None
+        request.fail(e)
+
+
+@torch.no_grad()
+def generate_batch(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[list[int | None]]:
+    """For each new position, every sequence's new token, or None once it has stopped. A sequence
+    stops at a stop id (not given) or after max_new_tokens; decoding ends when all have. The prompts
+    are requests of one BatchScheduler, all admitted at its first step; row r draws with seed + r, so
+    each row samples as `generate` does its prompt alone with that seed. A failure of one row's own
+    work (its prefill, its sampling) raises, as it would for that prompt alone."""
+    if len(prompts) != decoder.batch_size or not all(prompts):
+        raise ValueError(f"this decoder takes {decoder.batch_size} prompts of at least one token")
+    scheduler, new = BatchScheduler(decoder), [None] * len(prompts)
+
+    def emit_to(r: int) -> Callable[[int | None, str | None], None]:
+        def emit(token: int | None, reason: str | None) -> None:
+            if reason is None:
+                new[r] = token
+        return emit
+    requests = [Request(list(prompt), max_new_tokens, emit_to(r), temperature, top_k, top_p,
+                        None if seed is None else seed + r, frozenset(stop_ids)) for r, prompt in enumerate(prompts)]
+    for request in requests:
+        scheduler.submit(request)
+    while scheduler.live or not scheduler.waiting.empty():
+        new[:] = [None] * len(prompts)
+        scheduler.step()
+        failed = next((request.error for request in requests if request.error is not None), None)
+        if failed is not None:
+            scheduler.abort("cancelled")
+            raise failed
+        if any(token is not None for token in new):
+            yield list(new)
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             stop_ids: Sequence[int] = (), use_cache: bool = True, decoder: Decoder | None = None) -> Iterator[int]:
+    """Yield new token ids one by one after `prompt` until max_new_tokens or a stop id (not yielded).
+    With the cache this runs a Decoder on the model's own weights, or the faster one given (built
+    once, a CUDA graph pays for itself over many tokens); without, the model's plain forward over
+    the whole window for every token."""
+    if not prompt:
+        raise ValueError("generation needs at least one prompt token")
+    if use_cache:
+        decoder = decoder or Decoder(model)
+        for tokens in generate_batch(decoder, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop_ids):
+            yield tokens[0]
+        return
+    device, block = next(model.parameters()).device, model.cfg.block_size
+    generator = new_generator(device, seed)
+    ids, start = list(prompt), 0
+    for _ in range(max_new_tokens):
+        if len(ids) - start > block:
+            start = len(ids) - block // 2
+        logits = model(torch.tensor([ids[start:]], device=device))
+        token = int(sample_next(logits[:, -1], temperature, top_k, top_p, generator))
+        if token in stop_ids:
+            return
+        ids.append(token)
+        yield token

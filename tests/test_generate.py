@@ -148,6 +148,25 @@ def test_every_weight_format_decodes_like_its_plain_path_and_stays_close(weights
         assert_greedy(fast, prompt, tokens, tie)
 
 
+def test_batched_sampling_gives_each_row_what_generate_gives_it_alone():
+    """The batch runs through the BatchScheduler: row r samples with seed + r as `generate` would."""
+    model = small_model()
+    prompts = [[1, 2], [3], [4, 5, 6]]
+    alone = [list(generate(model, p, 20, temperature=0.8, top_p=0.9, seed=11 + r)) for r, p in enumerate(prompts)]
+    assert collect(generate_batch(Decoder(model, 3), prompts, 20, temperature=0.8, top_p=0.9, seed=11)) == alone
+
+
+def test_a_decode_computes_no_step_past_its_length_and_raises_a_rows_failure():
+    model = small_model()
+    decoder = Decoder(model, batch_size=1)
+    steps, step = [], decoder.step
+    decoder.step = lambda tokens, positions: steps.append(positions) or step(tokens, positions)
+    assert len(list(generate(model, [1, 2, 3], 10, temperature=0, decoder=decoder))) == 10
+    assert len(steps) == 9   # the prefill gives the first token, a step each of the others
+    with pytest.raises(IndexError):   # a token outside the vocabulary fails its prefill, as a plain forward
+        list(generate(model, [1, 400], 5, decoder=decoder))
+
+
 def test_seeded_batched_sampling_is_reproducible():
     model = small_model()
     decoder = Decoder(model, batch_size=3)
