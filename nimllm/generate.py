@@ -79,8 +79,8 @@ class DecodeStep:
     shapes do not depend on the positions, which is what lets a step be compiled and replayed."""
 
     def __init__(self, cache: KVCache, positions: torch.Tensor, length: int):
-        self.cache, self.positions, self.length = cache, positions, length
-        self.rows = torch.arange(len(positions), device=positions.device)
+        self.cache, self.positions, self.length, self.batch = cache, positions, length, len(positions)
+        self.rows = torch.arange(self.batch, device=positions.device)
         key_positions = torch.arange(length, device=positions.device)
         self.visible = (key_positions <= positions[:, None])[:, None, None]            # (B, 1, 1, S)
 
@@ -89,8 +89,8 @@ class DecodeStep:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         keys, values = self.cache.k[layer], self.cache.v[layer]                         # (B, H, S, D)
-        if len(self.rows) < len(keys):   # an eager step of the first rows only (BatchScheduler's)
-            keys, values = keys[:len(self.rows)], values[:len(self.rows)]
+        if self.batch < len(keys):   # an eager step of the first rows only (BatchScheduler's)
+            keys, values = keys[:self.batch], values[:self.batch]
         keys[self.rows, :, self.positions], values[self.rows, :, self.positions] = k[:, :, 0], v[:, :, 0]
         return F.scaled_dot_product_attention(q, keys[:, :, :self.length], values[:, :, :self.length],
                                               attn_mask=self.visible)

@@ -74,11 +74,11 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.mlp_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout   # applied as a function: a module call would cost every decode step its overhead
 
     def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, layer))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        x = x + F.dropout(self.attn(self.attn_norm(x), cos, sin, cache, layer), self.dropout, self.training)
+        return x + F.dropout(self.mlp(self.mlp_norm(x)), self.dropout, self.training)
 
 
 class GPT(nn.Module):
