@@ -182,7 +182,7 @@ def attempt(mem: Memory, task: BenchTask, parent: Path, max_steps: int, learn: b
     start = time.time()
     answer = agent.do(task.request)
     messages = mem.store.messages(agent.task)
-    calls = [m.content for m in messages if (m.meta or {}).get("tool_call")]
+    calls = [m.content for m in messages if m.role == "tool_call"]
     runs = [m.meta for m in messages if m.role == "tool" and "output" in (m.meta or {})]
     outputs = [r["output"] for r in runs]
     if task.check == "files":

@@ -85,7 +85,7 @@ class Agent:
         confirmed) as the task's first step, and the model answers from what it really printed."""
         stored = self.store.messages(self.task)
         for m in stored:
-            if m.role == "assistant" and m.feedback != "bad":
+            if m.role in ("assistant", "tool_call") and m.feedback != "bad":
                 self.store.set_feedback(m.id, "bad")
         messages = [("user", stored[0].content)]
         if not self.call(command, messages, fixed=True):
@@ -185,7 +185,7 @@ class Agent:
         """Store a call and what came back. A refused or declined call is marked bad (never learned);
         one the user edited (`original`: the model's) or wrote (None) is marked fixed: learned, and an
         approval of the task."""
-        call = self.store.add_message(self.task, "assistant", original or command, {"tool_call": True})
+        call = self.store.add_message(self.task, "tool_call", original or command)
         if bad:
             self.store.set_feedback(call, "bad")
         elif original != command:

@@ -216,9 +216,7 @@ class Talks:
             return talk.ids[-1]
 
     def _store(self, conversation: int, role: str, content: str) -> int:
-        if role == "tool_call":   # stored as the agent stores its commands
-            return self.store.add_message(conversation, "assistant", content, {"tool_call": True})
-        return self.store.add_message(conversation, role, content)
+        return self.store.add_message(conversation, role, content)   # a tool call as the agent stores its commands
 
     def _forget_oldest(self) -> None:
         if len(self.talks) > self.keep:

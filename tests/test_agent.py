@@ -102,7 +102,7 @@ def test_a_task_runs_its_command_answers_from_the_output_and_is_learned_when_goo
                                "<|tool_result|>[exit 0]\n2<|end|><|assistant|>")
     [(task, messages)] = tasks(folder)
     assert [(m.role, m.content) for m in messages] == [
-        ("user", "how many python files are in this folder?"), ("assistant", "find . -name '*.py' | wc -l"),
+        ("user", "how many python files are in this folder?"), ("tool_call", "find . -name '*.py' | wc -l"),
         ("tool", "[exit 0]\n2"), ("assistant", "There are 2 Python files.")]
     meta = messages[2].meta
     assert meta["exit_code"] == 0 and meta["output"] == "2\n" and meta["sandboxed"] == SANDBOXED_HERE
@@ -165,7 +165,7 @@ def test_destructive_commands_are_refused_even_with_yes(folder, work, monkeypatc
     assert out.count("  refused: ") == 3 and "run it?" not in out and "nimllm> Done." in out
     assert not outside.exists() and (work / "inside.txt").exists() and (work / "a.py").exists()
     [(task, messages)] = tasks(folder)
-    assert [m.feedback for m in messages if m.role == "assistant"] == ["bad"] * 3 + [None, None]
+    assert [m.feedback for m in messages if m.role in ("assistant", "tool_call")] == ["bad"] * 3 + [None, None]
 
 
 def test_without_a_sandbox_yes_is_refused_and_every_command_asks(folder, work, monkeypatch, tmp_path):
