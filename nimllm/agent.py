@@ -2,8 +2,8 @@
 sandbox once the user says yes, reads what it printed, answers, and learns the tasks the user approves.
 
 A turn of the model is either a call, `<|tool_call|>command<|/tool_call|>`, or an answer ending in
-`<|end|>` (nimllm/tokenizer.py's template). Each call is shown with the filter's warnings
-(nimllm/shell.py: a warning, not a guarantee), confirmed, run in the sandbox (nimllm/sandbox.py,
+`<|end|>` (nimllm/tokenizer.py's template, read by nimllm/turns.py). Each call is shown with the
+filter's warnings (nimllm/shell.py: a warning, not a guarantee), confirmed, run in the sandbox (nimllm/sandbox.py,
 which holds without the filter), and what it printed goes back as a tool message, trimmed, with its exit
 code; the model goes on until it answers or reaches the step limit. Every task is one stored
 conversation of kind "agent"; /good, /bad and /fix rate it, and an approved one is learned when it
