@@ -47,6 +47,7 @@ from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
 from nimllm.memory import Memory  # noqa: E402
 from nimllm.sandbox import Sandbox  # noqa: E402
 from nimllm.tasks import KINDS  # noqa: E402
+from nimllm.turns import Sampling  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REQUESTS, FOLDERS = HERE / "agent_requests.jsonl", HERE / "agent_folders.json"
@@ -176,13 +177,12 @@ def attempt(mem: Memory, task: BenchTask, parent: Path, max_steps: int, learn: b
     folder = task.make(parent)
     expected = [] if task.check == "files" else lines_of(Sandbox(folder).run(task.ref).output)
     transcript = io.StringIO()
-    agent = Agent(mem, Sandbox(folder), {"temperature": 0.0, "top_k": None, "top_p": None, "max_tokens": 64,
-                                         "seed": 0}, read_line=lambda prompt: "y", out=transcript, yes=True,
-                  max_steps=max_steps)
+    agent = Agent(mem, Sandbox(folder), Sampling(max_tokens=64, temperature=0.0, seed=0),
+                  read_line=lambda prompt: "y", out=transcript, yes=True, max_steps=max_steps)
     start = time.time()
     answer = agent.do(task.request)
     messages = mem.store.messages(agent.task)
-    calls = [m.content for m in messages if (m.meta or {}).get("tool_call")]
+    calls = [m.content for m in messages if m.role == "tool_call"]
     runs = [m.meta for m in messages if m.role == "tool" and "output" in (m.meta or {})]
     outputs = [r["output"] for r in runs]
     if task.check == "files":

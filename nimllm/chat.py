@@ -14,6 +14,7 @@ from functools import partial
 
 from nimllm.config import ModelFolder
 from nimllm.console import line_reader, printable
+from nimllm.turns import Sampling, context_budget, decode_stream, fit_prompt, turn_stops
 
 PROMPT, MORE, REPLY = "you> ", "...> ", "nimllm> "
 HELP = """commands:
@@ -46,11 +47,10 @@ def read_message(read_line) -> str | None:
 class Chat:
     """One chat session: the stored conversation, and the recent turns the model sees."""
 
-    def __init__(self, mem, sampling: dict, stdout):
-        from nimllm.tokenizer import context_budget
+    def __init__(self, mem, sampling: Sampling, stdout):
         self.mem, self.sampling, self.out = mem, sampling, stdout
         self.tokenizer = mem.tokenizer
-        self.budget = context_budget(mem.model.cfg.block_size, sampling["max_tokens"])
+        self.budget = context_budget(mem.model.cfg.block_size, sampling.max_tokens)
         self.context: list[tuple[str, str]] = []   # outlives /remember, so the talk flows on
         self.conversation = mem.store.start_conversation(kind="chat")
         self.last_answer: int | None = None        # message id that /good, /bad and /fix rate
@@ -94,13 +94,13 @@ class Chat:
     def generate_reply(self) -> str:
         from nimllm.generate import generate
         tok, s = self.tokenizer, self.sampling
-        prompt = tok.render_recent(self.context, self.budget)
-        ids = generate(self.mem.model, prompt, s["max_tokens"], s["temperature"], s["top_k"], s["top_p"],
-                       s["seed"], stop_ids=[tok.special("<|end|>"), tok.eot_id], decoder=self.mem.decoder())
+        prompt = fit_prompt(tok, self.context, self.budget)
+        ids = generate(self.mem.model, prompt, s.max_tokens, s.temperature, s.top_k, s.top_p, s.seed,
+                       stop_ids=turn_stops(tok), decoder=self.mem.decoder())
         pieces = []
         self.say(REPLY, end="")
         try:
-            for piece in tok.decode_stream(ids):
+            for piece in decode_stream(tok, ids):
                 pieces.append(piece)   # stored as the model wrote it, shown as the terminal may see it
                 self.say(printable(piece), end="")
         except KeyboardInterrupt:   # stop this answer, keep the chat and what was written
@@ -168,8 +168,8 @@ class Opening(threading.Thread):
         return self.memory
 
 
-def run_chat(folder: ModelFolder, device: str | None, sampling: dict, stdin=sys.stdin, stdout=sys.stdout) -> int:
-    """The REPL. `sampling` holds temperature, top_k, top_p, max_tokens and seed; returns the exit code."""
+def run_chat(folder: ModelFolder, device: str | None, sampling: Sampling, stdin=sys.stdin, stdout=sys.stdout) -> int:
+    """The REPL; returns the exit code."""
     folder.require_model()
     opening = Opening(folder, device, stdout)
     print("talk to your model; /help lists the commands, /quit or Ctrl-D ends and remembers", file=stdout, flush=True)

@@ -140,6 +140,12 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def sampling(args):
+    """The sampling options of generate, chat and agent."""
+    from nimllm.turns import Sampling
+    return Sampling(args.max_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+
+
 def cmd_train(args) -> int:
     from nimllm import dialogues, skills
     from nimllm.config import ModelFolder
@@ -173,13 +179,15 @@ def cmd_generate(args) -> int:
     from nimllm.deltas import load_remembered
     from nimllm.train import pick_device
     from nimllm.tokenizer import Tokenizer
+    from nimllm.turns import decode_stream, text_stops
     folder = ModelFolder.resolve(args.model)
     model, _ = load_remembered(folder, pick_device(args.device))
     tokenizer = Tokenizer.load(folder.tokenizer)
     print(args.prompt, end="", flush=True)
-    ids = generate(model, tokenizer.encode(args.prompt), args.max_tokens, args.temperature, args.top_k,
-                   args.top_p, args.seed, stop_ids=[tokenizer.eot_id], decoder=fastest_decoder(model))
-    for piece in tokenizer.decode_stream(ids):
+    s = sampling(args)
+    ids = generate(model, tokenizer.encode(args.prompt), s.max_tokens, s.temperature, s.top_k, s.top_p, s.seed,
+                   stop_ids=text_stops(tokenizer), decoder=fastest_decoder(model))
+    for piece in decode_stream(tokenizer, ids):
         print(printable(piece), end="", flush=True)
     print()
     return 0
@@ -200,17 +208,14 @@ def cmd_info(args) -> int:
 def cmd_chat(args) -> int:
     from nimllm.chat import run_chat
     from nimllm.config import ModelFolder
-    return run_chat(ModelFolder.resolve(args.model), args.device,
-                    {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
-                     "top_p": args.top_p, "seed": args.seed})
+    return run_chat(ModelFolder.resolve(args.model), args.device, sampling(args))
 
 
 def cmd_agent(args) -> int:
     from nimllm.agent import run_agent
     from nimllm.config import ModelFolder
-    return run_agent(ModelFolder.resolve(args.model), Path(args.folder), args.device,
-                     {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
-                      "top_p": args.top_p, "seed": args.seed}, args.yes, args.max_steps, args.timeout)
+    return run_agent(ModelFolder.resolve(args.model), Path(args.folder), args.device, sampling(args), args.yes,
+                     args.max_steps, args.timeout)
 
 
 def cmd_memory(args) -> int:

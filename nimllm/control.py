@@ -20,6 +20,7 @@ from nimllm.generate import Decoder, generate_batch
 from nimllm.lessons import batch
 from nimllm.model import GPT
 from nimllm.tokenizer import Tokenizer
+from nimllm.turns import turn_stops
 
 CHAT_PROMPTS = [
     "hello", "Hi, how are you today?", "What can you do?", "thank you", "good night",
@@ -46,7 +47,7 @@ def make_control(model: GPT, tokenizer: Tokenizer) -> dict:
     decoder and a check could already disagree), so that the base model keeps all of them."""
     prompts = [tokenizer.render_conversation([("user", p)], add_generation_prompt=True)[0]
                for p in CHAT_PROMPTS + AGENT_PROMPTS]
-    stops = tokenizer.turn_end_ids
+    stops = turn_stops(tokenizer, calls=True)
     answers = [[] for _ in prompts]
     was_training = model.training
     model.eval()

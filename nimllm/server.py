@@ -40,14 +40,15 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from nimllm.api import (INT64, ApiError, Body, ChatRequest, ChatShape, CompletionRequest, CompletionShape,
-                        FeedbackRequest, FunctionCall, Reply, Sampling, Tool, call_text, describe_tools, forced_tool,
-                        sse, template_messages, tool_call_from_text)
+                        FeedbackRequest, FunctionCall, GenerationRequest, Reply, Tool, call_text, describe_tools,
+                        forced_tool, sse, template_messages, tool_call_from_text)
 from nimllm.config import ModelFolder, UserError
 from nimllm.generate import BatchScheduler, Request, failure
 from nimllm.deltas import memory_history, show_memory
 from nimllm.memory import Memory
 from nimllm.store import Store
-from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer, context_budget
+from nimllm.tokenizer import Tokenizer
+from nimllm.turns import Sampling, context_budget, fit_prompt, text_stops, turn_stops
 
 WEB = Path(__file__).parent / "web"
 MAX_REQUEST_BYTES = 1 << 20   # far more text than any context holds; a bigger body is a mistake or an attack
@@ -215,9 +216,7 @@ class Talks:
             return talk.ids[-1]
 
     def _store(self, conversation: int, role: str, content: str) -> int:
-        if role == "tool_call":   # stored as the agent stores its commands
-            return self.store.add_message(conversation, "assistant", content, {"tool_call": True})
-        return self.store.add_message(conversation, role, content)
+        return self.store.add_message(conversation, role, content)   # a tool call as the agent stores its commands
 
     def _forget_oldest(self) -> None:
         if len(self.talks) > self.keep:
@@ -300,13 +299,13 @@ def deliver(batch: list[tuple[Job, int | None, str | None]]) -> None:
 class Job:
     """One request on the engine, seen from the event loop: its tokens arrive on an asyncio queue."""
 
-    def __init__(self, engine: Engine, prompt: list[int], sampling: Sampling, max_tokens: int, stop_ids):
+    def __init__(self, engine: Engine, prompt: list[int], sampling: Sampling, stop_ids):
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
         self.reason: str | None = None   # why it ended: "stop", "length", "cancelled", "error: ..."
-        temperature = 1.0 if sampling.temperature is None else sampling.temperature
-        self.request = Request(prompt, max_tokens, lambda token, reason: engine.emit(self, token, reason),
-                               temperature, sampling.top_k, sampling.top_p, sampling.seed, frozenset(stop_ids))
+        s = sampling
+        self.request = Request(prompt, s.max_tokens, lambda token, reason: engine.emit(self, token, reason),
+                               s.temperature, s.top_k, s.top_p, s.seed, frozenset(stop_ids))
         engine.scheduler.submit(self.request)
 
     async def tokens(self, http: HTTPRequest):
@@ -362,9 +361,9 @@ class Answer:
     the tool call, the finish reason and the usage. Given `messages` (with --remember), the conversation
     is stored as it goes: its new messages first, the reply once complete."""
 
-    def __init__(self, served: Served, prompt: list[int], request: Sampling, stop_ids, reply: Reply,
+    def __init__(self, served: Served, prompt: list[int], sampling: Sampling, stop_ids, reply: Reply,
                  tools: list[Tool] = (), forced: str | None = None, messages: list[tuple[str, str]] | None = None):
-        self.served, self.prompt, self.request, self.stop_ids, self.reply = served, prompt, request, stop_ids, reply
+        self.served, self.prompt, self.sampling, self.stop_ids, self.reply = served, prompt, sampling, stop_ids, reply
         self.tools, self.forced, self.messages = list(tools), forced, messages
         self.job: Job | None = None
         self.call: dict | None = None
@@ -379,17 +378,13 @@ class Answer:
         talk = await asyncio.to_thread(talks.begin, self.messages) if talks and self.messages else None
         said = None
         try:
-            self.job = Job(self.served.engine, self.prompt, self.request, self.max_tokens, self.stop_ids)
+            self.job = Job(self.served.engine, self.prompt, self.sampling, self.stop_ids)
             async for piece in self._content(http):
                 yield piece
             said = self._said()
         finally:
             if talk:
                 talks.end(talk, said)
-
-    @property
-    def max_tokens(self) -> int:
-        return answer_length(self.served, self.request)
 
     async def _content(self, http: HTTPRequest):
         job, reply = self.job, self.reply
@@ -465,11 +460,7 @@ async def respond(answer: Answer, shape: ChatShape, stream: bool, http: HTTPRequ
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def answer_length(served: Served, request: Sampling) -> int:
-    return request.max_completion_tokens or request.max_tokens or served.block
-
-
-def include_usage(request: Sampling) -> bool:
+def include_usage(request: GenerationRequest) -> bool:
     return bool(request.stream_options and request.stream_options.include_usage)
 
 
@@ -494,17 +485,16 @@ async def chat_completion(served: Served, http: HTTPRequest):
     request = await read_body(http, ChatRequest)
     check_model(served, request.model)
     tok, tools, forced = served.tokenizer, request.tools or [], forced_tool(request)
-    call = tok.special("<|tool_call|>")
+    sampling = request.sampling(served.block)
     offered = bool(tools) and request.tool_choice != "none"
     messages = template_messages(request.messages, tools)
     described = [("system", describe_tools(tools))] if offered else []
     # the most recent messages that fit, whole, as the chat fits them (the tool descriptions are the oldest)
-    budget = context_budget(served.block, answer_length(served, request)) - (forced is not None)
-    prompt = tok.render_recent(described + messages, budget) + ([call] if forced is not None else [])
-    # a turn ends at any special token but the one that opens a call, where a call can be made
-    stops = {i for i in range(len(SPECIAL_TOKENS)) if i != call or not offered}
-    reply = Reply(tok, request.stop, call if offered else None, in_call=forced is not None)
-    answer = Answer(served, prompt, request, stops, reply, tools, forced, messages)
+    budget = context_budget(served.block, sampling.max_tokens) - (forced is not None)
+    opened = [tok.special("<|tool_call|>")] if forced is not None else []   # a forced call: the turn opens it
+    prompt = fit_prompt(tok, described + messages, budget) + opened
+    reply = Reply(tok, request.stop, calls=offered, in_call=forced is not None)
+    answer = Answer(served, prompt, sampling, turn_stops(tok, calls=offered), reply, tools, forced, messages)
     return await respond(answer, ChatShape(answer, include_usage(request)), request.stream, http)
 
 
@@ -523,8 +513,8 @@ def completion_prompt(served: Served, prompt: str | list[str] | list[int]) -> li
 async def completion(served: Served, http: HTTPRequest):
     request = await read_body(http, CompletionRequest)
     check_model(served, request.model)
-    stops = [served.tokenizer.eot_id]   # where `nimllm generate` stops
-    answer = Answer(served, completion_prompt(served, request.prompt), request, stops, Reply(served.tokenizer, request.stop))
+    answer = Answer(served, completion_prompt(served, request.prompt), request.sampling(served.block),
+                    text_stops(served.tokenizer), Reply(served.tokenizer, request.stop))
     return await respond(answer, CompletionShape(answer, include_usage(request)), request.stream, http)
 
 

@@ -75,36 +75,6 @@ SYLLABLES = ("ka lo mi ru sen ta vo ri ne ba du fi ko la mar tin pel zor qui wen
              " dra gim hal jun kes lor mun nix pav rost sul tev yor zan").split()
 
 
-def made_up(rng: random.Random) -> str:
-    """A name no vocabulary holds: 'kalomi', 'vostex'."""
-    return "".join(rng.choices(SYLLABLES, k=rng.randint(2, 3)))
-
-
-def stem(rng: random.Random) -> str:
-    return made_up(rng) if rng.random() < 0.25 else rng.choice(STEMS)
-
-
-def folder_name(rng: random.Random) -> str:
-    return made_up(rng) if rng.random() < 0.15 else rng.choice(FOLDERS)
-
-
-def file_name(rng: random.Random) -> str:
-    """'notes.md', 'report_river.txt', 'budget3.csv', 'journal-2026-03-14.md', 'vostex.png'"""
-    suffix = rng.choice(["", "", "", f"_{rng.choice(WORDS)}", str(rng.randint(1, 9)),
-                         f"-2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", f"_v{rng.randint(2, 4)}"])
-    return stem(rng) + suffix + rng.choice(EXTENSIONS[:9] if rng.random() < 0.6 else EXTENSIONS)
-
-
-def contents(rng: random.Random, ext: str, keyword: str) -> str | bytes:
-    """What a file of this kind holds: bytes for images and data, text with the folder's keyword in some."""
-    if ext in BINARY:
-        return rng.randbytes(rng.choice([rng.randint(0, 2000), rng.randint(2000, 90000)]))
-    text = FORMATTERS.get(ext, lambda r: prose(r, long=r.random() < 0.25))(rng)
-    if rng.random() < 0.3:
-        text += f"\n{rng.choice(WORDS)} {keyword} {rng.choice(WORDS)}"
-    return text + "\n"
-
-
 COMMITS = ["first commit", "add readme", "fix typo", "update config", "add tests", "remove old files",
            "rename helper", "improve docs", "bump version", "fix crash on start", "add logging", "clean up"]
 FORMATTERS = {".py": lambda r: "\n".join(f"def {r.choice(WORDS)}_{r.choice(WORDS)}():\n    return {r.randint(0, 99)}"
@@ -121,6 +91,38 @@ DAY = 86400
 def prose(rng: random.Random, long: bool = False) -> str:
     lines = rng.randint(40, 200) if long else rng.randint(2, 20)
     return "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(lines))
+
+
+def made_up(rng: random.Random) -> str:
+    """A name no vocabulary holds: 'kalomi', 'vostex'."""
+    return "".join(rng.choices(SYLLABLES, k=rng.randint(2, 3)))
+
+
+def stem(rng: random.Random) -> str:
+    return made_up(rng) if rng.random() < 0.25 else rng.choice(STEMS)
+
+
+def folder_name(rng: random.Random) -> str:
+    return made_up(rng) if rng.random() < 0.15 else rng.choice(FOLDERS)
+
+
+def file_name(rng: random.Random, ext: str | None = None) -> str:
+    """'notes.md', 'report_river.txt', 'budget3.csv', 'journal-2026-03-14.md', 'vostex.png' (ext "": a folder's)"""
+    suffix = rng.choice(["", "", "", f"_{rng.choice(WORDS)}", str(rng.randint(1, 9)),
+                         f"-2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", f"_v{rng.randint(2, 4)}"])
+    if ext is None:
+        ext = rng.choice(EXTENSIONS[:9] if rng.random() < 0.6 else EXTENSIONS)
+    return stem(rng) + suffix + ext
+
+
+def contents(rng: random.Random, ext: str, keyword: str) -> str | bytes:
+    """What a file of this kind holds: bytes for images and data, text with the folder's keyword in some."""
+    if ext in BINARY:
+        return rng.randbytes(rng.choice([rng.randint(0, 2000), rng.randint(2000, 90000)]))
+    text = FORMATTERS.get(ext, lambda r: prose(r, long=r.random() < 0.25))(rng)
+    if rng.random() < 0.3:
+        text += f"\n{rng.choice(WORDS)} {keyword} {rng.choice(WORDS)}"
+    return text + "\n"
 
 
 @dataclass
@@ -146,9 +148,7 @@ class Scratch:
         return [f for f in self.text_files() if f not in (self.csv, *self.lists, "numbers.txt", *(self.pair or ()))]
 
     def new_name(self, rng: random.Random, ext: str = "") -> str:
-        return next(n for n in (f"{stem(rng)}{rng.choice(['', '_' + rng.choice(WORDS), str(rng.randint(2, 9))])}{ext}"
-                                for _ in range(100))
-                    if not (self.root / n).exists())
+        return next(n for n in (file_name(rng, ext) for _ in range(100)) if not (self.root / n).exists())
 
     def add(self, rel: str, text: str | bytes, rng: random.Random) -> None:
         """A file, changed some time ago: within the last weeks for some, months ago for the rest."""

@@ -14,15 +14,16 @@ import pytest
 from conftest import REPO, run_cli, train_tiny
 
 from nimllm import shell
-from nimllm.agent import NOT_SANDBOXED, SANDBOXED, fit, parse_turn, run_agent
+from nimllm.agent import NOT_SANDBOXED, SANDBOXED, run_agent
 from nimllm.config import ModelFolder, UserError
 from nimllm.lessons import conversation_messages
 from nimllm.memory import Memory
 from nimllm.sandbox import Sandbox
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
+from nimllm.turns import Sampling
 
-SAMPLING = {"temperature": 0.0, "top_k": 50, "top_p": 0.95, "max_tokens": 24, "seed": 0}
+SAMPLING = Sampling(max_tokens=24, temperature=0.0, top_k=50, top_p=0.95, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -91,26 +92,6 @@ def test_training_mixes_in_the_agent_skills(trained):
     assert Path(skills).parent == trained / "agent-skills" and len(Path(skills).read_text().splitlines()) == 40
 
 
-def test_parse_turn_reads_calls_and_answers_and_reports_garbage(trained):
-    tok = Tokenizer.load(trained / "tokenizer.json")
-    call, close, end, user = (tok.special(t) for t in ("<|tool_call|>", "<|/tool_call|>", "<|end|>", "<|user|>"))
-    assert parse_turn(tok, [call, *tok.encode("ls -la"), close])[:2] == ("call", "ls -la")
-    assert parse_turn(tok, [*tok.encode("I will look"), call, *tok.encode("ls"), close])[:2] == ("call", "ls")
-    assert parse_turn(tok, [*tok.encode(" There are 3. "), end])[:2] == ("answer", "There are 3.")
-    malformed = {"no end": [call, *tok.encode("ls")], "empty command": [call, close], "empty answer": [end],
-                 "special inside": [call, *tok.encode("ls"), user, close], "stray": [*tok.encode("hi"), user, end],
-                 "runs out": tok.encode("garbage garbage"), "nothing": []}
-    for name, ids in malformed.items():
-        assert parse_turn(tok, ids).kind == "malformed", name
-
-
-def test_fit_keeps_the_request_and_the_latest_steps():
-    ids = list(range(100))
-    assert fit(ids, 200, 10) == ids
-    assert fit(ids, 30, 10) == list(range(10)) + list(range(80, 100))
-    assert fit(ids, 10, 40) == list(range(5)) + list(range(95, 100))
-
-
 def test_a_task_runs_its_command_answers_from_the_output_and_is_learned_when_good(folder, work, monkeypatch):
     tok = Tokenizer.load(folder.tokenizer)
     prompts = script(monkeypatch, tok, "$ find . -name '*.py' | wc -l", "There are 2 Python files.")
@@ -121,7 +102,7 @@ def test_a_task_runs_its_command_answers_from_the_output_and_is_learned_when_goo
                                "<|tool_result|>[exit 0]\n2<|end|><|assistant|>")
     [(task, messages)] = tasks(folder)
     assert [(m.role, m.content) for m in messages] == [
-        ("user", "how many python files are in this folder?"), ("assistant", "find . -name '*.py' | wc -l"),
+        ("user", "how many python files are in this folder?"), ("tool_call", "find . -name '*.py' | wc -l"),
         ("tool", "[exit 0]\n2"), ("assistant", "There are 2 Python files.")]
     meta = messages[2].meta
     assert meta["exit_code"] == 0 and meta["output"] == "2\n" and meta["sandboxed"] == SANDBOXED_HERE
@@ -184,7 +165,7 @@ def test_destructive_commands_are_refused_even_with_yes(folder, work, monkeypatc
     assert out.count("  refused: ") == 3 and "run it?" not in out and "nimllm> Done." in out
     assert not outside.exists() and (work / "inside.txt").exists() and (work / "a.py").exists()
     [(task, messages)] = tasks(folder)
-    assert [m.feedback for m in messages if m.role == "assistant"] == ["bad"] * 3 + [None, None]
+    assert [m.feedback for m in messages if m.role in ("assistant", "tool_call")] == ["bad"] * 3 + [None, None]
 
 
 def test_without_a_sandbox_yes_is_refused_and_every_command_asks(folder, work, monkeypatch, tmp_path):

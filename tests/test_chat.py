@@ -16,6 +16,7 @@ from nimllm.chat import read_message, run_chat
 from nimllm.config import ModelFolder
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
+from nimllm.turns import Sampling
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_context_flows_on_after_remember_and_ctrl_c_keeps_a_partial_answer(folde
 
     monkeypatch.setattr("nimllm.generate.generate", interrupted_generate)
     stdout = io.StringIO()
-    sampling = {"temperature": 0.7, "top_k": 50, "top_p": 0.95, "max_tokens": 20, "seed": None}
+    sampling = Sampling(max_tokens=20, temperature=0.7, top_k=50, top_p=0.95)
     code = run_chat(folder, "cpu", sampling, stdin=io.StringIO("hello\n/remember\nagain\n"), stdout=stdout)
     assert code == 0
     assert "nimllm> so far [stopped]\n" in stdout.getvalue()

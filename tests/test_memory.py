@@ -105,6 +105,7 @@ def test_opening_a_memory_leaves_the_fisher_control_and_decoder_for_later(folder
     import io
     import nimllm.memory
     from nimllm.chat import run_chat, PROMPT
+    from nimllm.turns import Sampling
     events = []
     for name in ("prepare", "fastest_decoder"):
         real = getattr(nimllm.memory, name)
@@ -115,7 +116,7 @@ def test_opening_a_memory_leaves_the_fisher_control_and_decoder_for_later(folder
             if text == PROMPT:
                 events.append("prompt")
             return super().write(text)
-    sampling = {"temperature": 0.7, "top_k": 50, "top_p": 0.95, "max_tokens": 4, "seed": 0}
+    sampling = Sampling(max_tokens=4, temperature=0.7, top_k=50, top_p=0.95, seed=0)
     run_chat(folder, "cpu", sampling, stdin=io.StringIO("Ilse lives in Tromso\n"), stdout=Out())
     assert events[:2] == ["prompt", "fastest_decoder"] and events.count("prepare") == 2   # Fisher, then control
     assert (folder.memory / "fisher.safetensors").exists() and folder.control.exists()

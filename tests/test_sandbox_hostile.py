@@ -328,8 +328,10 @@ ATTEMPTS = {
     "sparse-file": Attempt("truncate -s 100G sparse", folder_grew_over(SMALL["file_bytes"])),
     "disk-fill": Attempt("for i in $(seq 60); do head -c 2M /dev/zero > big$i; done",
                          folder_grew_over(3 * SMALL["folder_bytes"])),
+    # 30 writers can finish between two checks of the folder (every 0.02 s) on a busy machine: the cap
+    # stops them (and is documented to overshoot by what a burst writes meanwhile), it cannot bound it
     "disk-fill-parallel": Attempt("for i in $(seq 30); do head -c 4M /dev/zero > big$i & done; wait",
-                                  folder_grew_over(3 * SMALL["folder_bytes"])),
+                                  lambda h, r: r.killed != "folder size"),
     "disk-fill-deleted": Attempt("for i in $(seq 10); do (exec 3>x$i; rm x$i; head -c 9M /dev/zero >&3; sleep 4) & "
                                  "done; wait", lambda h, r: r.killed != "folder size", needs_cgroup=True),
     "disk-fill-in-new-git": Attempt("git init -q sub; for i in $(seq 100); do head -c 5M /dev/zero > sub/.git/b$i; done",

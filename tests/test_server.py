@@ -23,11 +23,13 @@ from conftest import REPO, popen_cli, real_text, run_cli, train_tiny
 
 from nimllm.checkpoint import load_model
 from nimllm.config import ModelFolder
+from nimllm.console import printable
 from nimllm.generate import fastest_decoder, generate
 from nimllm.api import (FunctionCall, Message, Reply, Tool, call_text, describe_tools, template_messages,
                         tool_call_from_text)
 from nimllm.store import Store
-from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer, context_budget
+from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
+from nimllm.turns import context_budget, fit_prompt
 
 openai = pytest.importorskip("openai")
 
@@ -232,8 +234,8 @@ def test_completions_are_the_tokens_of_nimllm_generate(server, trained):
         cli = run_cli("generate", "ROMEO:", "--model", trained, "--max-tokens", "24", "--seed", "3", *flags)
         assert cli.returncode == 0, cli.stderr
         reply = client.completions.create(model="model", prompt="ROMEO:", max_tokens=24, seed=3, **sampling)
-        printed = "ROMEO:" + reply.choices[0].text + "\n"   # as read through a pipe in text mode:
-        assert printed.replace("\r\n", "\n").replace("\r", "\n") == cli.stdout   # universal newlines
+        # the API returns the model's text as it is; the terminal gets it through `printable`
+        assert "ROMEO:" + printable(reply.choices[0].text) + "\n" == cli.stdout
         assert reply.usage.prompt_tokens > 0 and reply.choices[0].finish_reason in ("length", "stop")
         stream = client.completions.create(model="model", prompt="ROMEO:", max_tokens=24, seed=3, stream=True,
                                            stream_options={"include_usage": True}, **sampling)
@@ -264,7 +266,7 @@ def test_chat_completion_streamed_and_not(server, model):
 def test_a_history_longer_than_the_context_keeps_its_newest_messages_whole(server, model):
     tokenizer, block = model[1], model[0].cfg.block_size                      # tiny: a context of 128
     history = [("user" if i % 2 == 0 else "assistant", f"message number {i} of a long talk") for i in range(40)]
-    fitted = tokenizer.render_recent(history, block - 16)                       # what the chat would send
+    fitted = fit_prompt(tokenizer, history, block - 16)                       # what the chat would send
     assert len(chat_ids(tokenizer, history)) > block and len(fitted) <= block - 16
     ids = expected(model, fitted, 16, ALL_SPECIAL, temperature=0)
     reply = server.client().chat.completions.create(model="model", max_tokens=16, temperature=0,
@@ -307,7 +309,7 @@ def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_goes_in(serv
     tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
     user = [("user", "how many files are here?")]
     block = model[0].cfg.block_size   # the tiny model's 128 tokens hold no tool descriptions: they drop out first
-    prompt = tokenizer.render_recent([("system", describe_tools(tools))] + user, context_budget(block, 12) - 1)
+    prompt = fit_prompt(tokenizer, [("system", describe_tools(tools))] + user, context_budget(block, 12) - 1)
     prompt += [tokenizer.special("<|tool_call|>")]
     command = tokenizer.decode([t for t in expected(model, prompt, 12, ALL_SPECIAL, temperature=0)
                                 if t >= len(SPECIAL_TOKENS)]).strip()
@@ -331,7 +333,7 @@ def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_goes_in(serv
                                                 reply.choices[0].message.model_dump(exclude_none=True),
                                                 {"role": "tool", "tool_call_id": call.id, "content": "3"}])
     seen = [("system", describe_tools(tools))] + user + [("tool_call", command), ("tool", "3")]
-    assert follow.usage.prompt_tokens == len(tokenizer.render_recent(seen, context_budget(block, 4)))
+    assert follow.usage.prompt_tokens == len(fit_prompt(tokenizer, seen, context_budget(block, 4)))
 
 
 def test_tool_call_text_maps_onto_the_request_tools():

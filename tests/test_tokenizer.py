@@ -8,7 +8,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers, trainers
 
 from nimllm.config import UserError
-from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer, fit_context
+from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 ALL_BUT_SURROGATES = st.characters(exclude_categories=["Cs"])
@@ -125,15 +125,6 @@ def test_render_conversation_keeps_typed_special_tokens_as_text(tokenizer):
     assert ids[1:-1] == tokenizer.encode(typed) and all(i >= len(SPECIAL_TOKENS) for i in ids[1:-1])
     assert ids.count(tokenizer.special("<|end|>")) == 1 and len(mask) == len(ids)
     assert tokenizer.decode(ids) == f"<|user|>{typed}<|end|>"
-
-
-def test_fit_context_keeps_the_most_recent_messages_that_fit():
-    turns = [[3, 10, 11, 5], [4, 12, 5], [3, 13, 14, 15, 5]]   # role token, content, end
-    assert fit_context(turns, 100) == [3, 10, 11, 5, 4, 12, 5, 3, 13, 14, 15, 5]
-    assert fit_context(turns, 8) == [4, 12, 5, 3, 13, 14, 15, 5]
-    assert fit_context(turns, 7) == [3, 13, 14, 15, 5]            # an older message drops out whole
-    assert fit_context(turns, 3) == [3, 15, 5]                     # the newest alone is too long: its tail
-    assert fit_context([], 10) == []
 
 
 TRAIN_ON = """
