@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from nimllm import checkpoint
-from nimllm.config import MemoryConfig, ModelFolder
+from nimllm.config import MemoryConfig, ModelFolder, UserError
 from nimllm.control import answers_kept, control_batch, load_control, make_control, save_control
 from nimllm.data import TokenShards
 from nimllm.deltas import apply_delta, learning_lock, load_delta, load_remembered, memory_stats, save_delta
@@ -39,6 +39,8 @@ from nimllm.train import pick_device
 from nimllm.update import UpdateReport, fisher_diagonal, scaled, selective_update
 
 CONTROL_SCALES = (1.0, 0.5, 0.25)   # what the control check tries before it keeps nothing
+OUT_OF_GPU_MEMORY = ("the GPU ran out of memory while learning (other programs may hold it): the weights are as "
+                     "they were, and the next chat learns this conversation")
 
 
 class Memory:
@@ -69,16 +71,26 @@ class Memory:
             self._decoder = (key, fastest_decoder(self.model, batch_size, compile))
         return self._decoder[1]
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> bool:
         """The whole update once, dry: the control answers as lessons, at a learning rate of 0 (Adam then
         moves nothing, and the weights stay as they are) and never "learned", so that both kinds of step
         run. What a GPU loads or builds at first use (libraries, kernels, attention plans at the replay's
         shape), the Fisher and the control set then cost the user's typing time, not the first update's.
-        The chat calls it on a GPU only: on a CPU a dry update costs as much as a real one."""
+        The chat calls it on a GPU only: on a CPU a dry update costs as much as a real one. False when
+        the GPU had no room for it (other processes hold its memory): nothing changed, nothing is lost."""
         x, y = control_batch(self.control, self.device)
         extra, keep, _ = self._rehearsal([])
         dry = replace(self.mcfg, lr=0.0, steps=2, learned_loss=-1.0)
-        selective_update(self.model, x, y, self.anchor, self.fisher, dry, extra, keep)
+        try:
+            selective_update(self.model, x, y, self.anchor, self.fisher, dry, extra, keep)
+        except torch.OutOfMemoryError:   # only a head start: where it does not fit now, the first update pays
+            self._free_gpu_memory()
+            return False
+        return True
+
+    def _free_gpu_memory(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
 
     # ---- what the first update needs, made once on the base model and kept in the folder ----
 
@@ -181,21 +193,15 @@ class Memory:
         control, fisher = self.control, self.fisher   # made before the lock, on the base model if missing
         timed("load the Fisher and control set")
         with self._lock():
-            x, y = batch(training_windows(self.tokenizer, lessons, self.model.cfg.block_size), self.device)
-            extra, keep, rehearsed = self._rehearsal(conversation_ids)
-            kept_before = answers_kept(self.model, control)
             saved = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-            timed("prepare")
-            delta, report = selective_update(self.model, x, y, self.anchor, fisher, mcfg, extra, keep)
-            report.lessons, report.rehearsed = len(lessons), rehearsed
-            timed("steps")
-            delta, report.scale, kept_after = self._checked(delta, saved, kept_before, control)
-            report.control = (sum(kept_after), len(kept_after))
-            if report.scale < 1:
-                report.n_weights = sum(len(i) for i, _ in delta.values())
+            try:
+                delta, report = self._update(lessons, conversation_ids, mcfg, saved, control, fisher, timed)
+            except torch.OutOfMemoryError:   # a chat beside other GPU work: say so, keep the model as it was
                 with torch.no_grad():
-                    report.loss_after = self.model(x, y).item()
-            timed("check")
+                    for n, p in self.model.named_parameters():
+                        p.copy_(saved[n])
+                self._free_gpu_memory()
+                raise UserError(OUT_OF_GPU_MEMORY) from None
             name = f"memory/delta-{time.time_ns()}-{os.getpid()}.safetensors"
             save_delta(self.folder.root / name, delta)
             timed("save")
@@ -205,6 +211,26 @@ class Memory:
             self.applied.append(report.delta_id)
         log(str(report))
         return report
+
+    def _update(self, lessons: list[Lesson], conversation_ids: list[int], mcfg: MemoryConfig, saved: dict,
+                control: dict, fisher: dict, timed):
+        """The selective update on these lessons beside the rehearsal, as far as the control check
+        keeps it: (delta, report)."""
+        x, y = batch(training_windows(self.tokenizer, lessons, self.model.cfg.block_size), self.device)
+        extra, keep, rehearsed = self._rehearsal(conversation_ids)
+        kept_before = answers_kept(self.model, control)
+        timed("prepare")
+        delta, report = selective_update(self.model, x, y, self.anchor, fisher, mcfg, extra, keep)
+        report.lessons, report.rehearsed = len(lessons), rehearsed
+        timed("steps")
+        delta, report.scale, kept_after = self._checked(delta, saved, kept_before, control)
+        report.control = (sum(kept_after), len(kept_after))
+        if report.scale < 1:
+            report.n_weights = sum(len(i) for i, _ in delta.values())
+            with torch.no_grad():
+                report.loss_after = self.model(x, y).item()
+        timed("check")
+        return delta, report
 
     def _checked(self, delta, saved: dict, kept_before: list[bool], control: dict):
         """The delta as far as the control answers allow: whole, halved or quartered, or nothing, so

@@ -230,3 +230,35 @@ def test_generate_eval_and_export_see_what_was_remembered(folder):
     assert same(weights(load_remembered(folder)[0]), weights(mem.model))
     mem.forget()
     assert same(weights(load_remembered(folder)[0]), weights(load_model(folder)[0]))
+
+
+def out_of_gpu_memory_midway(model, *args, **kwargs):
+    """selective_update as it fails when other processes hold the GPU: after it has moved weights."""
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 272.00 MiB.")
+
+
+def test_an_update_the_gpu_has_no_room_for_says_so_and_loses_nothing(folder, monkeypatch):
+    import nimllm.memory
+    from nimllm.config import UserError
+    from nimllm.memory import Memory
+    mem = Memory(folder, "cpu")
+    base = weights(mem.model)
+    cid = have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))
+    monkeypatch.setattr(nimllm.memory, "selective_update", out_of_gpu_memory_midway)
+    with pytest.raises(UserError, match="ran out of memory.*next chat learns"):
+        mem.learn([cid], log=lambda *_: None)
+    assert same(weights(mem.model), base) and mem.store.deltas() == []
+    assert mem.store.unlearned() == [cid]   # left for the next chat, which learns it
+    monkeypatch.undo()
+    assert mem.learn([cid], log=lambda *_: None).n_weights > 0 and mem.store.unlearned() == []
+
+
+def test_a_warm_up_the_gpu_has_no_room_for_is_skipped(folder, monkeypatch):
+    import nimllm.memory
+    from nimllm.memory import Memory
+    mem = Memory(folder, "cpu")
+    assert mem.warm_up() is True
+    monkeypatch.setattr(nimllm.memory, "selective_update", out_of_gpu_memory_midway)
+    assert mem.warm_up() is False   # no error: the chat goes on, and its first update pays for first use
