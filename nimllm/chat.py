@@ -14,7 +14,7 @@ from functools import partial
 
 from nimllm.config import ModelFolder
 from nimllm.console import line_reader, printable
-from nimllm.turns import Sampling, context_budget, decode_stream, fit_prompt, turn_stops
+from nimllm.turns import Sampling, context_budget, decode_stream, fit_prompt, turn_bans, turn_stops
 
 PROMPT, MORE, REPLY = "you> ", "...> ", "nimllm> "
 HELP = """commands:
@@ -96,7 +96,7 @@ class Chat:
         tok, s = self.tokenizer, self.sampling
         prompt = fit_prompt(tok, self.context, self.budget)
         ids = generate(self.mem.model, prompt, s.max_tokens, s.temperature, s.top_k, s.top_p, s.seed,
-                       stop_ids=turn_stops(tok), decoder=self.mem.decoder())
+                       stop_ids=turn_stops(tok), banned_ids=turn_bans(tok), decoder=self.mem.decoder())
         pieces = []
         self.say(REPLY, end="")
         try:

@@ -306,6 +306,7 @@ class Request:
     top_p: float | None = None
     seed: int | None = None
     stop_ids: frozenset[int] = frozenset()
+    banned_ids: frozenset[int] = frozenset()   # never drawn (a chat, which has no tools, may not open a call)
     cancelled: bool = False   # set from any thread: the row is let go at the next step
     error: Exception | None = None   # what failed it, for a caller that raises it again (generate_batch)
 
@@ -463,6 +464,9 @@ class BatchScheduler:
         self.rows[r].cached = len(window)
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        for r, row in enumerate(self.rows[:len(logits)]):
+            if row is not None and row.request.banned_ids:
+                logits[r, list(row.request.banned_ids)] = float("-inf")
         tokens = logits.argmax(dim=-1)   # greedy rows, all at once
         for r, row in enumerate(self.rows[:len(logits)]):
             if row is not None and row.request.temperature > 0:
@@ -498,9 +502,11 @@ class BatchScheduler:
 @torch.no_grad()
 def generate_batch(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                   seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[list[int | None]]:
+                   seed: int | None = None, stop_ids: Sequence[int] = (),
+                   banned_ids: Sequence[int] = ()) -> Iterator[list[int | None]]:
     """For each new position, every sequence's new token, or None once it has stopped. A sequence
-    stops at a stop id (not given) or after max_new_tokens; decoding ends when all have. The prompts
+    stops at a stop id (not given) or after max_new_tokens, and never draws a banned id; decoding ends
+    when all have. The prompts
     are requests of one BatchScheduler, all admitted at its first step; row r draws with seed + r, so
     each row samples as `generate` does its prompt alone with that seed. A failure of one row's own
     work (its prefill, its sampling) raises, as it would for that prompt alone."""
@@ -514,7 +520,8 @@ def generate_batch(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_t
                 new[r] = token
         return emit
     requests = [Request(list(prompt), max_new_tokens, emit_to(r), temperature, top_k, top_p,
-                        None if seed is None else seed + r, frozenset(stop_ids)) for r, prompt in enumerate(prompts)]
+                        None if seed is None else seed + r, frozenset(stop_ids), frozenset(banned_ids))
+                for r, prompt in enumerate(prompts)]
     for request in requests:
         scheduler.submit(request)
     while scheduler.live or not scheduler.waiting.empty():
@@ -531,8 +538,10 @@ def generate_batch(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_t
 @torch.no_grad()
 def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop_ids: Sequence[int] = (), use_cache: bool = True, decoder: Decoder | None = None) -> Iterator[int]:
-    """Yield new token ids one by one after `prompt` until max_new_tokens or a stop id (not yielded).
+             stop_ids: Sequence[int] = (), use_cache: bool = True, decoder: Decoder | None = None,
+             banned_ids: Sequence[int] = ()) -> Iterator[int]:
+    """Yield new token ids one by one after `prompt` until max_new_tokens or a stop id (not yielded),
+    never a banned id.
     With the cache this runs a Decoder on the model's own weights, or the faster one given (built
     once, a CUDA graph pays for itself over many tokens); without, the model's plain forward over
     the whole window for every token."""
@@ -540,7 +549,8 @@ def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, temperature
         raise ValueError("generation needs at least one prompt token")
     if use_cache:
         decoder = decoder or Decoder(model)
-        for tokens in generate_batch(decoder, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop_ids):
+        for tokens in generate_batch(decoder, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop_ids,
+                                     banned_ids):
             yield tokens[0]
         return
     device, block = next(model.parameters()).device, model.cfg.block_size
@@ -549,8 +559,9 @@ def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, temperature
     for _ in range(max_new_tokens):
         if len(ids) - start > block:
             start = len(ids) - block // 2
-        logits = model(torch.tensor([ids[start:]], device=device))
-        token = int(sample_next(logits[:, -1], temperature, top_k, top_p, generator))
+        logits = model(torch.tensor([ids[start:]], device=device))[:, -1]
+        logits[:, list(banned_ids)] = float("-inf")
+        token = int(sample_next(logits, temperature, top_k, top_p, generator))
         if token in stop_ids:
             return
         ids.append(token)

@@ -1,7 +1,8 @@
 """What a turn of the model is, written once for every face (chat, agent, server, `nimllm generate`):
 
 - `Sampling`: how the tokens are drawn (max_tokens, temperature, top_k, top_p, seed);
-- the stop ids: where a turn ends (`turn_stops`), or where plain text ends (`text_stops`);
+- the stop ids: where a turn ends (`turn_stops`), or where plain text ends (`text_stops`), and what a
+  turn may not write (`turn_bans`);
 - fitting a conversation to the context (`context_budget`, `fit_context`, `fit_prompt`);
 - decoding tokens to text as they arrive without cutting a UTF-8 character (`TextStream`);
 - reading a turn: its content, or the call it makes, `<|tool_call|>command<|/tool_call|>` (`TurnReader`).
@@ -39,6 +40,13 @@ def turn_stops(tokenizer: Tokenizer, calls: bool = False) -> frozenset[int]:
     not at the `<|tool_call|>` that opens one."""
     call = tokenizer.special(CALL)
     return frozenset(i for i in tokenizer.special_ids.values() if not (calls and i == call))
+
+
+def turn_bans(tokenizer: Tokenizer, calls: bool = False) -> frozenset[int]:
+    """What a model's turn may not write: where it may make no call, the `<|tool_call|>` that opens one.
+    A model taught commands (`--agent-skills`) otherwise answers small talk with a command that nobody
+    runs, and an output it makes up; banned, it answers in words."""
+    return frozenset() if calls else frozenset({tokenizer.special(CALL)})
 
 
 def text_stops(tokenizer: Tokenizer) -> frozenset[int]:

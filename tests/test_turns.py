@@ -10,7 +10,7 @@ from conftest import real_text
 from nimllm.api import ChatRequest, CompletionRequest, Reply
 from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
 from nimllm.turns import (Sampling, TextStream, TurnReader, context_budget, decode_stream, fit_context, fit_prompt,
-                          read_turn, text_stops, turn_stops)
+                          read_turn, text_stops, turn_bans, turn_stops)
 
 # characters of two to four bytes, rare enough in the training text that byte-level BPE keeps them in pieces
 WIDE = "naïve café — 日本語 ☃ emoji 🙂 family 👩‍👩‍👧 Ωμέγα"
@@ -53,6 +53,8 @@ def test_a_turn_ends_at_any_special_token_but_the_call_where_calls_may_be_made(t
     assert turn_stops(tok, calls=True) == frozenset(range(len(SPECIAL_TOKENS))) - {tok.special("<|tool_call|>")}
     assert set(special(tok, "<|end|>", "<|/tool_call|>", "<|endoftext|>")) <= turn_stops(tok, calls=True)
     assert text_stops(tok) == {tok.eot_id}
+    # a turn that may make no call may not open one: it answers in words instead of stopping empty
+    assert turn_bans(tok) == {tok.special("<|tool_call|>")} and turn_bans(tok, calls=True) == frozenset()
 
 
 # ---- fitting the context ------------------------------------------------------------------------
