@@ -104,7 +104,7 @@ def main() -> None:
     import torch
     from rich.console import Console
     from rich.table import Table
-    from nimllm.train import git_commit, pick_device
+    from nimllm.runtime import git_commit, pick_device
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "model"

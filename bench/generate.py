@@ -37,7 +37,7 @@ from nimllm.export import export_gguf, export_hf  # noqa: E402
 from nimllm.generate import Decoder, generate_batch  # noqa: E402
 from nimllm.model import GPT  # noqa: E402
 from nimllm.tokenizer import Tokenizer  # noqa: E402
-from nimllm.train import git_commit, pick_device  # noqa: E402
+from nimllm.runtime import git_commit, pick_device  # noqa: E402
 
 LLAMA_CPP = Path(__file__).resolve().parent / "llama_cpp"
 

@@ -349,7 +349,8 @@ def scripted(source: Path, facts: list[dict], ks: list[int], variants: list[str]
     from nimllm.data import TokenShards
     from nimllm.generate import generate
     from nimllm.memory import Memory
-    from nimllm.train import Runtime, evaluate
+    from nimllm.evaluate import evaluate
+    from nimllm.runtime import Runtime
 
     def teach(mem: Memory, fact: dict) -> float:
         cid = mem.store.start_conversation()
@@ -485,7 +486,7 @@ def git_commit() -> dict:
 
 
 def settings(source: Path, facts_path: Path, n_facts: int, args) -> dict:
-    from nimllm.train import pick_device
+    from nimllm.runtime import pick_device
     cfg = checkpoint.load_config(ModelFolder(source))
     return {"model": str(source), "preset": cfg.get("preset"), "model_config": asdict(cfg["model"]),
             "corpora": cfg["corpora"],

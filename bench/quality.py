@@ -26,8 +26,9 @@ from rich.table import Table  # noqa: E402
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import ModelFolder  # noqa: E402
 from nimllm.data import TokenShards  # noqa: E402
+from nimllm.evaluate import evaluate  # noqa: E402
 from nimllm.metrics import read_metrics  # noqa: E402
-from nimllm.train import evaluate, run_info, setup_runtime  # noqa: E402
+from nimllm.runtime import run_info, setup_runtime  # noqa: E402
 
 NANOGPT_NATS_PER_CHAR = 1.4697
 REPO = Path(__file__).resolve().parents[1]

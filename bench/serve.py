@@ -37,7 +37,7 @@ from generate import random_model_folder, some_text  # noqa: E402  (bench/genera
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import ModelFolder  # noqa: E402
 from nimllm.tokenizer import Tokenizer  # noqa: E402
-from nimllm.train import git_commit, pick_device  # noqa: E402
+from nimllm.runtime import git_commit, pick_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

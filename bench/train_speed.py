@@ -30,7 +30,8 @@ from rich.table import Table  # noqa: E402
 
 from nimllm.config import PRESETS, TrainConfig, default_preset_name  # noqa: E402
 from nimllm.model import GPT  # noqa: E402
-from nimllm.train import Runtime, build_optimizer, git_commit, learning_rate, pick_device  # noqa: E402
+from nimllm.runtime import Runtime, git_commit, pick_device  # noqa: E402
+from nimllm.train import build_optimizer, learning_rate  # noqa: E402
 from reference_gpt import ReferenceGPT, reference_optimizer  # noqa: E402
 
 H100_BF16_PEAK = 989.5e12    # dense bf16 FLOP/s of an H100 SXM

@@ -13,15 +13,12 @@ losses of an uninterrupted one, and a run on N processes sees the batches a run 
 from __future__ import annotations
 
 import math
-import os
-import platform
 import shutil
 import signal
-import subprocess
 import time
 import weakref
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -29,68 +26,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-import nimllm
 from nimllm import checkpoint
 from nimllm.config import PRESETS, ModelFolder, TrainConfig, UserError, default_preset_name, override
 from nimllm.data import (CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus,
                          prepared_with)
+from nimllm.evaluate import evaluate
 from nimllm.fileio import remove_stale_temps
 from nimllm.metrics import MetricsLog, plot_losses
 from nimllm.model import GPT
+from nimllm.runtime import Runtime, pick_device, run_info, setup_runtime
 from nimllm.tokenizer import Tokenizer
-
-
-# ---- where we run ------------------------------------------------------------------------------
-
-@dataclass
-class Runtime:
-    device: str          # "cuda", "cuda:1", "mps" or "cpu"
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def device_type(self) -> str:
-        return self.device.split(":")[0]
-
-    def autocast(self, cache: bool = True):
-        """bf16 matmuls on CUDA with float32 master weights; other devices stay in float32.
-        Without the cache, the bf16 copies of the weights are made per use instead of kept."""
-        if self.device_type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
-        return nullcontext()
-
-    def barrier(self):
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def pick_device(requested: str | None = None) -> str:
-    if requested:
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def setup_runtime(requested_device: str | None = None) -> Runtime:
-    """One process, or one of torchrun's (RANK, LOCAL_RANK and WORLD_SIZE set): NCCL on GPUs, gloo on CPUs."""
-    device = pick_device(requested_device)
-    if "RANK" not in os.environ:
-        return Runtime(device)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Runtime(device, rank, world)
 
 
 # ---- optimizer and schedule --------------------------------------------------------------------
@@ -161,30 +106,6 @@ def batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4096 + micro)
 
 
-# ---- evaluation --------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate(model: GPT, shards: TokenShards, rt: Runtime, batch_size: int, max_tokens: int | None,
-             progress=None) -> dict:
-    """Mean loss per token over the first max_tokens of a split, and the same in bits per byte.
-    Training's validation, book training's report and `nimllm eval` all score with this.
-    `progress(targets scored so far)` is called after each batch."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for x, y in shards.iter_windows(model.cfg.block_size, batch_size, max_tokens):
-        with rt.autocast():
-            logits = model(x.to(rt.device))
-        total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.to(rt.device).flatten(),
-                                                   reduction="sum").item()
-        count += y.numel()
-        if progress:
-            progress(count)
-    model.train(was_training)
-    loss = total / max(count, 1)
-    return {"loss": loss, "bpb": loss / math.log(2) * shards.num_tokens / max(shards.num_bytes, 1)}
-
-
 # ---- deciding what to do with the folder -------------------------------------------------------
 
 def plan(folder: ModelFolder, fingerprint: str, fresh: bool) -> str:
@@ -223,21 +144,6 @@ def report_corpus(info: CorpusInfo, log) -> None:
         log(f"warning: replaced {s.replaced_bytes} invalid UTF-8 bytes in {s.files_with_replaced_bytes} files with U+FFFD")
     if s.skipped_lines:
         log(f"warning: skipped {s.skipped_lines} JSONL lines without a \"text\" string")
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(nimllm.__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def run_info(rt: Runtime) -> dict:
-    return {"nimllm": nimllm.__version__, "git_commit": git_commit(), "python": platform.python_version(),
-            "torch": torch.__version__, "device": rt.device, "world_size": rt.world_size,
-            "gpu": torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else None}
 
 
 def format_count(n: float) -> str:
