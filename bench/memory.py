@@ -44,6 +44,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 import torch  # noqa: E402
 
+import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
 from nimllm.deltas import load_remembered  # noqa: E402
@@ -504,7 +505,7 @@ def write(out: Path, result: dict) -> None:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--model", required=True, help="a trained model folder (it is copied, never changed)")
     ap.add_argument("--k", type=int, nargs="+", default=[10, 30, 100], help="facts taught when asking (cumulative)")
     ap.add_argument("--facts", type=Path, default=FACTS, help="JSON lines: statement, question, paraphrase, answer")
