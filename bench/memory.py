@@ -44,6 +44,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 import torch  # noqa: E402
 
+import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
 from nimllm.deltas import load_remembered  # noqa: E402
@@ -349,7 +350,8 @@ def scripted(source: Path, facts: list[dict], ks: list[int], variants: list[str]
     from nimllm.data import TokenShards
     from nimllm.generate import generate
     from nimllm.memory import Memory
-    from nimllm.train import Runtime, evaluate
+    from nimllm.evaluate import evaluate
+    from nimllm.runtime import Runtime
 
     def teach(mem: Memory, fact: dict) -> float:
         cid = mem.store.start_conversation()
@@ -485,7 +487,7 @@ def git_commit() -> dict:
 
 
 def settings(source: Path, facts_path: Path, n_facts: int, args) -> dict:
-    from nimllm.train import pick_device
+    from nimllm.runtime import pick_device
     cfg = checkpoint.load_config(ModelFolder(source))
     return {"model": str(source), "preset": cfg.get("preset"), "model_config": asdict(cfg["model"]),
             "corpora": cfg["corpora"],
@@ -503,7 +505,7 @@ def write(out: Path, result: dict) -> None:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--model", required=True, help="a trained model folder (it is copied, never changed)")
     ap.add_argument("--k", type=int, nargs="+", default=[10, 30, 100], help="facts taught when asking (cumulative)")
     ap.add_argument("--facts", type=Path, default=FACTS, help="JSON lines: statement, question, paraphrase, answer")

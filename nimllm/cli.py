@@ -177,7 +177,7 @@ def cmd_generate(args) -> int:
     from nimllm.console import printable
     from nimllm.generate import fastest_decoder, generate
     from nimllm.deltas import load_remembered
-    from nimllm.train import pick_device
+    from nimllm.runtime import pick_device
     from nimllm.tokenizer import Tokenizer
     from nimllm.turns import decode_stream, text_stops
     folder = ModelFolder.resolve(args.model)

@@ -33,9 +33,9 @@ from nimllm.deltas import forget as forget_deltas
 from nimllm.fileio import atomic_write, remove_stale_temps
 from nimllm.generate import Decoder, fastest_decoder
 from nimllm.lessons import Lesson, batch, is_agent_task, lessons_for, training_windows
+from nimllm.runtime import pick_device
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
-from nimllm.train import pick_device
 from nimllm.update import UpdateReport, fisher_diagonal, scaled, selective_update
 
 CONTROL_SCALES = (1.0, 0.5, 0.25)   # what the control check tries before it keeps nothing

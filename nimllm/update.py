@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nimllm.config import MemoryConfig
 from nimllm.model import GPT
-from nimllm.train import Runtime
+from nimllm.runtime import Runtime
 
 Delta = dict[str, tuple[torch.Tensor, torch.Tensor]]   # tensor name -> (flat indices, values)
 

@@ -14,11 +14,13 @@ from conftest import REPO, popen_cli, real_text, run_cli
 from nimllm import checkpoint
 from nimllm.config import ModelConfig, ModelFolder, TrainConfig
 from nimllm.data import CorpusInfo, TokenShards
+from nimllm.evaluate import evaluate
 from nimllm.metrics import read_metrics
 from nimllm.model import GPT
+from nimllm.runtime import Runtime
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
-from nimllm.train import Runtime, build_optimizer, default_steps, evaluate, learning_rate, run_training
+from nimllm.train import build_optimizer, default_steps, learning_rate, run_training
 
 TINY = ["--preset", "tiny", "--vocab-size", "512"]
 
