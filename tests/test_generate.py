@@ -7,7 +7,8 @@ import torch
 
 from conftest import REPO
 from nimllm.config import ModelConfig
-from nimllm.generate import Decoder, KVCache, generate, generate_batch, sample_next, with_weights
+from nimllm.generate import (BatchScheduler, Decoder, KVCache, Request, generate, generate_batch, sample_next,
+                             with_weights)
 from nimllm.model import GPT
 
 
@@ -175,6 +176,75 @@ def test_seeded_batched_sampling_is_reproducible():
     assert a == b and len(set(map(tuple, a))) == 3
     with pytest.raises(ValueError):
         next(generate_batch(decoder, [[1]] * 4, 5))
+
+
+# ---- the BatchScheduler: continuous batching on token ids ------------------------------------------
+
+def test_batch_scheduler_gives_each_request_what_generate_gives_it_alone():
+    """Requests arrive while others decode, greedy and seeded ones mixed, some longer than the context
+    (24): each gets generate's tokens for its prompt alone; a cancelled one ends and frees its row."""
+    import random
+
+    net = small_model()
+    rng = random.Random(0)
+    asks = [dict(prompt=[rng.randrange(40) for _ in range(rng.randrange(1, 30))], max_new_tokens=rng.randrange(1, 50),
+                 temperature=0.9 * (i % 2), seed=i) for i in range(16)]
+    stop = frozenset(list(generate(net, asks[0]["prompt"], 3, temperature=0))[-1:])   # a token some replies write
+    for a in asks:
+        a["stop_ids"] = stop
+    for weights in ("float32", "float16"):
+        wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a["seed"],
+                                stop_ids=a["stop_ids"], decoder=Decoder(net, 1, weights))) for a in asks]
+        scheduler = BatchScheduler(Decoder(net, 4, weights))
+        got, ends = [[] for _ in asks], [None] * len(asks)
+
+        def emit_to(i):
+            return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
+        requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
+        endless = Request([1, 2], 10**6, emit_to(len(asks) - 1))   # replaces the last: cancelled mid-way
+        requests[-1] = endless
+        for i, request in enumerate(requests):
+            scheduler.submit(request)
+            for _ in range(rng.randrange(4)):
+                scheduler.step()
+        endless.cancel()
+        while scheduler.live or not scheduler.waiting.empty():
+            scheduler.step()
+        assert got[:-1] == wanted[:-1] and ends[-1] == "cancelled" and ends.count("stop") > 0
+        assert all(end in ("stop", "length") for end in ends[:-1]) and scheduler.rows == [None] * 4
+
+
+def test_a_request_the_engine_cannot_run_fails_alone():
+    """Values no API request can carry, given to the scheduler directly while two requests decode: a seed
+    past 64 bits (the generator refuses it on admission), a temperature so small that the logits overflow
+    (sampling meets inf/nan) and a token outside the vocabulary (its prefill fails). Each ends its own
+    request with an error; the two decoding get generate's tokens, and every row is free at the end."""
+    net = small_model()
+    asks = [dict(prompt=[1, 2, 3], max_new_tokens=30, temperature=0.0),
+            dict(prompt=[4, 5], max_new_tokens=30, temperature=0.9, seed=7),
+            dict(prompt=[1, 2], max_new_tokens=5, seed=2**64),
+            dict(prompt=[1, 2], max_new_tokens=5, temperature=5e-324),
+            dict(prompt=[1, 400], max_new_tokens=5)]
+    wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a.get("seed"),
+                            decoder=Decoder(net, 1))) for a in asks[:2]]
+    scheduler = BatchScheduler(Decoder(net, 4))   # 4 rows for 5 requests: the last takes a row a failure freed
+    got, ends = [[] for _ in asks], [None] * len(asks)
+
+    def emit_to(i):
+        return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
+    requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
+    for request in requests[:2]:
+        scheduler.submit(request)
+    for _ in range(3):
+        scheduler.step()
+    for request in requests[2:]:
+        scheduler.submit(request)
+    while scheduler.live or not scheduler.waiting.empty():
+        scheduler.step()
+    assert got[:2] == wanted and ends[:2] == ["length", "length"] and got[2:] == [[], [], []]
+    assert [end.split(":")[:2] for end in ends[2:]] == [["error", " ValueError"], ["error", " RuntimeError"],
+                                                         ["error", " IndexError"]]
+    assert scheduler.rows == [None] * 4
 
 
 def test_generation_bench_runs_end_to_end_at_toy_size(tmp_path):
