@@ -57,3 +57,11 @@ def train_tiny(root: Path, *options, n_bytes: int = 200_000, steps: int = 5) -> 
                   "--steps", steps, *options)
     assert out.returncode == 0, out.stderr
     return root / "model"
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """A byte-level BPE tokenizer of 400 tokens trained on real text (no model): for the tests of what a turn,
+    a reply or a stream does with tokens."""
+    from nimllm.tokenizer import Tokenizer
+    return Tokenizer.train([real_text(60_000)], vocab_size=400)

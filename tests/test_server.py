@@ -20,25 +20,18 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, popen_cli, real_text, run_cli, train_tiny
+from test_api import EXEC_BASH, READ_FILE
 
 from nimllm.checkpoint import load_model
 from nimllm.config import ModelFolder
 from nimllm.console import printable
 from nimllm.generate import fastest_decoder, generate
-from nimllm.api import (FunctionCall, Message, Reply, Tool, call_text, describe_tools, template_messages,
-                        tool_call_from_text)
+from nimllm.api import Tool, describe_tools
 from nimllm.store import Store
 from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
 from nimllm.turns import context_budget, fit_prompt
 
 openai = pytest.importorskip("openai")
-
-EXEC_BASH = {"type": "function", "function": {"name": "exec_bash", "description": "Run a shell command",
-                                                "parameters": {"type": "object", "properties": {
-                                                    "command": {"type": "string"}}, "required": ["command"]}}}
-READ_FILE = {"type": "function", "function": {"name": "read_file", "description": "Read a file",
-                                               "parameters": {"type": "object", "properties": {
-                                                   "path": {"type": "string"}}}}}
 
 
 class Server:
@@ -248,51 +241,6 @@ def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_goes_in(serv
                                                 {"role": "tool", "tool_call_id": call.id, "content": "3"}])
     seen = [("system", describe_tools(tools))] + user + [("tool_call", command), ("tool", "3")]
     assert follow.usage.prompt_tokens == len(fit_prompt(tokenizer, seen, context_budget(block, 4)))
-
-
-def test_tool_call_text_maps_onto_the_request_tools():
-    tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
-    assert tool_call_from_text('{"name": "read_file", "arguments": {"path": "a.txt"}}', tools) == (
-        "read_file", {"path": "a.txt"})
-    assert tool_call_from_text("ls -la | wc -l", tools) == ("exec_bash", {"command": "ls -la | wc -l"})
-    assert tool_call_from_text("notes.txt", tools, default="read_file") == ("read_file", {"path": "notes.txt"})
-    assert tool_call_from_text('{"name": "nope", "arguments": {}}', [Tool(**READ_FILE)]) is None
-    assert tool_call_from_text("ls", []) is None
-    # and back: the shell tool's call is the bare command the model writes, any other compact JSON
-    assert call_text(FunctionCall(name="exec_bash", arguments='{"command": "ls"}'), tools) == "ls"
-    assert call_text(FunctionCall(name="read_file", arguments='{"path": "a"}'), tools) == \
-        '{"name":"read_file","arguments":{"path":"a"}}'
-
-
-def test_calls_and_results_are_paired_as_the_template_pairs_them():
-    tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
-    calls = [{"id": "a", "type": "function", "function": {"name": "exec_bash", "arguments": '{"command": "ls"}'}},
-             {"id": "b", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "x"}'}}]
-    messages = [Message(**m) for m in [
-        {"role": "developer", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "look "}, {"type": "text", "text": "around"}]},
-        {"role": "assistant", "content": "let me see", "tool_calls": calls},
-        {"role": "tool", "tool_call_id": "b", "content": "x's text"},
-        {"role": "tool", "tool_call_id": "a", "content": "x"},
-        {"role": "assistant", "content": "done"}]]
-    assert template_messages(messages, tools) == [
-        ("system", "be brief"), ("user", "look around"), ("tool_call", '{"name":"read_file","arguments":{"path":"x"}}'),
-        ("tool", "x's text"), ("tool_call", "ls"), ("tool", "x"), ("assistant", "done")]
-    described = describe_tools(tools)
-    assert described.count("\n") == 2 and '"properties":{"command":{"type":"string"}}' in described
-
-
-def test_reply_holds_back_what_may_start_a_stop_string(model):
-    tokenizer = model[1]
-    reply = Reply(tokenizer, ["STOP"])
-    pieces = [reply.feed(t) for t in tokenizer.encode("one ST two S")]
-    assert "".join(pieces) + reply.flush() == "one ST two S" and not reply.stopped
-    reply = Reply(tokenizer, ["STOP"])
-    pieces = [reply.feed(t) for t in tokenizer.encode("one STOP two")]
-    assert "".join(pieces) == "one " and reply.stopped and reply.flush() == ""
-    reply = Reply(tokenizer, [])
-    text = "naïve — ☃"   # characters cut between byte-level tokens come out whole
-    assert "".join(reply.feed(t) for t in tokenizer.encode(text)) + reply.flush() == text
 
 
 # ---- many clients, bad clients -------------------------------------------------------------------
