@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli, train_tiny
+from conftest import REPO, copy_model, run_cli
 
 from nimllm.agent import NOT_SANDBOXED, SANDBOXED, run_agent
 from nimllm.config import ModelFolder, UserError
@@ -26,9 +26,10 @@ SAMPLING = Sampling(max_tokens=24, temperature=0.0, top_k=50, top_p=0.95, seed=0
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny model trained a few steps on text mixed with the agent skills, as a user would."""
-    folder = train_tiny(tmp_path_factory.mktemp("agent"), "--agent-skills", 40, n_bytes=100_000, steps=3)
+def trained(tiny_model, tmp_path_factory):
+    """The session's tiny model (trained a few steps on text mixed with the agent skills, as a user would),
+    copied for this module."""
+    folder = copy_model(tiny_model, tmp_path_factory.mktemp("agent"))
     Memory(ModelFolder(folder), "cpu").fisher   # estimated once, into the folder every test copies
     return folder
 
@@ -84,11 +85,11 @@ def tasks(folder: ModelFolder) -> list[tuple]:
         return [(c, store.messages(c.id)) for c in reversed(store.conversations(kind="agent"))]
 
 
-def test_training_mixes_in_the_agent_skills(trained):
-    [corpus] = json.loads((trained / "config.json").read_text())["corpora"]
+def test_training_mixes_in_the_agent_skills(tiny_model):
+    [corpus] = json.loads((tiny_model / "config.json").read_text())["corpora"]
     skills, dialogues = corpus["mixed_in"]
-    assert Path(dialogues).parent == trained / "chat-skills"
-    assert Path(skills).parent == trained / "agent-skills" and len(Path(skills).read_text().splitlines()) == 40
+    assert Path(dialogues).parent == tiny_model / "chat-skills"
+    assert Path(skills).parent == tiny_model / "agent-skills" and len(Path(skills).read_text().splitlines()) == 40
 
 
 def test_a_task_runs_its_command_answers_from_the_output_and_is_learned_when_good(folder, work, monkeypatch):

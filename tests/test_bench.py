@@ -34,13 +34,12 @@ def test_quality_bench_scores_the_shakespeare_split(tmp_path):
     assert row["val_chars"] == 111540 and 0 < row["val_bits_per_char"] < 8
 
 
-def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path):
+def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path, tiny_copy):
     """Behaviour, not recall (a tiny model recalls nothing): each fact is told to its own `nimllm chat`
     process and asked in new ones, in copies; the model folder given is left as it was."""
-    from conftest import train_tiny
     from nimllm.config import MemoryConfig
     from nimllm.store import Store
-    model = train_tiny(tmp_path, "--no-chat-skills")   # the dialogues take a minute to make; not needed here
+    model = tiny_copy
     files = lambda: sorted((str(p.relative_to(model)), p.stat().st_size, p.stat().st_mtime_ns)   # noqa: E731
                            for p in model.rglob("*"))
     before = files()
@@ -80,11 +79,10 @@ def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path):
     assert settings["git"]["commit"] and settings["torch"] and settings["device"] == "cpu"
 
 
-def test_first_update_bench_times_updates_after_a_dry_warm_up_that_changes_nothing(tmp_path):
+def test_first_update_bench_times_updates_after_a_dry_warm_up_that_changes_nothing(tmp_path, tiny_copy):
     """Both variants learn the same facts in new processes; the dry warm-up moves no weight, so the
     updates after it take as many steps as without it."""
-    from conftest import train_tiny
-    model = train_tiny(tmp_path, "--no-chat-skills")
+    model = tiny_copy
     out = tmp_path / "first_update.json"
     run_bench("bench/first_update.py", "--model", model, "--device", "cpu", "--updates", "1", "--out", out)
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, popen_cli, real_text, run_cli, train_tiny
+from conftest import REPO, copy_model, popen_cli, real_text, run_cli
 from test_api import EXEC_BASH, READ_FILE
 
 from nimllm.checkpoint import load_model
@@ -95,8 +95,9 @@ def popen_python(before: str, *args) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("serve"))
+def trained(tiny_model, tmp_path_factory) -> Path:
+    """The session's tiny model, copied for this module: its servers open the folder's conversation store."""
+    return copy_model(tiny_model, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
