@@ -205,26 +205,3 @@ def test_the_working_folder_must_be_a_project(folder):
         run_agent(folder, Path("/"), "cpu", SAMPLING, stdin=io.StringIO(""), stdout=io.StringIO())
     out = run_cli("agent", "--model", folder.root, "--folder", "/nonexistent/place", input="")
     assert out.returncode == 1 and "no such folder" in out.stderr and "Traceback" not in out.stderr
-
-
-@sandboxed   # it runs what the model writes, which only the sandbox makes harmless
-def test_the_benchmark_runs_end_to_end(trained, tmp_path):
-    """Hand-written requests (every fourth kind of them: taught and untaught), a few generated ones,
-    a learning set with corrections, two memory settings; every figure of the report is there."""
-    out = tmp_path / "agent.json"
-    run = subprocess.run([sys.executable, "bench/agent.py", "--model", str(trained), "--limit", "6", "--generated", "2",
-                          "--learn", "3", "--max-steps", "2", "--memory", "default", "agent_lr=1e-4,steps=2", "--fix",
-                          "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr
-    result = json.loads(out.read_text())
-    before = result["tasks"]["before"]
-    assert sum(len(rows) for rows in before.values()) == 8 and len(before["generated"]) == 2
-    assert {"taught kinds", "generated"} <= set(result["before"])
-    for s in result["before"].values():
-        assert {"success", "within_3", "first_right", "carries", "well_formed", "answered_without_command",
-                "failed_command", "recovered"} <= set(s)
-    assert [(v["memory"]["agent_lr"], v["memory"]["steps"]) for v in result["variants"]] == [(1e-5, 32), (1e-4, 2)]
-    learning = result["tasks"]["variants"][0]["learning"]   # every task of the learning set approved or corrected
-    assert sum(len(rows) for rows in learning.values()) == 3
-    assert all(r["success"] != r["fixed"] for rows in learning.values() for r in rows)
-    assert result["sandboxed"] and "agent requests" in run.stdout

@@ -1,11 +1,6 @@
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from conftest import REPO
 from nimllm.config import ModelConfig
 from nimllm.generate import (BatchScheduler, Decoder, KVCache, Request, generate, generate_batch, sample_next,
                              with_weights)
@@ -245,17 +240,3 @@ def test_a_request_the_engine_cannot_run_fails_alone():
     assert [end.split(":")[:2] for end in ends[2:]] == [["error", " ValueError"], ["error", " RuntimeError"],
                                                          ["error", " IndexError"]]
     assert scheduler.rows == [None] * 4
-
-
-def test_generation_bench_runs_end_to_end_at_toy_size(tmp_path):
-    out = tmp_path / "generate.json"
-    run = subprocess.run([sys.executable, "bench/generate.py", "--preset", "tiny", "--vocab-size", "300",
-                          "--prompt-tokens", "8", "--new-tokens", "6", "--batch", "1", "2", "--device", "cpu",
-                          "--only", "transformers generate, float32", "nimllm float32", "nimllm float16",
-                          "--out", out], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert run.returncode == 0, run.stdout + run.stderr
-    rows = {(r["config"], r["batch"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {("transformers generate, float32", 1), ("nimllm float32", 1), ("nimllm float16", 1),
-                         ("nimllm float16", 2)}
-    assert rows[("transformers generate, float32", 1)]["vs_reference"] == 1.0
-    assert all(r["tokens_per_s"] > 0 and r["ttft_s"] > 0 and len(r["tokens"]) == 6 for r in rows.values())

@@ -596,16 +596,3 @@ def test_the_web_page_streams_a_reply_in_a_real_browser(trained, tmp_path):
         messages = store.messages(conversation.id)
     assert [m.content for m in messages if m.role == "user"] == ["Good morning, cousin.", "What news from Verona?"]
     assert messages[-1].feedback == "good"
-
-
-# ---- the benchmark at toy size -------------------------------------------------------------------
-
-def test_serve_bench_end_to_end(trained, tmp_path):
-    out = tmp_path / "serve.json"
-    result = subprocess.run([sys.executable, "bench/serve.py", "--model", trained, "--clients", "1", "3",
-                             "--requests", "2", "--new-tokens", "4", "--max-batch", "2", "--out", out],
-                            capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = json.loads(out.read_text())["rows"]
-    assert [(r["clients"], r["requests"]) for r in rows] == [(1, 2), (3, 6)]
-    assert all(r["tokens_per_s"] > 0 and 0 < r["ttft_median_s"] <= r["ttft_p90_s"] for r in rows)
