@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli, train_tiny
+from conftest import REPO, run_cli
 
 from nimllm.chat import read_message, run_chat
 from nimllm.config import ModelFolder
@@ -19,15 +19,10 @@ from nimllm.tokenizer import Tokenizer
 from nimllm.turns import Sampling
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("chat"))
-
-
 @pytest.fixture
-def folder(trained, tmp_path, home) -> ModelFolder:
-    """A copy of the trained model for each test, with a conversation store of its own."""
-    shutil.copytree(trained, tmp_path / "model")
+def folder(tiny_model, tmp_path, home) -> ModelFolder:
+    """A copy of the session's tiny model for each test, with a conversation store of its own."""
+    shutil.copytree(tiny_model, tmp_path / "model")
     return ModelFolder(tmp_path / "model")
 
 

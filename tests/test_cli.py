@@ -1,5 +1,6 @@
 """Bad input gets one clear line on stderr and a non-zero exit, never a traceback, and loses nothing."""
 import resource
+import shutil
 import signal
 
 import pytest
@@ -65,7 +66,15 @@ def trained(corpus, home) -> ModelFolder:
     return ModelFolder.resolve("default")
 
 
-def test_corrupt_weights_and_config(trained):
+@pytest.fixture
+def default_model(tiny_model, home) -> ModelFolder:
+    """The session's tiny model, copied to where `nimllm` looks when no --model is given."""
+    shutil.copytree(tiny_model, home / "models" / "default")
+    return ModelFolder.resolve("default")
+
+
+def test_corrupt_weights_and_config(default_model):
+    trained = default_model
     good = trained.weights.read_bytes()
     trained.weights.write_bytes(good[:len(good) // 2])               # cut short, as by a full disk
     assert_one_line_error(run_cli("generate", "hi"), "model.safetensors", "damaged")

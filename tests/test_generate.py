@@ -1,13 +1,9 @@
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from conftest import REPO
 from nimllm.config import ModelConfig
-from nimllm.generate import Decoder, KVCache, generate, generate_batch, sample_next, with_weights
+from nimllm.generate import (BatchScheduler, Decoder, KVCache, Request, generate, generate_batch, sample_next,
+                             with_weights)
 from nimllm.model import GPT
 
 
@@ -194,62 +190,70 @@ def test_seeded_batched_sampling_is_reproducible():
         next(generate_batch(decoder, [[1]] * 4, 5))
 
 
-def test_generation_bench_runs_end_to_end_at_toy_size(tmp_path):
-    out = tmp_path / "generate.json"
-    run = subprocess.run([sys.executable, "bench/generate.py", "--preset", "tiny", "--vocab-size", "300",
-                          "--prompt-tokens", "8", "--new-tokens", "6", "--batch", "1", "2", "--device", "cpu",
-                          "--only", "transformers generate, float32", "nimllm float32", "nimllm float16",
-                          "--out", out], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert run.returncode == 0, run.stdout + run.stderr
-    rows = {(r["config"], r["batch"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {("transformers generate, float32", 1), ("nimllm float32", 1), ("nimllm float16", 1),
-                         ("nimllm float16", 2)}
-    assert rows[("transformers generate, float32", 1)]["vs_reference"] == 1.0
-    assert all(r["tokens_per_s"] > 0 and r["ttft_s"] > 0 and len(r["tokens"]) == 6 for r in rows.values())
+# ---- the BatchScheduler: continuous batching on token ids ------------------------------------------
+
+def test_batch_scheduler_gives_each_request_what_generate_gives_it_alone():
+    """Requests arrive while others decode, greedy and seeded ones mixed, some longer than the context
+    (24): each gets generate's tokens for its prompt alone; a cancelled one ends and frees its row."""
+    import random
+
+    net = small_model()
+    rng = random.Random(0)
+    asks = [dict(prompt=[rng.randrange(40) for _ in range(rng.randrange(1, 30))], max_new_tokens=rng.randrange(1, 50),
+                 temperature=0.9 * (i % 2), seed=i) for i in range(16)]
+    stop = frozenset(list(generate(net, asks[0]["prompt"], 3, temperature=0))[-1:])   # a token some replies write
+    for a in asks:
+        a["stop_ids"] = stop
+    for weights in ("float32", "float16"):
+        wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a["seed"],
+                                stop_ids=a["stop_ids"], decoder=Decoder(net, 1, weights))) for a in asks]
+        scheduler = BatchScheduler(Decoder(net, 4, weights))
+        got, ends = [[] for _ in asks], [None] * len(asks)
+
+        def emit_to(i):
+            return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
+        requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
+        endless = Request([1, 2], 10**6, emit_to(len(asks) - 1))   # replaces the last: cancelled mid-way
+        requests[-1] = endless
+        for i, request in enumerate(requests):
+            scheduler.submit(request)
+            for _ in range(rng.randrange(4)):
+                scheduler.step()
+        endless.cancel()
+        while scheduler.live or not scheduler.waiting.empty():
+            scheduler.step()
+        assert got[:-1] == wanted[:-1] and ends[-1] == "cancelled" and ends.count("stop") > 0
+        assert all(end in ("stop", "length") for end in ends[:-1]) and scheduler.rows == [None] * 4
 
 
-# ---- what reaches the terminal ---------------------------------------------------------------------
+def test_a_request_the_engine_cannot_run_fails_alone():
+    """Values no API request can carry, given to the scheduler directly while two requests decode: a seed
+    past 64 bits (the generator refuses it on admission), a temperature so small that the logits overflow
+    (sampling meets inf/nan) and a token outside the vocabulary (its prefill fails). Each ends its own
+    request with an error; the two decoding get generate's tokens, and every row is free at the end."""
+    net = small_model()
+    asks = [dict(prompt=[1, 2, 3], max_new_tokens=30, temperature=0.0),
+            dict(prompt=[4, 5], max_new_tokens=30, temperature=0.9, seed=7),
+            dict(prompt=[1, 2], max_new_tokens=5, seed=2**64),
+            dict(prompt=[1, 2], max_new_tokens=5, temperature=5e-324),
+            dict(prompt=[1, 400], max_new_tokens=5)]
+    wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a.get("seed"),
+                            decoder=Decoder(net, 1))) for a in asks[:2]]
+    scheduler = BatchScheduler(Decoder(net, 4))   # 4 rows for 5 requests: the last takes a row a failure freed
+    got, ends = [[] for _ in asks], [None] * len(asks)
 
-NASTY = "\x1b]0;pwned\x07\x1b[2J\x1b[31m\x1b]52;c;cm0gLXJmIH4=\x1b\\\x9b6n\x85\x08\r\x00\x7f\u202e"
-CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0))] + ["\u202e"]
-
-
-@pytest.fixture(scope="module")
-def escape_model(tmp_path_factory):
-    """A model folder whose model writes nothing but the tokens of NASTY (escape sequences for the
-    screen, the window title and the clipboard, C0 and C1 controls, a bidi override), in random order:
-    the blocks add nothing and the tied output layer scores those tokens far above all others."""
-    from nimllm.checkpoint import save_config, save_weights
-    from nimllm.config import PRESETS, ModelFolder
-    from nimllm.tokenizer import Tokenizer
-    folder = ModelFolder(tmp_path_factory.mktemp("escape") / "model")
-    tokenizer = Tokenizer.train([NASTY + " plain words " * 10] * 50, vocab_size=300)
-    folder.root.mkdir()
-    tokenizer.save(folder.tokenizer)
-    cfg = ModelConfig(**{**PRESETS["tiny"].model.__dict__, "vocab_size": 320})
-    model = GPT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_() if p.dim() > 1 else p.fill_(1.0)
-        model.wte.weight.fill_(1.0)
-        model.wte.weight[sorted(set(tokenizer.encode(NASTY)))] = 2.0
-    save_config(folder, cfg, PRESETS["tiny"].train, "tiny", [])
-    save_weights(folder, model, 0)
-    return folder
-
-
-def assert_no_control(out: subprocess.CompletedProcess) -> None:
-    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
-    assert [c for c in CONTROL if c in out.stdout] == []
-    assert "\\x1b" in out.stdout and "\\x07" in out.stdout   # the model did write them: shown as text
-
-
-def test_generate_prints_no_control_characters(escape_model, home):
-    from conftest import run_cli
-    assert_no_control(run_cli("generate", "hello", "--model", escape_model.root, "--max-tokens", 60, "--seed", 0))
-
-
-def test_chat_prints_no_control_characters(escape_model, home):
-    from conftest import run_cli
-    out = run_cli("chat", "--model", escape_model.root, "--max-tokens", 60, "--seed", 0, input="hello?\n")
-    assert_no_control(out)
+    def emit_to(i):
+        return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
+    requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
+    for request in requests[:2]:
+        scheduler.submit(request)
+    for _ in range(3):
+        scheduler.step()
+    for request in requests[2:]:
+        scheduler.submit(request)
+    while scheduler.live or not scheduler.waiting.empty():
+        scheduler.step()
+    assert got[:2] == wanted and ends[:2] == ["length", "length"] and got[2:] == [[], [], []]
+    assert [end.split(":")[:2] for end in ends[2:]] == [["error", " ValueError"], ["error", " RuntimeError"],
+                                                         ["error", " IndexError"]]
+    assert scheduler.rows == [None] * 4

@@ -19,26 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, popen_cli, real_text, run_cli, train_tiny
+from conftest import REPO, copy_model, popen_cli, real_text, run_cli
+from test_api import EXEC_BASH, READ_FILE
 
 from nimllm.checkpoint import load_model
 from nimllm.config import ModelFolder
 from nimllm.console import printable
 from nimllm.generate import fastest_decoder, generate
-from nimllm.api import (FunctionCall, Message, Reply, Tool, call_text, describe_tools, template_messages,
-                        tool_call_from_text)
+from nimllm.api import Tool, describe_tools
 from nimllm.store import Store
 from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
 from nimllm.turns import context_budget, fit_prompt
 
 openai = pytest.importorskip("openai")
-
-EXEC_BASH = {"type": "function", "function": {"name": "exec_bash", "description": "Run a shell command",
-                                                "parameters": {"type": "object", "properties": {
-                                                    "command": {"type": "string"}}, "required": ["command"]}}}
-READ_FILE = {"type": "function", "function": {"name": "read_file", "description": "Read a file",
-                                               "parameters": {"type": "object", "properties": {
-                                                   "path": {"type": "string"}}}}}
 
 
 class Server:
@@ -102,8 +95,9 @@ def popen_python(before: str, *args) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("serve"))
+def trained(tiny_model, tmp_path_factory) -> Path:
+    """The session's tiny model, copied for this module: its servers open the folder's conversation store."""
+    return copy_model(tiny_model, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -132,92 +126,6 @@ def chat_ids(tokenizer, messages) -> list[int]:
 
 ALL_SPECIAL = list(range(len(SPECIAL_TOKENS)))
 
-
-# ---- the engine: continuous batching on token ids ------------------------------------------------
-
-def peaked_gpt():
-    """A random GPT of 40 tokens and a context of 24 with peaked distributions, as in test_generate: its
-    greedy choices are no near-ties."""
-    import torch
-
-    from nimllm.config import ModelConfig
-    from nimllm.model import GPT
-    torch.manual_seed(0)
-    net = GPT(ModelConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=4, block_size=24)).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(4.0 if p.dim() > 1 else 1.0)
-    return net
-
-
-def test_batch_scheduler_gives_each_request_what_generate_gives_it_alone():
-    """Requests arrive while others decode, greedy and seeded ones mixed, some longer than the context
-    (24): each gets generate's tokens for its prompt alone; a cancelled one ends and frees its row."""
-    import random
-
-    from nimllm.generate import BatchScheduler, Decoder, Request
-    net = peaked_gpt()
-    rng = random.Random(0)
-    asks = [dict(prompt=[rng.randrange(40) for _ in range(rng.randrange(1, 30))], max_new_tokens=rng.randrange(1, 50),
-                 temperature=0.9 * (i % 2), seed=i) for i in range(16)]
-    stop = frozenset(list(generate(net, asks[0]["prompt"], 3, temperature=0))[-1:])   # a token some replies write
-    for a in asks:
-        a["stop_ids"] = stop
-    for weights in ("float32", "float16"):
-        wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a["seed"],
-                                stop_ids=a["stop_ids"], decoder=Decoder(net, 1, weights))) for a in asks]
-        scheduler = BatchScheduler(Decoder(net, 4, weights))
-        got, ends = [[] for _ in asks], [None] * len(asks)
-
-        def emit_to(i):
-            return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
-        requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
-        endless = Request([1, 2], 10**6, emit_to(len(asks) - 1))   # replaces the last: cancelled mid-way
-        requests[-1] = endless
-        for i, request in enumerate(requests):
-            scheduler.submit(request)
-            for _ in range(rng.randrange(4)):
-                scheduler.step()
-        endless.cancel()
-        while scheduler.live or not scheduler.waiting.empty():
-            scheduler.step()
-        assert got[:-1] == wanted[:-1] and ends[-1] == "cancelled" and ends.count("stop") > 0
-        assert all(end in ("stop", "length") for end in ends[:-1]) and scheduler.rows == [None] * 4
-
-
-
-def test_a_request_the_engine_cannot_run_fails_alone():
-    """Values no API request can carry, given to the scheduler directly while two requests decode: a seed
-    past 64 bits (the generator refuses it on admission), a temperature so small that the logits overflow
-    (sampling meets inf/nan) and a token outside the vocabulary (its prefill fails). Each ends its own
-    request with an error; the two decoding get generate's tokens, and every row is free at the end."""
-    from nimllm.generate import BatchScheduler, Decoder, Request
-    net = peaked_gpt()
-    asks = [dict(prompt=[1, 2, 3], max_new_tokens=30, temperature=0.0),
-            dict(prompt=[4, 5], max_new_tokens=30, temperature=0.9, seed=7),
-            dict(prompt=[1, 2], max_new_tokens=5, seed=2**64),
-            dict(prompt=[1, 2], max_new_tokens=5, temperature=5e-324),
-            dict(prompt=[1, 400], max_new_tokens=5)]
-    wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a.get("seed"),
-                            decoder=Decoder(net, 1))) for a in asks[:2]]
-    scheduler = BatchScheduler(Decoder(net, 4))   # 4 rows for 5 requests: the last takes a row a failure freed
-    got, ends = [[] for _ in asks], [None] * len(asks)
-
-    def emit_to(i):
-        return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
-    requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
-    for request in requests[:2]:
-        scheduler.submit(request)
-    for _ in range(3):
-        scheduler.step()
-    for request in requests[2:]:
-        scheduler.submit(request)
-    while scheduler.live or not scheduler.waiting.empty():
-        scheduler.step()
-    assert got[:2] == wanted and ends[:2] == ["length", "length"] and got[2:] == [[], [], []]
-    assert [end.split(":")[:2] for end in ends[2:]] == [["error", " ValueError"], ["error", " RuntimeError"],
-                                                         ["error", " IndexError"]]
-    assert scheduler.rows == [None] * 4
 
 # ---- the API through the official client ---------------------------------------------------------
 
@@ -334,51 +242,6 @@ def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_goes_in(serv
                                                 {"role": "tool", "tool_call_id": call.id, "content": "3"}])
     seen = [("system", describe_tools(tools))] + user + [("tool_call", command), ("tool", "3")]
     assert follow.usage.prompt_tokens == len(fit_prompt(tokenizer, seen, context_budget(block, 4)))
-
-
-def test_tool_call_text_maps_onto_the_request_tools():
-    tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
-    assert tool_call_from_text('{"name": "read_file", "arguments": {"path": "a.txt"}}', tools) == (
-        "read_file", {"path": "a.txt"})
-    assert tool_call_from_text("ls -la | wc -l", tools) == ("exec_bash", {"command": "ls -la | wc -l"})
-    assert tool_call_from_text("notes.txt", tools, default="read_file") == ("read_file", {"path": "notes.txt"})
-    assert tool_call_from_text('{"name": "nope", "arguments": {}}', [Tool(**READ_FILE)]) is None
-    assert tool_call_from_text("ls", []) is None
-    # and back: the shell tool's call is the bare command the model writes, any other compact JSON
-    assert call_text(FunctionCall(name="exec_bash", arguments='{"command": "ls"}'), tools) == "ls"
-    assert call_text(FunctionCall(name="read_file", arguments='{"path": "a"}'), tools) == \
-        '{"name":"read_file","arguments":{"path":"a"}}'
-
-
-def test_calls_and_results_are_paired_as_the_template_pairs_them():
-    tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
-    calls = [{"id": "a", "type": "function", "function": {"name": "exec_bash", "arguments": '{"command": "ls"}'}},
-             {"id": "b", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "x"}'}}]
-    messages = [Message(**m) for m in [
-        {"role": "developer", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "look "}, {"type": "text", "text": "around"}]},
-        {"role": "assistant", "content": "let me see", "tool_calls": calls},
-        {"role": "tool", "tool_call_id": "b", "content": "x's text"},
-        {"role": "tool", "tool_call_id": "a", "content": "x"},
-        {"role": "assistant", "content": "done"}]]
-    assert template_messages(messages, tools) == [
-        ("system", "be brief"), ("user", "look around"), ("tool_call", '{"name":"read_file","arguments":{"path":"x"}}'),
-        ("tool", "x's text"), ("tool_call", "ls"), ("tool", "x"), ("assistant", "done")]
-    described = describe_tools(tools)
-    assert described.count("\n") == 2 and '"properties":{"command":{"type":"string"}}' in described
-
-
-def test_reply_holds_back_what_may_start_a_stop_string(model):
-    tokenizer = model[1]
-    reply = Reply(tokenizer, ["STOP"])
-    pieces = [reply.feed(t) for t in tokenizer.encode("one ST two S")]
-    assert "".join(pieces) + reply.flush() == "one ST two S" and not reply.stopped
-    reply = Reply(tokenizer, ["STOP"])
-    pieces = [reply.feed(t) for t in tokenizer.encode("one STOP two")]
-    assert "".join(pieces) == "one " and reply.stopped and reply.flush() == ""
-    reply = Reply(tokenizer, [])
-    text = "naïve — ☃"   # characters cut between byte-level tokens come out whole
-    assert "".join(reply.feed(t) for t in tokenizer.encode(text)) + reply.flush() == text
 
 
 # ---- many clients, bad clients -------------------------------------------------------------------
@@ -733,16 +596,3 @@ def test_the_web_page_streams_a_reply_in_a_real_browser(trained, tmp_path):
         messages = store.messages(conversation.id)
     assert [m.content for m in messages if m.role == "user"] == ["Good morning, cousin.", "What news from Verona?"]
     assert messages[-1].feedback == "good"
-
-
-# ---- the benchmark at toy size -------------------------------------------------------------------
-
-def test_serve_bench_end_to_end(trained, tmp_path):
-    out = tmp_path / "serve.json"
-    result = subprocess.run([sys.executable, "bench/serve.py", "--model", trained, "--clients", "1", "3",
-                             "--requests", "2", "--new-tokens", "4", "--max-batch", "2", "--out", out],
-                            capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = json.loads(out.read_text())["rows"]
-    assert [(r["clients"], r["requests"]) for r in rows] == [(1, 2), (3, 6)]
-    assert all(r["tokens_per_s"] > 0 and 0 < r["ttft_median_s"] <= r["ttft_p90_s"] for r in rows)

@@ -5,20 +5,13 @@ import random
 
 import pytest
 
-from conftest import real_text
-
 from nimllm.api import ChatRequest, CompletionRequest, Reply
-from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
+from nimllm.tokenizer import SPECIAL_TOKENS
 from nimllm.turns import (Sampling, TextStream, TurnReader, context_budget, decode_stream, fit_context, fit_prompt,
                           read_turn, text_stops, turn_bans, turn_stops)
 
 # characters of two to four bytes, rare enough in the training text that byte-level BPE keeps them in pieces
 WIDE = "naïve café — 日本語 ☃ emoji 🙂 family 👩‍👩‍👧 Ωμέγα"
-
-
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.train([real_text(60_000)], vocab_size=400)
 
 
 def special(tok, *names):
@@ -158,12 +151,3 @@ def test_the_lenient_call_text_and_the_strict_turn(tok):
     plain = TurnReader(tok, calls=False)   # a completion: the call token is text like any other
     text = "".join(plain.feed(t) for t in [*tok.encode("a"), tok.special("<|tool_call|>"), *tok.encode("b")])
     assert text + plain.flush() == "a<|tool_call|>b" and plain.call_text() is None
-
-
-def test_a_stop_string_split_across_chunks_still_stops_the_reply(tok):
-    text = f"{WIDE} and then STOP here"
-    for seed in range(5):
-        reply, sent = Reply(tok, ["STOP"]), ""
-        for run in chunks(tok.encode(text), seed):
-            sent += "".join(reply.feed(t) for t in run)
-        assert sent + reply.flush() == f"{WIDE} and then " and reply.stopped
