@@ -11,6 +11,8 @@ drawn less and less often and fades.
 
 Opening a Memory loads the weights and nothing else: the Fisher and the control set wait for the
 first update, the decoder for the first message (a chat's prompt comes first).
+
+`run_memory` is `nimllm memory`: what was learned, listed, shown, counted or forgotten.
 """
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ from nimllm import checkpoint
 from nimllm.config import MemoryConfig, ModelFolder, UserError
 from nimllm.control import answers_kept, control_batch, load_control, make_control, save_control
 from nimllm.data import TokenShards
-from nimllm.deltas import apply_delta, learning_lock, load_delta, load_remembered, memory_stats, save_delta
+from nimllm.console import printable
+from nimllm.deltas import (apply_delta, learning_lock, load_delta, load_remembered, memory_history, memory_stats,
+                           save_delta, show_memory)
 from nimllm.deltas import forget as forget_deltas
 from nimllm.fileio import atomic_write, remove_stale_temps
 from nimllm.generate import Decoder, fastest_decoder
@@ -310,3 +314,31 @@ def folder_stats(folder: ModelFolder, store: Store) -> dict:
     control = load_control(folder.control)
     kept = answers_kept(load_remembered(folder)[0], control) if control else None
     return memory_stats(folder, store, kept)
+
+
+def run_memory(folder: ModelFolder, action: str, delta_id: int | None) -> int:
+    """`nimllm memory list | show ID | forget ID | reset | stats`, shown on the terminal; returns the exit code."""
+    from rich.console import Console
+    from rich.table import Table
+    checkpoint.load_config(folder)   # a clear error when there is no model
+    if action in ("show", "forget") and delta_id is None:
+        raise UserError(f"`nimllm memory {action}` needs a memory id; `nimllm memory list` shows them")
+    console = Console()
+    with Store(folder.store) as store:
+        if action == "list":
+            rows = memory_history(folder, store)
+            table = Table("id", "when", "weights", "seconds", "conversations", "forgotten")
+            for r in rows:
+                table.add_row(str(r["id"]), r["when"], f"{r['weights']:,}", str(r["seconds"]), r["conversations"],
+                              "yes" if r["forgotten"] else "")
+            console.print(table if rows else "no memories yet: talk with `nimllm --chat`")
+        elif action == "show":
+            console.print(printable(show_memory(folder, store, delta_id)), markup=False, highlight=False)
+        elif action == "stats":
+            for key, value in folder_stats(folder, store).items():
+                console.print(f"[bold]{key}[/]: {value}")
+        else:
+            forgotten = forget_deltas(folder, store, delta_id if action == "forget" else None)
+            console.print(f"forgot {len(forgotten)} memor{'y' if len(forgotten) == 1 else 'ies'}; "
+                          f"the weights are the base model plus what remains")
+    return 0
