@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,15 @@ def copy_model(folder: Path, root: Path) -> Path:
 def tiny_copy(tiny_model, tmp_path) -> Path:
     """This test's own copy of the shared tiny model."""
     return copy_model(tiny_model, tmp_path)
+
+
+@pytest.fixture
+def work():
+    """An agent's working folder with two Python files, outside /tmp (as the agent's is) so that what
+    the sandbox hides and binds is real."""
+    path = Path(tempfile.mkdtemp(prefix="nimllm-work-", dir="/var/tmp")) / "project"
+    path.mkdir()
+    (path / "a.py").write_text("print(1)\n")
+    (path / "b.py").write_text("print(2)\n")
+    yield path
+    shutil.rmtree(path.parent, ignore_errors=True)

@@ -40,17 +40,6 @@ def folder(trained, tmp_path, home) -> ModelFolder:
     return ModelFolder(tmp_path / "model")
 
 
-@pytest.fixture
-def work():
-    """The working folder, with two Python files; outside /tmp so that what the sandbox hides is real."""
-    path = Path(tempfile.mkdtemp(prefix="nimllm-agent-", dir="/var/tmp")) / "project"
-    path.mkdir()
-    (path / "a.py").write_text("print(1)\n")
-    (path / "b.py").write_text("print(2)\n")
-    yield path
-    shutil.rmtree(path.parent, ignore_errors=True)
-
-
 SANDBOXED_HERE = Sandbox(Path(tempfile.gettempdir())).active
 sandboxed = pytest.mark.skipif(not SANDBOXED_HERE, reason="no sandbox here (bubblewrap missing or not allowed)")
 

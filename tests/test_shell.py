@@ -1,23 +1,6 @@
 """nimllm/shell.py, the agent's filter of commands: what it warns about, the only thing it refuses
 (characters that hide what runs) and the only commands it trusts (those that just read)."""
-import shutil
-import tempfile
-from pathlib import Path
-
-import pytest
-
 from nimllm import shell
-
-
-@pytest.fixture
-def work():
-    """The working folder, with two Python files; outside /tmp, as the agent's is."""
-    path = Path(tempfile.mkdtemp(prefix="nimllm-shell-", dir="/var/tmp")) / "project"
-    path.mkdir()
-    (path / "a.py").write_text("print(1)\n")
-    (path / "b.py").write_text("print(2)\n")
-    yield path
-    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def test_the_filter_warns_refuses_only_hidden_characters_and_trusts_only_reads(work):
