@@ -48,7 +48,7 @@ from nimllm.deltas import memory_history, show_memory
 from nimllm.memory import Memory
 from nimllm.talks import Talk, Talks
 from nimllm.tokenizer import Tokenizer
-from nimllm.turns import Sampling, context_budget, fit_prompt, text_stops, turn_stops
+from nimllm.turns import Sampling, context_budget, fit_prompt, text_stops, turn_bans, turn_stops
 
 WEB = Path(__file__).parent / "web"
 MAX_REQUEST_BYTES = 1 << 20   # far more text than any context holds; a bigger body is a mistake or an attack
@@ -234,8 +234,10 @@ class Answer:
     reply once complete."""
 
     def __init__(self, served: Served, prompt: list[int], sampling: Sampling, stop_ids, reply: Reply,
-                 tools: list[Tool] = (), forced: str | None = None, messages: list[tuple[str, str]] | None = None):
+                 tools: list[Tool] = (), forced: str | None = None, messages: list[tuple[str, str]] | None = None,
+                 banned_ids: frozenset[int] = frozenset()):
         self.served, self.prompt, self.sampling, self.stop_ids, self.reply = served, prompt, sampling, stop_ids, reply
+        self.banned_ids = banned_ids
         self.tools, self.forced, self.messages = list(tools), forced, messages
         self.request: Request | None = None   # on the engine, once the reply starts
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -267,7 +269,7 @@ class Answer:
         self.loop = asyncio.get_running_loop()
         self.events = asyncio.Queue()
         self.request = Request(self.prompt, s.max_tokens, lambda token, reason: engine.emit(self, token, reason),
-                               s.temperature, s.top_k, s.top_p, s.seed, frozenset(self.stop_ids))
+                               s.temperature, s.top_k, s.top_p, s.seed, frozenset(self.stop_ids), self.banned_ids)
         engine.scheduler.submit(self.request)
 
     async def tokens(self, http: HTTPRequest):
@@ -403,7 +405,8 @@ async def chat_completion(served: Served, http: HTTPRequest):
     opened = [tok.special("<|tool_call|>")] if forced is not None else []   # a forced call: the turn opens it
     prompt = fit_prompt(tok, described + messages, budget) + opened
     reply = Reply(tok, request.stop, calls=offered, in_call=forced is not None)
-    answer = Answer(served, prompt, sampling, turn_stops(tok, calls=offered), reply, tools, forced, messages)
+    answer = Answer(served, prompt, sampling, turn_stops(tok, calls=offered), reply, tools, forced, messages,
+                    turn_bans(tok, calls=offered))
     return await respond(answer, ChatShape(answer, include_usage(request)), request.stream, http)
 
 

@@ -194,29 +194,11 @@ def test_memory_commands(folder):
     assert missing.returncode == 1 and "no memory 99" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_a_chat_answers_in_words_where_its_model_would_open_a_tool_call(tmp_path, home):
+
+def test_a_chat_answers_in_words_where_its_model_would_open_a_tool_call(calling_model, home):
     """A chat runs no command: a model taught commands would answer small talk with a call (and an
-    output it makes up). Here the tied output layer scores `<|tool_call|>` above everything and a few
-    word tokens next; the chat's reply must be those words, not an empty turn or a call."""
-    import torch
-    from nimllm.checkpoint import save_config, save_weights
-    from nimllm.config import PRESETS, ModelConfig
-    from nimllm.model import GPT
-    folder = ModelFolder(tmp_path / "caller")
-    tokenizer = Tokenizer.train(["plain words and more words " * 10] * 50, vocab_size=300)
-    folder.root.mkdir()
-    tokenizer.save(folder.tokenizer)
-    cfg = ModelConfig(**{**PRESETS["tiny"].model.__dict__, "vocab_size": 320})
-    model = GPT(cfg)
-    with torch.no_grad():   # the blocks add nothing: every position scores each token by its embedding's size
-        for p in model.parameters():
-            p.zero_() if p.dim() > 1 else p.fill_(1.0)
-        model.wte.weight.fill_(1.0)
-        model.wte.weight[sorted(set(tokenizer.encode(" plain words")))] = 2.0
-        model.wte.weight[tokenizer.special("<|tool_call|>")] = 3.0
-    save_config(folder, cfg, PRESETS["tiny"].train, "tiny", [])
-    save_weights(folder, model, 0)
-    out = run_cli("chat", "--model", folder.root, "--max-tokens", 12, "--temperature", 0, input="tell me a joke\n")
+    output it makes up); banned, the reply is the model's words, not an empty turn or a call."""
+    out = run_cli("chat", "--model", calling_model, "--max-tokens", 12, "--temperature", 0, input="tell me a joke\n")
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     reply = out.stdout.split("nimllm> ", 1)[1].split("\n", 1)[0]
     assert "plain" in reply or "words" in reply, out.stdout

@@ -127,6 +127,11 @@ def chat_ids(tokenizer, messages) -> list[int]:
 ALL_SPECIAL = list(range(len(SPECIAL_TOKENS)))
 
 
+def no_call(tokenizer) -> dict:
+    """What a chat completion offered no tools may not write: the opening of a call."""
+    return {"banned_ids": [tokenizer.special("<|tool_call|>")]}
+
+
 # ---- the API through the official client ---------------------------------------------------------
 
 def test_models_and_health(server):
@@ -157,7 +162,7 @@ def test_chat_completion_streamed_and_not(server, model):
     tokenizer = model[1]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is Romeo?"}]
     ids = expected(model, chat_ids(tokenizer, [(m["role"], m["content"]) for m in messages]), 30, ALL_SPECIAL,
-                   temperature=0)
+                   temperature=0, **no_call(tokenizer))
     client = server.client()
     reply = client.chat.completions.create(model="model", messages=messages, max_tokens=30, temperature=0)
     assert reply.choices[0].message.content == tokenizer.decode(ids) and reply.choices[0].message.role == "assistant"
@@ -176,10 +181,21 @@ def test_a_history_longer_than_the_context_keeps_its_newest_messages_whole(serve
     history = [("user" if i % 2 == 0 else "assistant", f"message number {i} of a long talk") for i in range(40)]
     fitted = fit_prompt(tokenizer, history, block - 16)                       # what the chat would send
     assert len(chat_ids(tokenizer, history)) > block and len(fitted) <= block - 16
-    ids = expected(model, fitted, 16, ALL_SPECIAL, temperature=0)
+    ids = expected(model, fitted, 16, ALL_SPECIAL, temperature=0, **no_call(tokenizer))
     reply = server.client().chat.completions.create(model="model", max_tokens=16, temperature=0,
                                                     messages=[{"role": r, "content": c} for r, c in history])
     assert reply.usage.prompt_tokens == len(fitted) and reply.choices[0].message.content == tokenizer.decode(ids)
+
+
+def test_a_chat_offered_no_tools_answers_in_words_where_its_model_would_open_a_call(calling_model):
+    s = Server(calling_model)
+    try:
+        messages = [{"role": "user", "content": "tell me a joke"}]
+        reply = s.client().chat.completions.create(model="model", messages=messages, max_tokens=8, temperature=0)
+        assert ("words" in reply.choices[0].message.content and not reply.choices[0].message.tool_calls
+                and reply.choices[0].finish_reason == "length")
+    finally:
+        s.stop()
 
 
 def test_the_stream_ends_with_exactly_done(server):
@@ -252,7 +268,7 @@ def test_32_concurrent_streams_each_get_their_own_reply(server, model):
     words = real_text(5000).split()
     jobs = [(f"{words[i]} {words[i + 40]}", i) for i in range(32)]
     wanted = [tokenizer.decode(expected(model, chat_ids(tokenizer, [("user", prompt)]), 20, ALL_SPECIAL,
-                                        temperature=1.0, seed=seed)) for prompt, seed in jobs]
+                                        temperature=1.0, seed=seed, **no_call(tokenizer))) for prompt, seed in jobs]
     client = server.client()
 
     def ask(job):
