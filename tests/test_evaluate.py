@@ -8,6 +8,8 @@ from nimllm.config import ModelFolder, UserError
 from nimllm.evaluate import evaluate_text
 from nimllm.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow   # every test here scores a model trained for it
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[ModelFolder, str]:
