@@ -22,6 +22,8 @@ from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
 from nimllm.turns import Sampling
 
+pytestmark = pytest.mark.slow   # every test here needs the session's trained model
+
 SAMPLING = Sampling(max_tokens=24, temperature=0.0, top_k=50, top_p=0.95, seed=0)
 
 

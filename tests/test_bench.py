@@ -14,6 +14,8 @@ from nimllm.config import ModelFolder
 from nimllm.memory import Memory
 from nimllm.sandbox import Sandbox
 
+pytestmark = pytest.mark.slow   # each runs a benchmark (or its refusal) in a new process
+
 sandboxed = pytest.mark.skipif(not Sandbox(Path(tempfile.gettempdir())).active,
                                reason="no sandbox here (bubblewrap missing or not allowed)")
 

@@ -38,6 +38,7 @@ def stored(folder: ModelFolder) -> list[list]:
         return [store.messages(c.id) for c in reversed(store.conversations())]
 
 
+@pytest.mark.slow
 def test_a_piped_session_is_stored_and_learned(folder):
     out = chat(folder, "Ilse lives in Tromso\n/quit\n")
     assert "you> Ilse lives in Tromso\nnimllm> " in out and "you> /quit\n" in out
@@ -49,11 +50,13 @@ def test_a_piped_session_is_stored_and_learned(folder):
     assert conversation.ended is not None and conversation.learned_delta is not None
 
 
+@pytest.mark.slow
 def test_missing_model_is_a_one_line_error(tmp_path):
     out = run_cli("--chat", "--model", tmp_path / "nothing", input="hello\n")
     assert out.returncode == 1 and out.stderr.startswith("nimllm: error: no model in") and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_feedback_commands_and_multi_line_input(folder):
     out = chat(folder, "/good\none\\\ntwo\n/good\nsecond\n/bad\nthird\n/fix a better\\\nanswer\n/help\n/frobnicate\n"
                        '"""\nblock one\n\nblock two\n"""\n')   # no /quit: the end of input quits
@@ -68,6 +71,7 @@ def test_feedback_commands_and_multi_line_input(folder):
         ("good", None), ("bad", None), ("fix", "a better\nanswer"), (None, None)]
 
 
+@pytest.mark.slow
 def test_a_talk_longer_than_the_context(folder):
     lines = [f"line {i}: " + "the quick brown fox jumps over the lazy dog " * 4 for i in range(12)]
     lines.insert(5, "one enormous message " * 100)
@@ -77,6 +81,7 @@ def test_a_talk_longer_than_the_context(folder):
     assert [m.role for m in messages] == ["user", "assistant"] * 13
 
 
+@pytest.mark.slow
 def test_remember_learns_and_starts_a_new_conversation(folder):
     out = chat(folder, "/remember\nOrla has a cat\n/remember\nthe cat is called Miso\n/stats\n/quit\n")
     assert "nothing to remember yet" in out
@@ -89,6 +94,7 @@ def test_remember_learns_and_starts_a_new_conversation(folder):
         assert [c.learned_delta is not None for c in reversed(store.conversations())] == [False, True, True]
 
 
+@pytest.mark.slow
 def test_context_flows_on_after_remember_and_ctrl_c_keeps_a_partial_answer(folder, monkeypatch):
     tokenizer = Tokenizer.load(folder.tokenizer)
     prompts = []
@@ -134,6 +140,7 @@ def kill_chat_when(folder: ModelFolder, text: str, ready) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_mid_conversation_loses_nothing_and_is_learned_next_time(folder):
     kill_chat_when(folder, "the lighthouse is called Vess\n", lambda out: out.count("you> ") >= 2)
     [messages] = stored(folder)
@@ -145,6 +152,7 @@ def test_killed_mid_conversation_loses_nothing_and_is_learned_next_time(folder):
 
 
 
+@pytest.mark.slow
 def test_two_chats_started_together_learn_a_killed_chats_conversation_once(folder):
     kill_chat_when(folder, "the lighthouse is called Vess\n", lambda out: out.count("you> ") >= 2)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
@@ -160,6 +168,7 @@ def test_two_chats_started_together_learn_a_killed_chats_conversation_once(folde
     assert learned.learned_delta == delta.id and learned.title == "the lighthouse is called Vess"
 
 
+@pytest.mark.slow
 def test_killed_mid_update_keeps_the_weights_and_learns_again(folder):
     from nimllm.memory import Memory
     chat(folder, "my first car was a Volvo\n/quit\n")     # one memory already there
@@ -177,6 +186,7 @@ def test_killed_mid_update_keeps_the_weights_and_learns_again(folder):
         assert [m.content for m in store.messages(store.conversations()[-2].id)][0] == "my second car was a Saab"
 
 
+@pytest.mark.slow
 def test_memory_commands(folder):
     chat(folder, "the boat is called Blue Heron\n/quit\n")
     chat(folder, "the cat is called Miso\n/quit\n")
@@ -195,6 +205,7 @@ def test_memory_commands(folder):
 
 
 
+@pytest.mark.slow
 def test_a_chat_answers_in_words_where_its_model_would_open_a_tool_call(calling_model, home):
     """A chat runs no command: a model taught commands would answer small talk with a call (and an
     output it makes up); banned, the reply is the model's words, not an empty turn or a call."""

@@ -43,6 +43,7 @@ BAD_CORPORA = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BAD_CORPORA)
 def test_bad_corpus(tmp_path, home, name):
     contents, fragments = BAD_CORPORA[name]
@@ -55,6 +56,7 @@ def test_bad_corpus(tmp_path, home, name):
     assert not (home / "models" / "default" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_missing_model(home):
     assert_one_line_error(run_cli("generate", "hello"), "no model in", "nimllm --train")
     assert_one_line_error(run_cli("info", "--model", "nothing-here"), "no model in")
@@ -73,6 +75,7 @@ def default_model(tiny_model, home) -> ModelFolder:
     return ModelFolder.resolve("default")
 
 
+@pytest.mark.slow
 def test_corrupt_weights_and_config(default_model):
     trained = default_model
     good = trained.weights.read_bytes()
@@ -87,6 +90,7 @@ def test_corrupt_weights_and_config(default_model):
     assert_one_line_error(run_cli("generate", "hi"), "config.json", "damaged")
 
 
+@pytest.mark.slow
 def test_corrupt_training_state_when_resuming(trained, corpus):
     trained.train_state.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
     assert_one_line_error(run_cli("train", corpus, *TINY, "--steps", "5"), "train_state.safetensors", "damaged")
@@ -98,6 +102,7 @@ def limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
 
+@pytest.mark.slow
 def test_full_disk_during_training_keeps_the_previous_model(trained, tmp_path):
     before = trained.weights.read_bytes()
     book2 = tmp_path / "book2.txt"

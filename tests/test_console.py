@@ -9,6 +9,8 @@ from conftest import run_cli
 from nimllm.config import ModelConfig
 from nimllm.model import GPT
 
+pytestmark = pytest.mark.slow   # each runs a real command in a new process
+
 NASTY = "\x1b]0;pwned\x07\x1b[2J\x1b[31m\x1b]52;c;cm0gLXJmIH4=\x1b\\\x9b6n\x85\x08\r\x00\x7f\u202e"
 CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0))] + ["\u202e"]
 

@@ -117,6 +117,7 @@ def collect(steps) -> list[list[int]]:
     return rows
 
 
+@pytest.mark.slow
 def test_batched_decoding_equals_each_sequence_decoded_plainly():
     model = small_model(block_size=24)
     g = torch.Generator().manual_seed(1)
@@ -192,6 +193,7 @@ def test_seeded_batched_sampling_is_reproducible():
 
 # ---- the BatchScheduler: continuous batching on token ids ------------------------------------------
 
+@pytest.mark.slow
 def test_batch_scheduler_gives_each_request_what_generate_gives_it_alone():
     """Requests arrive while others decode, greedy and seeded ones mixed, some longer than the context
     (24): each gets generate's tokens for its prompt alone; a cancelled one ends and frees its row."""

@@ -4,6 +4,8 @@ import shutil
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow   # every test here learns on a model trained for it
+
 # ---- the model folder's memory, end to end ------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ def tiny_config(**changes) -> ModelConfig:
     return ModelConfig(**{**base, **changes})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["gelu", "relu2"])
 def test_gradients_match_finite_differences_float64(activation):
     torch.manual_seed(0)
@@ -91,6 +92,7 @@ def test_103m_preset_shape():
     assert model.num_params() == 8 * (12 * 1024 ** 2 + 2 * 1024) + 8192 * 1024 + 1024
 
 
+@pytest.mark.slow
 def test_overfits_one_batch():
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, block_size=32))

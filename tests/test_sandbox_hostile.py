@@ -346,6 +346,7 @@ ATTEMPTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ATTEMPTS)
 def test_hostile_command_does_not_escape(host, name):
     attempt = ATTEMPTS[name]
@@ -361,6 +362,7 @@ def test_hostile_command_does_not_escape(host, name):
     assert not git_runs_planted_code(host), "git on the host ran what the command planted"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n, a in ATTEMPTS.items() if a.control])
 def test_without_the_sandbox_the_check_sees_the_escape(host, name):
     """The same check after a run without the sandbox: proof that it can fail."""

@@ -134,11 +134,13 @@ def no_call(tokenizer) -> dict:
 
 # ---- the API through the official client ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_models_and_health(server):
     assert [m.id for m in server.client().models.list().data] == ["model"]
     assert server.health()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_completions_are_the_tokens_of_nimllm_generate(server, trained):
     client = server.client()
     for sampling, flags in [({"temperature": 0}, ["--temperature", "0"]),
@@ -158,6 +160,7 @@ def test_completions_are_the_tokens_of_nimllm_generate(server, trained):
         assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens and not chunks[-1].choices
 
 
+@pytest.mark.slow
 def test_chat_completion_streamed_and_not(server, model):
     tokenizer = model[1]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is Romeo?"}]
@@ -176,6 +179,7 @@ def test_chat_completion_streamed_and_not(server, model):
     assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
 
 
+@pytest.mark.slow
 def test_a_history_longer_than_the_context_keeps_its_newest_messages_whole(server, model):
     tokenizer, block = model[1], model[0].cfg.block_size                      # tiny: a context of 128
     history = [("user" if i % 2 == 0 else "assistant", f"message number {i} of a long talk") for i in range(40)]
@@ -187,6 +191,7 @@ def test_a_history_longer_than_the_context_keeps_its_newest_messages_whole(serve
     assert reply.usage.prompt_tokens == len(fitted) and reply.choices[0].message.content == tokenizer.decode(ids)
 
 
+@pytest.mark.slow
 def test_a_chat_offered_no_tools_answers_in_words_where_its_model_would_open_a_call(calling_model):
     s = Server(calling_model)
     try:
@@ -198,6 +203,7 @@ def test_a_chat_offered_no_tools_answers_in_words_where_its_model_would_open_a_c
         s.stop()
 
 
+@pytest.mark.slow
 def test_the_stream_ends_with_exactly_done(server):
     status, body = server.http("POST", "/v1/chat/completions", {
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True,
@@ -210,6 +216,7 @@ def test_the_stream_ends_with_exactly_done(server):
     assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length") and chunks[-2]["usage"] is None
 
 
+@pytest.mark.slow
 def test_stop_strings_end_the_reply_before_them(server, model):
     tokenizer = model[1]
     text = tokenizer.decode(expected(model, tokenizer.encode("KING:"), 40, [tokenizer.eot_id], temperature=1.0,
@@ -226,6 +233,7 @@ def test_stop_strings_end_the_reply_before_them(server, model):
 
 # ---- tool calls ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_goes_in(server, model):
     """A tiny model never calls a tool by itself: tool_choice forces the call token, and what it writes
     after it is the command of the request's shell tool."""
@@ -262,6 +270,7 @@ def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_goes_in(serv
 
 # ---- many clients, bad clients -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_32_concurrent_streams_each_get_their_own_reply(server, model):
     """Distinct prompts and seeds: each stream must be exactly what generate gives its request alone."""
     tokenizer = model[1]
@@ -285,6 +294,7 @@ def test_32_concurrent_streams_each_get_their_own_reply(server, model):
     assert server.health()["decoding"] == 0
 
 
+@pytest.mark.slow
 def test_bad_requests_get_4xx_in_openai_shape_and_the_server_stays_up(server):
     cases = [(b"{not json", 400), ({"messages": []}, 400), ({"messages": [{"role": "wizard", "content": "x"}]}, 400),
              ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400),
@@ -305,6 +315,7 @@ def test_bad_requests_get_4xx_in_openai_shape_and_the_server_stays_up(server):
 
 
 
+@pytest.mark.slow
 def test_numbers_beyond_openai_bounds_get_400_and_a_tiny_temperature_is_greedy(server):
     """A seed past 64 bits once never got an answer and failed the stream batched with it, and a
     temperature of 5e-324 answered 500 (its probabilities were inf/nan): every number is bounded as
@@ -327,6 +338,7 @@ def test_numbers_beyond_openai_bounds_get_400_and_a_tiny_temperature_is_greedy(s
     assert len({json.loads(body)["choices"][0]["text"] for _, body in replies}) == 1
 
 
+@pytest.mark.slow
 def test_ids_no_row_can_have_are_not_found(server):
     """Ids past SQLite's 64-bit integers once answered 500."""
     for path in ("/nimllm/conversations", "/nimllm/memories"):
@@ -351,6 +363,7 @@ engine.sample_next = sample_next
 """
 
 
+@pytest.mark.slow
 def test_a_request_that_fails_in_the_engine_fails_alone(trained, model):
     """Two streams decode; a third request, sampled in the same steps, fails inside the engine: it alone gets
     a 500 in OpenAI's shape, the streams go on to exactly what generate gives them alone, and the server
@@ -385,6 +398,7 @@ def test_a_request_that_fails_in_the_engine_fails_alone(trained, model):
     finally:
         server.stop()
 
+@pytest.mark.slow
 def test_a_client_killed_mid_stream_frees_its_row(server, model):
     """A client process streams a reply that would never end (max_tokens 10^6) and is SIGKILLed after its
     first chunk: the server notices, frees the row, and answers the next request at once, with what `generate`
@@ -415,6 +429,7 @@ sys.stdin.read()
 
 # ---- --remember, --api-key, refusals -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_remembered_conversation_is_stored_learned_and_listed(trained, tmp_path):
     shutil.copytree(trained, tmp_path / "model")
     folder = ModelFolder(tmp_path / "model")
@@ -447,6 +462,7 @@ def test_remembered_conversation_is_stored_learned_and_listed(trained, tmp_path)
     assert listed.returncode == 0 and "my sister Ilse" in listed.stdout and "Tromso" in listed.stdout   # (wrapped)
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line_errors(trained, tmp_path):
     beyond = run_cli("serve", "--model", trained, "--host", "0.0.0.0")
     assert beyond.returncode == 1 and "--api-key" in beyond.stderr and len(beyond.stderr.splitlines()) == 1
@@ -479,6 +495,7 @@ def stored_text(server) -> str:
                      for m in json.loads(server.http("GET", f"/nimllm/conversations/{c['id']}")[1])["messages"])
 
 
+@pytest.mark.slow
 def test_a_page_of_another_site_can_neither_use_nor_teach_a_keyless_server(remembering):
     """Any page may POST text/plain or a form across sites without a CORS preflight, and a browser names the
     page's origin in every POST: neither reaches the model nor the store. The server's own page (its origin,
@@ -503,6 +520,7 @@ def test_a_page_of_another_site_can_neither_use_nor_teach_a_keyless_server(remem
     assert "walrus" in stored_text(remembering)
 
 
+@pytest.mark.slow
 def test_a_rebound_name_reads_no_conversation(remembering):
     """DNS rebinding: a page's own name made to resolve to 127.0.0.1 is the page's origin for the browser, so
     only the Host header tells it from this server's: under such a name nothing is served."""
@@ -564,6 +582,7 @@ def chromium():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+@pytest.mark.slow
 def test_the_web_page_streams_a_reply_in_a_real_browser(trained, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

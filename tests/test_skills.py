@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import real_text
 
@@ -16,6 +17,7 @@ from nimllm.data import TokenShards, prepare_corpus
 from nimllm.tokenizer import Tokenizer
 
 
+@pytest.mark.slow
 def test_episodes_run_their_commands_and_answer_from_what_they_printed(tmp_path):
     """Each episode: the request, then calls each followed by what it really printed, then the answer.
     Every call before the last went wrong or looked for a file, the last succeeded, and the answer is
@@ -37,6 +39,7 @@ def test_episodes_run_their_commands_and_answer_from_what_they_printed(tmp_path)
     assert detours >= 3
 
 
+@pytest.mark.slow
 def test_no_name_or_path_repeats_enough_to_be_learned(tmp_path):
     """Names must be copied, not known: over 60 folders most file stems occur once or twice, a good share
     is in no vocabulary, and every folder sits at a path of its own, beginning to end."""
@@ -52,6 +55,7 @@ def test_no_name_or_path_repeats_enough_to_be_learned(tmp_path):
     assert len(names) == 120   # neither the folder nor its parent is ever the same
 
 
+@pytest.mark.slow
 def test_a_file_named_without_its_folder_is_found_first(tmp_path):
     """The detour episode: the bare name fails (sometimes), `find` shows the path, the command runs on it."""
     seen = []
@@ -66,6 +70,7 @@ def test_a_file_named_without_its_folder_is_found_first(tmp_path):
         assert commands[-1].endswith(f"/{base}") and (len(commands) == 2 or commands[0].endswith(f" {base}"))
 
 
+@pytest.mark.slow
 def test_a_mixed_corpus_becomes_shards_with_tool_calls(tmp_path):
     text = tmp_path / "book.txt"
     text.write_text(real_text(30_000))

@@ -136,6 +136,7 @@ print(tokenizer.decode(tokenizer.encode("a" * 1000)) == "a" * 1000)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("word", ["a", " ", "=-"])
 def test_one_very_long_word_trains_in_seconds(tmp_path, word):
     """A file that is one 4 MB word (no newline, no space; or all spaces): `tokenizers` merges inside a
