@@ -75,13 +75,19 @@ class Memory:
             self._decoder = (key, fastest_decoder(self.model, batch_size, compile))
         return self._decoder[1]
 
+    @property
+    def needs_warm_up(self) -> bool:
+        """Whether a warm-up shortens the first update: on a GPU. On a CPU a dry update costs as much as a
+        real one."""
+        return self.device.startswith("cuda")
+
     def warm_up(self) -> bool:
         """The whole update once, dry: the control answers as lessons, at a learning rate of 0 (Adam then
         moves nothing, and the weights stay as they are) and never "learned", so that both kinds of step
         run. What a GPU loads or builds at first use (libraries, kernels, attention plans at the replay's
         shape), the Fisher and the control set then cost the user's typing time, not the first update's.
-        The chat calls it on a GPU only: on a CPU a dry update costs as much as a real one. False when
-        the GPU had no room for it (other processes hold its memory): nothing changed, nothing is lost."""
+        The chat calls it where it `needs_warm_up`. False when the GPU had no room for it (other
+        processes hold its memory): nothing changed, nothing is lost."""
         x, y = control_batch(self.control, self.device)
         extra, keep, _ = self._rehearsal([])
         dry = replace(self.mcfg, lr=0.0, steps=2, learned_loss=-1.0)

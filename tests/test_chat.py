@@ -214,3 +214,27 @@ def test_a_chat_answers_in_words_where_its_model_would_open_a_tool_call(calling_
     reply = out.stdout.split("nimllm> ", 1)[1].split("\n", 1)[0]
     assert "plain" in reply or "words" in reply, out.stdout
     assert "tool_call" not in out.stdout
+
+
+@pytest.mark.slow
+def test_the_update_warms_up_once_a_message_states_something_and_a_chat_of_questions_never_does(folder, monkeypatch):
+    """Where a warm-up pays (a GPU, faked here), it starts after the reply to the first message with
+    something to learn, once, and the update waits for it; a chat of questions never runs it."""
+    from nimllm.memory import Memory
+    events = []
+    monkeypatch.setattr(Memory, "needs_warm_up", property(lambda self: True))
+    real_warm_up, real_learn = Memory.warm_up, Memory.learn
+    monkeypatch.setattr(Memory, "warm_up", lambda self: (time.sleep(0.5), events.append("warm up"),
+                                                         real_warm_up(self))[-1])
+    monkeypatch.setattr(Memory, "learn", lambda self, *a, **k: (events.append("learn"), real_learn(self, *a, **k))[-1])
+    sampling = Sampling(max_tokens=4, temperature=0.0, top_k=None, top_p=None)
+
+    def talk(text: str) -> str:
+        stdout = io.StringIO()
+        assert run_chat(folder, "cpu", sampling, stdin=io.StringIO(text), stdout=stdout) == 0
+        return stdout.getvalue()
+
+    out = talk("What is Ilse's boat called?\nhello\n")
+    assert events == [] and "nothing to remember" in out
+    out = talk("hello\nIlse's boat is called the Gull.\nMy dog is called Rex.\n")
+    assert events == ["warm up", "learn"] and "remembering this conversation... updated " in out
