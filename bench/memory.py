@@ -332,11 +332,18 @@ def agent_scores(source: Path, args, work: Path, console: Console) -> dict:
             result[name] = {"error": (done.stdout + done.stderr).strip()[-2000:]}
             console.print(f"agent bench ({name}) failed: {result[name]['error'].splitlines()[-1:]}")
             continue
-        before = json.loads(out.read_text())["before"]   # agent.py's own score before it learns anything
+        scored = json.loads(out.read_text())   # agent.py's own score before it learns anything
+        before = scored["before"]
         tasks = sum(g["tasks"] for g in before.values())
         result[name] = {"success": sum(g["success"] * g["tasks"] for g in before.values()) / max(tasks, 1),
-                        "tasks": tasks, "groups": before}
+                        "tasks": tasks, "groups": before,
+                        "done": [t["request"] for group in scored["tasks"]["before"].values() for t in group
+                                 if t["success"]]}
         console.print(f"agent ({name.replace('_', ' ')}): {result[name]['success']:.1%} of {tasks} tasks")
+    if all("done" in result[name] for name in ("before", "after_unrelated_chats")):
+        done_before, done_after = (set(result[name]["done"]) for name in ("before", "after_unrelated_chats"))
+        result["lost"], result["gained"] = sorted(done_before - done_after), sorted(done_after - done_before)
+        console.print(f"agent tasks lost to the chats: {len(result['lost'])}, gained: {len(result['gained'])}")
     return result
 
 
