@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from nimllm import checkpoint
+from nimllm.background import Background
 from nimllm.config import MemoryConfig, ModelFolder, UserError
 from nimllm.control import (answers_kept, control_batch, corpus_requests, load_control, make_control,
                             save_control)
@@ -66,6 +67,7 @@ class Memory:
         self.applied: list[int] = []
         self._catch_up()
         self._decoder: tuple[tuple, Decoder] | None = None
+        self._warming: Background | None = None
 
     def decoder(self, batch_size: int = 1, compile: bool = False) -> Decoder:
         """The fastest decoder of the weights as they are now, for batch_size sequences (compiled on a
@@ -81,6 +83,17 @@ class Memory:
         """Whether a warm-up shortens the first update: on a GPU. On a CPU a dry update costs as much as a
         real one."""
         return self.device.startswith("cuda")
+
+    def warm_up_in_background(self) -> None:
+        """Where it `needs_warm_up`, the warm-up on another thread, once: the chat starts it when a
+        message states something, so that a chat of questions never pays it (9 GB of GPU memory), and
+        whatever changes the weights (`learn`, `forget`) waits for it first."""
+        if self._warming is None and self.needs_warm_up:
+            self._warming = Background(self.warm_up)
+
+    def _settle(self) -> None:
+        if self._warming is not None:
+            self._warming.result()
 
     def warm_up(self) -> bool:
         """The whole update once, dry: the control answers as lessons, at a learning rate of 0 (Adam then
@@ -201,6 +214,8 @@ class Memory:
             nonlocal mark
             timings[stage], mark = round(time.time() - mark, 3), time.time()
 
+        self._settle()
+        timed("wait for the warm-up")
         control, fisher = self.control, self.fisher   # made before the lock, on the base model if missing
         timed("load the Fisher and control set")
         with self._lock():
@@ -278,6 +293,7 @@ class Memory:
 
     def forget(self, delta_id: int | None = None) -> list[int]:
         """Forget one memory, or all of them; the weights become base + the remaining deltas."""
+        self._settle()
         forgotten = forget_deltas(self.folder, self.store, delta_id)
         self._rebuild()
         return forgotten

@@ -290,3 +290,19 @@ def test_a_model_trained_with_agent_skills_keeps_control_answers_to_its_corpus_r
     assert control["prompts"] == hand_written + ["how many csv files are in data?", "how much space does src take up?",
                                                  "which file changed last?"]
     assert all(answers_kept(Memory(folder, "cpu").model, control))
+
+
+def test_an_update_asked_for_while_the_warm_up_runs_waits_for_it(folder, monkeypatch):
+    """The warm-up in the background runs once, and learn (whoever calls it) waits for it rather than
+    train beside it on the same weights (bench/chat_startup.py once did, and autograd failed)."""
+    import time
+    from nimllm.memory import Memory
+    events = []
+    real_warm_up = Memory.warm_up
+    monkeypatch.setattr(Memory, "needs_warm_up", property(lambda self: True))
+    monkeypatch.setattr(Memory, "warm_up", lambda self: (time.sleep(0.5), events.append("warm up"), real_warm_up(self))[-1])
+    mem = Memory(folder, "cpu")
+    mem.warm_up_in_background()
+    mem.warm_up_in_background()
+    report = mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
+    assert events == ["warm up"] and report.n_weights > 0 and report.timings["wait for the warm-up"] >= 0.3
