@@ -29,8 +29,7 @@ from safetensors.torch import load_file, save
 from nimllm import checkpoint
 from nimllm.background import Background
 from nimllm.config import MemoryConfig, ModelFolder, UserError
-from nimllm.control import (answers_kept, control_batch, corpus_requests, load_control, make_control,
-                            save_control)
+from nimllm.control import answers_kept, control_batch, load_control, make_control, save_control
 from nimllm.data import TokenShards
 from nimllm.console import printable
 from nimllm.deltas import (apply_delta, learning_lock, load_delta, load_remembered, memory_history, memory_stats,
@@ -311,12 +310,6 @@ def base_windows(folder: ModelFolder, config: dict, n: int, seed: int) -> tuple[
     return shards.get_batch(n, config["model"].block_size, torch.Generator().manual_seed(seed))
 
 
-def agent_corpus(folder: ModelFolder, config: dict) -> Path | None:
-    """The agent-skill corpus the latest training mixed in, where it lies in the folder now."""
-    names = [Path(p).name for p in config["corpora"][-1].get("mixed_in", []) if Path(p).parent.name == "agent-skills"]
-    return next((path for name in names if (path := folder.root / "agent-skills" / name).exists()), None)
-
-
 def prepare(folder: ModelFolder, device: str | torch.device | None, mcfg: MemoryConfig | None = None,
             fisher: bool = True, control: bool = True, log=print) -> None:
     """What memory needs of the base model, made once when training ends so that a chat's first update
@@ -333,8 +326,7 @@ def prepare(folder: ModelFolder, device: str | torch.device | None, mcfg: Memory
         folder.memory.mkdir(parents=True, exist_ok=True)
         atomic_write(fisher_path(folder), save({n: f.cpu() for n, f in fisher_diagonal(base, sequences).items()}))
     if control:
-        requests = corpus_requests(agent_corpus(folder, config))
-        save_control(folder.control, make_control(base, Tokenizer.load(folder.tokenizer), requests))
+        save_control(folder.control, make_control(base, Tokenizer.load(folder.tokenizer)))
     log(f"memory: {'the Fisher diagonal and ' if fisher else ''}{'the control set ' if control else ''}"
         f"made in {time.time() - start:.1f} s")
 
