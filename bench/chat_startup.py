@@ -41,8 +41,9 @@ from nimllm.turns import Sampling
 mark("import torch and nimllm")
 mem = Memory(ModelFolder(__import__("pathlib").Path(sys.argv[1])), device)
 mark("open the model (weights, store, memories)")
-if device.startswith("cuda"):   # as the chat does on a GPU, while the user types
-    mem.warm_up()
+if device.startswith("cuda"):   # as the chat does on a GPU (after the first reply), while the user types
+    mem.warm_up_in_background()
+    mem.wait_for_warm_up()
     mark("warm up: one dry update (the Fisher and control set read)")
 chat = Chat(mem, Sampling(max_tokens=64, temperature=0.7, top_k=50, top_p=0.95, seed=0), open("/dev/null", "w"))
 mark("start the conversation")

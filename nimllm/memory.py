@@ -90,7 +90,7 @@ class Memory:
         if self._warming is None and self.needs_warm_up:
             self._warming = Background(self.warm_up)
 
-    def _settle(self) -> None:
+    def wait_for_warm_up(self) -> None:
         if self._warming is not None:
             self._warming.result()
 
@@ -213,7 +213,7 @@ class Memory:
             nonlocal mark
             timings[stage], mark = round(time.time() - mark, 3), time.time()
 
-        self._settle()
+        self.wait_for_warm_up()
         timed("wait for the warm-up")
         control, fisher = self.control, self.fisher   # made before the lock, on the base model if missing
         timed("load the Fisher and control set")
@@ -292,7 +292,7 @@ class Memory:
 
     def forget(self, delta_id: int | None = None) -> list[int]:
         """Forget one memory, or all of them; the weights become base + the remaining deltas."""
-        self._settle()
+        self.wait_for_warm_up()
         forgotten = forget_deltas(self.folder, self.store, delta_id)
         self._rebuild()
         return forgotten
