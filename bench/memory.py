@@ -338,11 +338,17 @@ def agent_scores(source: Path, args, work: Path, console: Console) -> dict:
         result[name] = {"success": sum(g["success"] * g["tasks"] for g in before.values()) / max(tasks, 1),
                         "tasks": tasks, "groups": before,
                         "done": [t["request"] for group in scored["tasks"]["before"].values() for t in group
-                                 if t["success"]]}
+                                 if t["success"]],
+                        "runs": {t["request"]: {k: t[k] for k in ("commands", "answer", "success")}
+                                 for group in scored["tasks"]["before"].values() for t in group}}
         console.print(f"agent ({name.replace('_', ' ')}): {result[name]['success']:.1%} of {tasks} tasks")
     if all("done" in result[name] for name in ("before", "after_unrelated_chats")):
         done_before, done_after = (set(result[name]["done"]) for name in ("before", "after_unrelated_chats"))
         result["lost"], result["gained"] = sorted(done_before - done_after), sorted(done_after - done_before)
+        result["changed"] = {request: {name: result[name]["runs"][request] for name in ("before", "after_unrelated_chats")}
+                             for request in result["lost"] + result["gained"]}   # what the chats changed, to read
+        for name in ("before", "after_unrelated_chats"):
+            del result[name]["runs"]
         console.print(f"agent tasks lost to the chats: {len(result['lost'])}, gained: {len(result['gained'])}")
     return result
 
