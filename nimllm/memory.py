@@ -201,20 +201,20 @@ class Memory:
     def learn(self, conversation_ids: list[int], log=print) -> UpdateReport | None:
         """Retrain on what these conversations teach and record the change as one delta; None when
         they teach nothing (only questions, say)."""
-        start = time.time()
         lessons = self.lessons(conversation_ids)
         if not lessons:
             return None
         task = any(is_agent_task(self.store.messages(cid)) for cid in conversation_ids)
         mcfg = replace(self.mcfg, lr=self.mcfg.agent_lr) if task else self.mcfg
-        timings, mark = {}, start
+        waited = time.time()
+        self.wait_for_warm_up()   # not the update's time: it is reported beside it
+        start = mark = time.time()
+        timings = {"wait for the warm-up": round(start - waited, 3)}
 
         def timed(stage: str) -> None:   # every stage ends in a value read back, so the GPU is done too
             nonlocal mark
             timings[stage], mark = round(time.time() - mark, 3), time.time()
 
-        self.wait_for_warm_up()
-        timed("wait for the warm-up")
         control, fisher = self.control, self.fisher   # made before the lock, on the base model if missing
         timed("load the Fisher and control set")
         with self._lock():

@@ -131,7 +131,7 @@ class UpdateReport:
                     + (f"\n  control answers kept: {self.control[0]}/{self.control[1]}" if self.control else ""))
         top = sorted(self.layers.items(), key=lambda kv: -kv[1])[:3]
         lines = [f"updated {self.n_weights:,} weights ({self.n_weights / self.total_weights:.2%}) in "
-                 f"{self.seconds:.1f} s | {self.lessons} lessons, {self.steps} steps"
+                 f"{self.seconds:.1f} s{self._waited()} | {self.lessons} lessons, {self.steps} steps"
                  f"{' (learned)' if self.learned else ''} | loss {self.loss_before:.3f} -> {self.loss_after:.3f}"]
         if self.control:
             lines.append(f"  control answers kept: {self.control[0]}/{self.control[1]}")
@@ -141,6 +141,10 @@ class UpdateReport:
         if top:
             lines.append(f"  most changed: {', '.join(f'{n} ({c:,})' for n, c in top)}")
         return "\n".join(lines)
+
+    def _waited(self) -> str:
+        waited = self.timings.get("wait for the warm-up", 0.0)
+        return f" (after {waited:.1f} s for the warm-up)" if waited >= 0.5 else ""
 
     def stats(self) -> dict:
         return {"loss_before": self.loss_before, "loss_after": self.loss_after, "steps": self.steps,

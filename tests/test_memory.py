@@ -280,3 +280,6 @@ def test_an_update_asked_for_while_the_warm_up_runs_waits_for_it(folder, monkeyp
     mem.warm_up_in_background()
     report = mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
     assert events == ["warm up"] and report.n_weights > 0 and report.timings["wait for the warm-up"] >= 0.3
+    # the update's time leaves the wait out, and the report says it beside it
+    stages = sum(v for k, v in report.timings.items() if k != "wait for the warm-up")
+    assert report.seconds == pytest.approx(stages, abs=0.05) and "for the warm-up)" in str(report)
