@@ -150,7 +150,8 @@ def describe(folder: ModelFolder) -> dict:
         "parameters": f"{n_params:,}",
         "shape": f"{m.n_layer} layers x {m.n_embd} wide, {m.n_head} heads, context {m.block_size}, "
                  f"vocab {m.vocab_size}, {m.activation}",
-        "training": f"step {progress.get('step', 0)} / {progress.get('total_steps', '?')}, {state}",
+        "training": f"step {progress.get('step', 0)} / {progress.get('schedule', progress).get('total_steps', '?')}, "
+                    f"{state}",
         "corpora": ", ".join(c["path"] for c in cfg["corpora"]) or "none",
         "files": ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in files.items()),
     }

@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -35,7 +36,7 @@ from nimllm.config import PRESETS, ModelFolder, TrainConfig, UserError, default_
 from nimllm.data import (CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus,
                          prepared_with)
 from nimllm.fileio import remove_stale_temps
-from nimllm.metrics import MetricsLog, plot_losses
+from nimllm.metrics import MetricsLog, plot_losses, pyplot
 from nimllm.model import GPT
 from nimllm.tokenizer import Tokenizer
 
@@ -142,12 +143,54 @@ class OptimizerInBackward:
             opt.load_state_dict({"state": {0: sd["state"][i]} if i in sd["state"] else {}, "param_groups": [group]})
 
 
-def learning_rate(step: int, progress: float, tcfg: TrainConfig) -> float:
-    """Linear warm-up over the first steps, then cosine decay to lr * min_lr_ratio as progress goes 0 -> 1."""
-    if step < tcfg.warmup_steps:
-        return tcfg.lr * (step + 1) / tcfg.warmup_steps
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return tcfg.lr * (tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * cosine)
+WARMUP_SHARE = 0.05   # a short run warms up over this share of its steps at most, so it peaks and decays
+
+
+def warmup_for(total_steps: int, tcfg: TrainConfig) -> int:
+    """The preset's warm-up, or WARMUP_SHARE of the run when that is shorter: never the whole run."""
+    return min(tcfg.warmup_steps, round(WARMUP_SHARE * total_steps))
+
+
+@dataclass
+class Schedule:
+    """Linear warm-up over the first `warmup` steps, then cosine decay from lr to lr * min_lr_ratio, reached
+    exactly at the last step (total_steps - 1). The decay's progress runs linearly from anchor_progress at
+    anchor_step to 1 at the last step; a replan (a --time run re-fitting its length) moves the anchor to
+    the current step, so the learning rate never jumps back and the run still ends at the final value.
+    `fitted` says a --time run has measured and fixed its length: a resumed run keeps it."""
+    total_steps: int
+    warmup: int
+    anchor_step: int
+    anchor_progress: float = 0.0
+    fitted: bool = False
+
+    @classmethod
+    def planned(cls, total_steps: int, tcfg: TrainConfig) -> "Schedule":
+        warmup = warmup_for(total_steps, tcfg)
+        return cls(total_steps, warmup, warmup)
+
+    def progress(self, step: int) -> float:
+        span = self.total_steps - 1 - self.anchor_step
+        if span <= 0:
+            return 1.0
+        done = (step - self.anchor_step) / span
+        return min(1.0, self.anchor_progress + (1 - self.anchor_progress) * max(done, 0.0))
+
+    def lr(self, step: int, tcfg: TrainConfig) -> float:
+        if step < self.warmup:
+            return tcfg.lr * (step + 1) / self.warmup
+        cosine = 0.5 * (1 + math.cos(math.pi * self.progress(step)))
+        return tcfg.lr * (tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * cosine)
+
+    def replanned(self, step: int, total_steps: int, tcfg: TrainConfig) -> "Schedule":
+        """The same schedule from `step` (the next step to run) on, ending at total_steps instead. A
+        warm-up under way may only get shorter (its learning rate jumps forward, never back)."""
+        total_steps = max(total_steps, step + 1)
+        warmup = min(self.warmup, max(warmup_for(total_steps, tcfg), step))
+        if step < warmup:
+            return replace(self, total_steps=total_steps, warmup=warmup, anchor_step=warmup, anchor_progress=0.0)
+        return replace(self, total_steps=total_steps, warmup=warmup, anchor_step=step,
+                       anchor_progress=self.progress(step))   # (0 where the warm-up ends: the decay starts)
 
 
 def default_steps(train_tokens: int, n_params: int, tokens_per_step: int, tcfg: TrainConfig) -> int:
@@ -159,6 +202,16 @@ def default_steps(train_tokens: int, n_params: int, tokens_per_step: int, tcfg: 
 
 def batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4096 + micro)
+
+
+def timed(run, device: torch.device) -> float:
+    """Seconds of a second call of `run` (the first warms up)."""
+    for _ in range(2):
+        begun = time.time()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return time.time() - begun
 
 
 # ---- evaluation --------------------------------------------------------------------------------
@@ -278,10 +331,15 @@ class StopRequest:
 def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, model_overrides: dict | None = None,
                  train_overrides: dict | None = None, steps: int | None = None, time_budget: float | None = None,
                  vocab_size: int = 8192, fresh: bool = False, device: str | None = None,
-                 log=print, mix_in: list[Path] = ()) -> dict:
+                 log=print, mix_in: list[Path] = (), started: float | None = None,
+                 after_training: Callable[[GPT], float] | None = None) -> dict:
     """Train (or resume, or continue) the model in `folder` on `corpus`, with the corpora `mix_in`
     (the agent skills) read as part of it. Returns a summary dict; 'interrupted' is True when Ctrl-C
-    stopped it (the checkpoint is saved and resumable)."""
+    stopped it (the checkpoint is saved and resumable).
+    `time_budget` is wall-clock seconds from `started` (time.time() when the command began; default
+    now), the end of whatever the caller runs after training included: `after_training(model)`
+    estimates those seconds."""
+    started = started or time.time()
     rt = setup_runtime(device)
     log = log if rt.is_main else (lambda *a, **k: None)
     corpus = Path(corpus).expanduser()
@@ -310,7 +368,9 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
                 clear_for_fresh_start(folder, log)
             folder.root.mkdir(parents=True, exist_ok=True)
             log(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {corpus} ...")
+            begun = time.time()
             Tokenizer.train(iter_texts_for_tokenizer(sources), vocab_size=vocab_size).save(folder.tokenizer)
+            log(f"tokenizer: {time.time() - begun:.1f} s")
     else:
         saved = checkpoint.load_config(folder)
         preset, model_cfg, corpora = saved["preset"], saved["model"], saved["corpora"]
@@ -322,7 +382,9 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
     data_dir = folder.data / fingerprint
     if rt.is_main and not prepared_with(data_dir, tokenizer):
         log(f"tokenizing {corpus} ...")
+        begun = time.time()
         report_corpus(prepare_corpus(sources, tokenizer, data_dir, block_size=model_cfg.block_size), log)
+        log(f"data: {time.time() - begun:.1f} s to tokenize and prepare the corpus")
     rt.barrier()
     train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     if action != "resume":
@@ -352,10 +414,14 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
     if micro_per_rank * rt.world_size != tcfg.grad_accum:
         raise UserError(f"gradient accumulation {tcfg.grad_accum} is not divisible by {rt.world_size} processes")
     tokens_per_step = tcfg.micro_batch * tcfg.grad_accum * model_cfg.block_size
-    total_steps = steps or progress.get("total_steps") or default_steps(
-        train_shards.num_tokens, model.num_params(), tokens_per_step, tcfg)
+    if "schedule" in progress:   # a resumed run keeps its schedule
+        schedule = Schedule(**progress["schedule"])
+    else:
+        schedule = Schedule.planned(steps or progress.get("total_steps") or default_steps(
+            train_shards.num_tokens, model.num_params(), tokens_per_step, tcfg), tcfg)
     time_budget = time_budget or progress.get("time_budget_s")
-    progress.update(corpus=fingerprint, total_steps=total_steps, time_budget_s=time_budget, finished=False)
+    fit = TimeFit(time_budget, steps, started, after_training) if time_budget and not schedule.fitted else None
+    progress.update(corpus=fingerprint, schedule=asdict(schedule), time_budget_s=time_budget, finished=False)
 
     previous = [c for c in corpora[:-1] if (folder.root / c["data"] / "meta.json").exists()]
     before = {c["path"]: evaluate(model, TokenShards(folder.root / c["data"], "val"), rt, tcfg.micro_batch,
@@ -363,10 +429,11 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
 
     info = run_info(rt)
     n_docs = CorpusInfo.load(data_dir).train.documents
+    length = (f"steps of {format_count(tokens_per_step)} tokens, as many as fit in --time {format_eta(time_budget)}"
+              if fit else f"{schedule.total_steps} steps of {format_count(tokens_per_step)} tokens")
     log(f"training {format_count(model.num_params())} params on {format_count(n_docs)} documents "
         f"({format_count(train_shards.num_tokens)} tokens) | preset {preset} | {rt.device}"
-        f"{f' x{rt.world_size}' if rt.world_size > 1 else ''} | {total_steps} steps of "
-        f"{format_count(tokens_per_step)} tokens")
+        f"{f' x{rt.world_size}' if rt.world_size > 1 else ''} | {length}")
     log(f"nimllm {info['nimllm']} (commit {info['git_commit'] or 'unknown'}) | python {info['python']} | "
         f"torch {info['torch']}{' | ' + info['gpu'] if info['gpu'] else ''} | config and log in {folder.metrics}")
     if rt.device_type == "cpu" and preset == "tiny" and action == "new":
@@ -375,8 +442,8 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
     metrics = MetricsLog(folder.metrics, progress["step"] if action == "resume" else None) if rt.is_main else None
     if metrics:
         metrics.write(event="start", step=progress["step"], action=action, corpus=str(corpus), preset=preset,
-                      model=asdict(model_cfg), train=asdict(tcfg), total_steps=total_steps, run=info)
-    summary = train_loop(model, optimizer, tcfg, rt, train_shards, val_shards, folder, progress, metrics, log)
+                      model=asdict(model_cfg), train=asdict(tcfg), total_steps=schedule.total_steps, run=info)
+    summary = train_loop(model, optimizer, tcfg, rt, train_shards, val_shards, folder, progress, metrics, log, fit)
     if metrics:
         metrics.close()
     summary["action"] = action
@@ -410,8 +477,87 @@ def save_checkpoint(folder: ModelFolder, model: GPT, optimizer, progress: dict, 
         plot_losses(folder.metrics, folder.loss_plot, title=str(folder.root.name))
 
 
+PILOT_SKIPPED = 2   # a process's first steps compile and warm kernels up: their time says nothing of the rest
+PILOT_TIMED = 3     # the steps whose throughput a --time run is first fitted to
+
+
+class TimeFit:
+    """Fits a --time run's length to the wall clock. After the pilot (PILOT_SKIPPED + PILOT_TIMED steps)
+    it measures what the end of the run costs and fixes the steps that fit before it; after every later
+    step it fits again with the throughput measured so far, so that the run ends on time even when the
+    machine slows down, and the schedule (see Schedule.replanned) still ends at its final learning rate."""
+
+    def __init__(self, budget: float, steps_cap: int | None, started: float, after_training):
+        self.budget, self.steps_cap, self.started, self.after_training = budget, steps_cap, started, after_training
+        self.first_step, self.setup_s = 0, 0.0   # where this process's steps begin, and the seconds before them
+        self.timed_from: tuple[int, float] | None = None   # (step, elapsed) where the timed steps begin
+        self.finishing_s = 0.0   # the final validation and checkpoint, and the caller's work after training
+
+    def begin(self, step: int) -> None:
+        self.first_step, self.setup_s = step, time.time() - self.started
+
+    def rate(self, step: int, elapsed: float) -> float:
+        """Optimizer steps per second since the pilot, the periodic validations and checkpoints included
+        (they recur)."""
+        timed_step, timed_elapsed = self.timed_from
+        return (step - timed_step) / max(elapsed - timed_elapsed, 1e-9)
+
+    def measure_finishing(self, model: GPT, val_shards: TokenShards, rt: Runtime, tcfg: TrainConfig, save) -> float:
+        """Seconds the end of the run will take: its validation, timed on one batch; its checkpoint, timed by
+        saving one now (a resume can start from it; pyplot is imported first, as the last save will find
+        it); and the caller's after_training estimate."""
+        batch_tokens = tcfg.micro_batch * model.cfg.block_size
+        batch = timed(lambda: evaluate(model, val_shards, rt, tcfg.micro_batch, batch_tokens), torch.device(rt.device))
+        validation = batch * math.ceil(min(tcfg.eval_tokens, val_shards.num_tokens) / batch_tokens)
+        pyplot()
+        begun = time.time()
+        save()
+        return validation + time.time() - begun + (self.after_training(model) if self.after_training else 0.0)
+
+    def refit(self, schedule: Schedule, step: int, elapsed: float, since_started: float, tcfg: TrainConfig,
+              measure_finishing, rt: Runtime, log) -> Schedule:
+        """The schedule fitted to the time left after `step` (steps done); unchanged during the pilot.
+        `measure_finishing()` is called once, on the first process, at the end of the pilot."""
+        if step - self.first_step == PILOT_SKIPPED:
+            self.timed_from = (step, elapsed)
+        if step - self.first_step < PILOT_SKIPPED + PILOT_TIMED:
+            return schedule
+        rate = self.rate(step, elapsed)
+        if not schedule.fitted:
+            begun = time.time()
+            finishing = measure_finishing() if rt.is_main else 0.0
+            self.finishing_s, paused = agree_max([finishing, time.time() - begun], rt)
+            since_started += paused
+            self.timed_from = (self.timed_from[0], self.timed_from[1] + paused)   # measuring once is no part of the rate
+        left = self.budget - since_started - self.finishing_s
+        fits = step + max(1, round(left * rate))   # at least one more step: the one at the final lr
+        total = min(fits, self.steps_cap or fits)
+        fitted = replace(schedule.replanned(step, total, tcfg) if total != schedule.total_steps else schedule,
+                         fitted=True)
+        if not schedule.fitted:
+            log(self.plan_line(fitted, fits, rate))
+        return fitted
+
+    def plan_line(self, schedule: Schedule, fits: int, rate: float) -> str:
+        plan = (f"--time {format_eta(self.budget)}: {fits} steps fit (warm-up {schedule.warmup}, measured "
+                f"{rate:.2f} opt/s; {self.setup_s:.1f} s before the first step, {self.finishing_s:.1f} s kept "
+                f"for the last validation, save and what follows)")
+        if schedule.total_steps < fits:
+            plan += f"; --steps {schedule.total_steps} is fewer, so {schedule.total_steps} steps"
+        return plan
+
+
+def agree_max(values: list[float], rt: Runtime) -> list[float]:
+    """The largest of each value over all processes, so that they all decide alike."""
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    if rt.world_size > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def train_loop(model: GPT, optimizer, tcfg: TrainConfig, rt: Runtime, train_shards: TokenShards,
-               val_shards: TokenShards, folder: ModelFolder, progress: dict, metrics, log) -> dict:
+               val_shards: TokenShards, folder: ModelFolder, progress: dict, metrics, log,
+               fit: TimeFit | None = None) -> dict:
     raw_model = model
     model.activation_checkpointing = tcfg.activation_checkpointing or tcfg.low_memory
     if tcfg.compile and rt.device_type == "cuda":
@@ -425,22 +571,22 @@ def train_loop(model: GPT, optimizer, tcfg: TrainConfig, rt: Runtime, train_shar
     micro_per_rank = tcfg.grad_accum // rt.world_size
     block = raw_model.cfg.block_size
     tokens_per_step = tcfg.micro_batch * tcfg.grad_accum * block
-    total, budget = progress["total_steps"], progress["time_budget_s"]
+    schedule = Schedule(**progress["schedule"])
     step, elapsed = progress["step"], progress["elapsed_s"]
-
-    def fraction_done(step: int, elapsed: float) -> float:
-        return max(step / total, elapsed / budget if budget else 0.0)
-
     run_start, elapsed_at_start = time.time(), elapsed
     last_ckpt, last_log, last_log_step = run_start, run_start, step
-    progress["finished"] = fraction_done(step, elapsed) >= 1.0
+    progress["finished"] = step >= schedule.total_steps
+    if fit:
+        fit.begin(step)
+        measure_finishing = partial(fit.measure_finishing, raw_model, val_shards, rt, tcfg,
+                                    partial(save_checkpoint, folder, raw_model, optimizer, progress, rt))
     stopping, val = False, None
     if progress["finished"]:   # resumed a run whose last checkpoint came at its very end
         save_checkpoint(folder, raw_model, optimizer, progress, rt)
     model.train()
     with StopRequest() as stop:
         while not (progress["finished"] or stopping):
-            lr = learning_rate(step, fraction_done(step, elapsed), tcfg)
+            lr = schedule.lr(step, tcfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(tcfg.seed * 1_000_003 + step * 64 + rt.rank)   # dropout masks
@@ -463,20 +609,23 @@ def train_loop(model: GPT, optimizer, tcfg: TrainConfig, rt: Runtime, train_shar
             step += 1
 
             # all processes agree on whether to stop and on the clock, so they stay in lockstep
-            agreed = torch.tensor([float(stop.requested), elapsed_at_start + time.time() - run_start], device=rt.device)
+            now = time.time()
+            agreed = torch.tensor([float(stop.requested), elapsed_at_start + now - run_start,
+                                   now - fit.started if fit else 0.0], dtype=torch.float64, device=rt.device)
             if rt.world_size > 1:
                 dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            stopping, elapsed = bool(agreed[0].item()), float(agreed[1].item())
-            progress.update(step=step, elapsed_s=elapsed, finished=fraction_done(step, elapsed) >= 1.0)
+            stopping, elapsed, since_started = bool(agreed[0].item()), float(agreed[1].item()), float(agreed[2].item())
+            progress.update(step=step, elapsed_s=elapsed)
+            if fit and step < schedule.total_steps:
+                schedule = fit.refit(schedule, step, elapsed, since_started, tcfg, measure_finishing, rt, log)
+            progress.update(schedule=asdict(schedule), finished=step >= schedule.total_steps)
 
             if step % tcfg.log_interval == 0 or progress["finished"]:
                 now = time.time()
                 rate = (step - last_log_step) / max(now - last_log, 1e-9)
-                remaining = (total - step) / rate
-                if budget:
-                    remaining = min(remaining, budget - elapsed)
-                log(f"step {step} / {total} | loss {loss_sum.item():.4f} | {rate:.2f} opt/s | "
+                remaining = (schedule.total_steps - step) / rate
+                log(f"step {step} / {schedule.total_steps} | loss {loss_sum.item():.4f} | {rate:.2f} opt/s | "
                     f"{format_count(rate * tokens_per_step)} tok/s | lr {lr:.2e} | eta {format_eta(remaining)}")
                 if metrics:
                     metrics.write(step=step, loss=loss_sum.item(), lr=lr, grad_norm=grad_norm, opt_per_s=rate,
