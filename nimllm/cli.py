@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "field); default: the Python standard library's source")
     train.add_argument("--preset", help="tiny, 10m or 103m (default: 103m on a GPU, tiny on a CPU)")
     train.add_argument("--steps", type=int, help="optimizer steps (default: a length that suits the corpus)")
-    train.add_argument("--time", type=_duration, help="wall-clock budget, e.g. 30m or 2h; the schedule fits it")
+    train.add_argument("--time", type=_duration, help="wall-clock budget of the whole command, e.g. 30m or 2h: the "
+                                                      "steps and the schedule are fitted to it (with --steps, the fewer wins)")
     train.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size for a new model (default 8192)")
     train.add_argument("--batch-size", type=int, dest="micro_batch", help="sequences per micro-batch")
     train.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 8)")

@@ -2,9 +2,9 @@
 
 `run_training` decides what to do with the folder (start a new model, resume an interrupted run,
 or continue a trained model on a new corpus), prepares the tokenizer and token shards, and runs
-the loop: AdamW, linear warm-up then cosine decay, gradient accumulation, clipping, bf16 autocast
-on CUDA, periodic validation, atomic checkpoints, Ctrl-C handling and DistributedDataParallel
-when started under torchrun.
+the loop: AdamW, linear warm-up then cosine decay (fitted to a --time budget as the run goes),
+gradient accumulation, clipping, bf16 autocast on CUDA, periodic validation, atomic checkpoints,
+Ctrl-C handling and DistributedDataParallel when started under torchrun.
 
 Every micro-batch is drawn from a generator seeded by (seed, step, micro-batch index), and every
 step seeds dropout the same way, so a run that is interrupted and resumed computes exactly the
@@ -528,7 +528,7 @@ class TimeFit:
             finishing = measure_finishing() if rt.is_main else 0.0
             self.finishing_s, paused = agree_max([finishing, time.time() - begun], rt)
             since_started += paused
-            self.timed_from = (self.timed_from[0], self.timed_from[1] + paused)   # measuring once is no part of the rate
+            self.timed_from = (self.timed_from[0], self.timed_from[1] + paused)   # (a one-off: not in the rate)
         left = self.budget - since_started - self.finishing_s
         fits = step + max(1, round(left * rate))   # at least one more step: the one at the final lr
         total = min(fits, self.steps_cap or fits)
