@@ -162,12 +162,19 @@ def cmd_train(args) -> int:
                          "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
                          "low_memory": args.low_memory, "seed": args.seed},
         vocab_size=args.vocab_size, fresh=args.fresh, device=args.device,
-        started=STARTED, after_training=lambda model: memory.estimated_prepare_seconds(model) + exit_seconds())
+        started=STARTED, after_training=after_training_seconds)
     if summary.get("interrupted"):
         return 130
     if summary["action"] != "done":
         memory.prepare(folder, args.device)
     return 0
+
+
+def after_training_seconds(model) -> float:
+    """What a --time budget keeps for the end of `nimllm train` after training: the memory it prepares, then
+    the process's exit."""
+    from nimllm import memory
+    return memory.estimated_prepare_seconds(model) + exit_seconds()
 
 
 def exit_seconds() -> float:
