@@ -223,13 +223,14 @@ def lr_rows(folder: ModelFolder) -> list[float]:
 def test_a_time_run_ends_on_its_budget_with_its_schedule_finished(corpus, tmp_path, one_thread):
     """--time is wall clock: from the process's start to its exit, with the tokenizer, the data, the final
     validation and save, and the memory made after training all inside it."""
-    budget, folder = 25.0, ModelFolder(tmp_path / "m")
+    budget, folder = 30.0, ModelFolder(tmp_path / "m")   # the end (validation, save, memory, exit: 5 s) is
+                                                           # forecast, not refitted: a busy machine moves it 1 s
     start = time.time()
     out = run_cli("train", corpus, "--model", folder.root, "--preset", "tiny", "--vocab-size", 300, "--chat-skills",
                   200, "--batch-size", 4, "--grad-accum", 1, "--time", f"{budget:.0f}s")
     took = time.time() - start
     assert out.returncode == 0, out.stderr
-    assert "--time 0m25s: " in out.stdout and " steps fit (warm-up " in out.stdout
+    assert "--time 0m30s: " in out.stdout and " steps fit (warm-up " in out.stdout
     assert "tokenizer: " in out.stdout and "data: " in out.stdout
     assert abs(took - budget) <= 0.05 * budget, out.stdout
     progress = checkpoint.read_progress(folder)
