@@ -41,12 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint, skills  # noqa: E402
 from nimllm.agent import Agent  # noqa: E402
 from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
 from nimllm.memory import Memory  # noqa: E402
 from nimllm.sandbox import Sandbox  # noqa: E402
 from nimllm.tasks import KINDS  # noqa: E402
+from nimllm.turns import Sampling  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REQUESTS, FOLDERS = HERE / "agent_requests.jsonl", HERE / "agent_folders.json"
@@ -176,13 +178,12 @@ def attempt(mem: Memory, task: BenchTask, parent: Path, max_steps: int, learn: b
     folder = task.make(parent)
     expected = [] if task.check == "files" else lines_of(Sandbox(folder).run(task.ref).output)
     transcript = io.StringIO()
-    agent = Agent(mem, Sandbox(folder), {"temperature": 0.0, "top_k": None, "top_p": None, "max_tokens": 64,
-                                         "seed": 0}, read_line=lambda prompt: "y", out=transcript, yes=True,
-                  max_steps=max_steps)
+    agent = Agent(mem, Sandbox(folder), Sampling(max_tokens=64, temperature=0.0, seed=0),
+                  read_line=lambda prompt: "y", out=transcript, yes=True, max_steps=max_steps)
     start = time.time()
     answer = agent.do(task.request)
     messages = mem.store.messages(agent.task)
-    calls = [m.content for m in messages if (m.meta or {}).get("tool_call")]
+    calls = [m.content for m in messages if m.role == "tool_call"]
     runs = [m.meta for m in messages if m.role == "tool" and "output" in (m.meta or {})]
     outputs = [r["output"] for r in runs]
     if task.check == "files":
@@ -264,7 +265,7 @@ def learn_and_ask_again(base: Path, folder: Path, mcfg: MemoryConfig, tasks: lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(__doc__)
     parser.add_argument("--model", required=True, help="a model folder (it is copied: the bench learns in the copy)")
     parser.add_argument("--limit", type=int, help="ask only this many hand-written requests, spread over the file "
                                                   "(default: all)")
@@ -313,8 +314,7 @@ def main() -> None:
                   "args": {k: str(v) for k, v in vars(args).items()},
                   "before": {g: summary(rows) for g, rows in before.items()}, "variants": [],
                   "tasks": {"before": before, "variants": []}}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        common.write_result(args.out, result, indent=1)
         for i, mcfg in enumerate(args.memory if args.learn else []):   # written after each: a long run keeps what it measured
             v = learn_and_ask_again(tmp / "model", tmp / f"learner-{i}", mcfg, tasks, args)
             result["variants"].append({**{k: v[k] for k in ("memory", "episodes_learned", "episodes_fixed",
@@ -322,7 +322,7 @@ def main() -> None:
                                        "groups": {g: {"learning_set": summary(v["learning"].get(g, [])),
                                                       "after": summary(rows)} for g, rows in v["after"].items()}})
             result["tasks"]["variants"].append({"learning": v["learning"], "after": v["after"]})
-            args.out.write_text(json.dumps(result, indent=1))
+            common.write_result(args.out, result, indent=1)
     print_table(result, console)
     console.print(f"wrote {args.out}")
 

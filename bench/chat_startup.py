@@ -10,7 +10,6 @@ Two measurements, each in new processes on a copy of the model folder:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -38,13 +37,14 @@ import torch
 from nimllm.chat import Chat
 from nimllm.config import ModelFolder
 from nimllm.memory import Memory
+from nimllm.turns import Sampling
 mark("import torch and nimllm")
 mem = Memory(ModelFolder(__import__("pathlib").Path(sys.argv[1])), device)
 mark("open the model (weights, store, memories)")
 if device.startswith("cuda"):   # as the chat does on a GPU, while the user types
     mem.warm_up()
     mark("warm up: one dry update (the Fisher and control set read)")
-chat = Chat(mem, {"max_tokens": 64, "temperature": 0.7, "top_k": 50, "top_p": 0.95, "seed": 0}, open("/dev/null", "w"))
+chat = Chat(mem, Sampling(max_tokens=64, temperature=0.7, top_k=50, top_p=0.95, seed=0), open("/dev/null", "w"))
 mark("start the conversation")
 mem.decoder()
 mark("build the decoder")
@@ -94,7 +94,8 @@ def stages(folder: Path, device: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    import common   # (bench/common.py)
+    parser = common.parser(__doc__)
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--device")
     parser.add_argument("--runs", type=int, default=3)
@@ -103,7 +104,7 @@ def main() -> None:
     import torch
     from rich.console import Console
     from rich.table import Table
-    from nimllm.train import git_commit, pick_device
+    from nimllm.runtime import git_commit, pick_device
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "model"
@@ -124,8 +125,7 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu x{torch.get_num_threads()}",
               "torch": torch.__version__, "commit": git_commit(), "model": str(args.model), "user_path": runs,
               "stages": staged}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    common.write_result(args.out, result, indent=1)
     print(f"wrote {args.out}")
 
 

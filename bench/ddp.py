@@ -8,8 +8,6 @@ sharing one tokenizer and one set of token shards so that only the process count
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import signal
@@ -24,6 +22,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+import common  # noqa: E402  (bench/common.py)
 from nimllm.checkpoint import read_progress  # noqa: E402
 from nimllm.config import ModelFolder  # noqa: E402
 from nimllm.metrics import read_metrics  # noqa: E402
@@ -74,7 +73,7 @@ def steady_tokens_per_s(folder: Path, skip: int) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--gpus", type=int, nargs="+", default=[2])
     ap.add_argument("--corpus", help="default: nimllm's built-in default corpus")
     ap.add_argument("--preset", default="103m")
@@ -136,9 +135,7 @@ def main():
     console = Console()
     console.print(table)
     console.print(results["resume"])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = common.write_result(args.out, results)
     for log in work.glob("*.log"):   # the whole logs, next to the JSON
         shutil.copy(log, out.parent / f"ddp_{log.name}")
 

@@ -10,7 +10,6 @@ user waits for at the end of a chat, and the first use of kernels and memory mak
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # run from a checkout without installing
+import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import ModelFolder, UserError  # noqa: E402
 VARIANTS = ("none", "dry")
@@ -68,7 +68,7 @@ def run_variant(model: Path, variant: str, device: str, updates: int, work: Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(__doc__)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--updates", type=int, default=4, help="conversations learned one after another")
@@ -89,8 +89,7 @@ def main() -> None:
                       f"{min(later):.2f}–{max(later):.2f} s" if later else "",
                       ", ".join(str(u["n_steps"]) for u in row["updates"]))
     Console(width=120).print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": str(args.model), "device": args.device, "rows": rows}, indent=1) + "\n")
+    common.write_result(args.out, {"model": str(args.model), "device": args.device, "rows": rows}, indent=1)
     print(f"wrote {args.out}")
 
 

@@ -13,16 +13,13 @@ random weights the logits are nearly flat, so rows that round differently part e
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
-from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,33 +28,15 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint  # noqa: E402
-from nimllm.config import PRESETS, ModelFolder, TrainConfig  # noqa: E402
+from nimllm.config import ModelFolder  # noqa: E402
 from nimllm.export import export_gguf, export_hf  # noqa: E402
 from nimllm.generate import Decoder, generate_batch  # noqa: E402
-from nimllm.model import GPT  # noqa: E402
+from nimllm.runtime import pick_device  # noqa: E402
 from nimllm.tokenizer import Tokenizer  # noqa: E402
-from nimllm.train import git_commit, pick_device  # noqa: E402
 
 LLAMA_CPP = Path(__file__).resolve().parent / "llama_cpp"
-
-
-def some_text(n_bytes: int) -> str:
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
-    return "".join(p.read_text(errors="replace") for p in files)[:n_bytes]
-
-
-def random_model_folder(root: Path, preset: str, vocab_size: int) -> ModelFolder:
-    folder = ModelFolder(root)
-    root.mkdir(parents=True)
-    tokenizer = Tokenizer.train([some_text(500_000)], vocab_size=vocab_size)
-    tokenizer.save(folder.tokenizer)
-    cfg = replace(PRESETS[preset].model, activation="relu2", dropout=0.0,
-                  vocab_size=-(-tokenizer.vocab_size // 64) * 64)
-    torch.manual_seed(0)
-    checkpoint.save_config(folder, cfg, TrainConfig(), preset, [])
-    checkpoint.save_weights(folder, GPT(cfg), 0)
-    return folder
 
 
 def sync(device: str):
@@ -169,31 +148,27 @@ def print_table(rows: list[dict], console: Console):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="103m")
-    ap.add_argument("--model", help="a trained model folder (default: random weights of the preset)")
-    ap.add_argument("--vocab-size", type=int, default=8192, help="of the random model's tokenizer")
+    ap = common.parser(__doc__)
+    common.model_options(ap)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batches for the fastest path")
     ap.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     ap.add_argument("--only", nargs="+", metavar="CONFIG", help="run only the rows with these labels")
-    ap.add_argument("--device")
-    ap.add_argument("--out", default="bench/results/generate.json")
+    common.device_and_out(ap, "generate")
     args = ap.parse_args()
     args.device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
     cuda = args.device.startswith("cuda")
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = common.console()
 
     work = Path(tempfile.mkdtemp(prefix="nimllm-bench-generate-"))
-    folder = ModelFolder(Path(args.model).resolve()) if args.model else random_model_folder(
-        work / "model", args.preset, args.vocab_size)
+    folder = common.model_folder(args, work)
     hf_dir = export_hf(folder, work / "hf")
     cfg = checkpoint.load_config(folder)["model"]
-    ids = Tokenizer.load(folder.tokenizer).encode(some_text(400_000))
+    ids = Tokenizer.load(folder.tokenizer).encode(common.some_text(400_000))
     prompts = [ids[i * 997:i * 997 + args.prompt_tokens] for i in range(max(args.batch))]
     device_name = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {args.threads} threads"
     console.print(f"{device_name} | torch {torch.__version__} | {cfg.n_layer} layers x {cfg.n_embd}, context "
@@ -220,14 +195,11 @@ def main():
             r["agreement"] = next((i for i, (a, b) in enumerate(zip(r["tokens"], exact)) if a != b),
                                   min(len(r["tokens"]), len(exact)))
     print_table(rows, console)
-    header = {"device": device_name, "torch": torch.__version__, "git_commit": git_commit(),
-              "load_average_after": os.getloadavg(),   # other work on the machine slows every row
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": asdict(cfg),
-              "weights": args.model or "random", "reference": "the fastest transformers row", "args": vars(args)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
-    console.print(f"wrote {out}")
+    header = common.header(device_name,
+                           load_average_after=os.getloadavg(),   # other work on the machine slows every row
+                           model=asdict(cfg), weights=args.model or "random", reference="the fastest transformers row",
+                           args=vars(args))
+    console.print(f"wrote {common.write_result(args.out, {'header': header, 'rows': rows})}")
 
 
 if __name__ == "__main__":

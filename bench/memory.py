@@ -44,6 +44,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 import torch  # noqa: E402
 
+import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
 from nimllm.deltas import load_remembered  # noqa: E402
@@ -331,11 +332,18 @@ def agent_scores(source: Path, args, work: Path, console: Console) -> dict:
             result[name] = {"error": (done.stdout + done.stderr).strip()[-2000:]}
             console.print(f"agent bench ({name}) failed: {result[name]['error'].splitlines()[-1:]}")
             continue
-        before = json.loads(out.read_text())["before"]   # agent.py's own score before it learns anything
+        scored = json.loads(out.read_text())   # agent.py's own score before it learns anything
+        before = scored["before"]
         tasks = sum(g["tasks"] for g in before.values())
         result[name] = {"success": sum(g["success"] * g["tasks"] for g in before.values()) / max(tasks, 1),
-                        "tasks": tasks, "groups": before}
+                        "tasks": tasks, "groups": before,
+                        "done": [t["request"] for group in scored["tasks"]["before"].values() for t in group
+                                 if t["success"]]}
         console.print(f"agent ({name.replace('_', ' ')}): {result[name]['success']:.1%} of {tasks} tasks")
+    if all("done" in result[name] for name in ("before", "after_unrelated_chats")):
+        done_before, done_after = (set(result[name]["done"]) for name in ("before", "after_unrelated_chats"))
+        result["lost"], result["gained"] = sorted(done_before - done_after), sorted(done_after - done_before)
+        console.print(f"agent tasks lost to the chats: {len(result['lost'])}, gained: {len(result['gained'])}")
     return result
 
 
@@ -349,7 +357,8 @@ def scripted(source: Path, facts: list[dict], ks: list[int], variants: list[str]
     from nimllm.data import TokenShards
     from nimllm.generate import generate
     from nimllm.memory import Memory
-    from nimllm.train import Runtime, evaluate
+    from nimllm.evaluate import evaluate
+    from nimllm.runtime import Runtime
 
     def teach(mem: Memory, fact: dict) -> float:
         cid = mem.store.start_conversation()
@@ -485,7 +494,7 @@ def git_commit() -> dict:
 
 
 def settings(source: Path, facts_path: Path, n_facts: int, args) -> dict:
-    from nimllm.train import pick_device
+    from nimllm.runtime import pick_device
     cfg = checkpoint.load_config(ModelFolder(source))
     return {"model": str(source), "preset": cfg.get("preset"), "model_config": asdict(cfg["model"]),
             "corpora": cfg["corpora"],
@@ -503,7 +512,7 @@ def write(out: Path, result: dict) -> None:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--model", required=True, help="a trained model folder (it is copied, never changed)")
     ap.add_argument("--k", type=int, nargs="+", default=[10, 30, 100], help="facts taught when asking (cumulative)")
     ap.add_argument("--facts", type=Path, default=FACTS, help="JSON lines: statement, question, paraphrase, answer")

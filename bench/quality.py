@@ -9,7 +9,6 @@ does, then scores every validation token once (non-overlapping context windows).
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -23,11 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import ModelFolder  # noqa: E402
 from nimllm.data import TokenShards  # noqa: E402
+from nimllm.evaluate import evaluate  # noqa: E402
 from nimllm.metrics import read_metrics  # noqa: E402
-from nimllm.train import evaluate, run_info, setup_runtime  # noqa: E402
+from nimllm.runtime import run_info, setup_runtime  # noqa: E402
 
 NANOGPT_NATS_PER_CHAR = 1.4697
 REPO = Path(__file__).resolve().parents[1]
@@ -49,14 +50,13 @@ def score(folder: ModelFolder, rt) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--preset", default="10m")
     ap.add_argument("--steps", type=int, nargs="+", default=[1000])
     ap.add_argument("--vocab-size", type=int, nargs="+", default=[8192])
     ap.add_argument("--activation", nargs="+", default=["gelu"])
     ap.add_argument("--dropout", type=float, nargs="+", default=[None], help="default: the preset's")
-    ap.add_argument("--device")
-    ap.add_argument("--out", default="bench/results/quality.json")
+    common.device_and_out(ap, "quality")
     args = ap.parse_args()
     if SHAKESPEARE is None:
         sys.exit("tinyshakespeare.txt not found in ../shared/data or .carry/")
@@ -92,10 +92,7 @@ def main():
                       f"{r['tokens_seen'] / 1e6:.1f}M", f"{r['val_bits_per_char']:.3f}", f"{r['val_nats_per_char']:.4f}",
                       f"{r['val_bits_per_char'] - ref_bits:+.3f}")
     Console().print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"run": run_info(rt), "reference_nats_per_char": NANOGPT_NATS_PER_CHAR,
-                               "rows": rows}, indent=2) + "\n")
+    common.write_result(args.out, {"run": run_info(rt), "reference_nats_per_char": NANOGPT_NATS_PER_CHAR, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ request to the first streamed text, so it includes waiting for a free row.
 """
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import math
@@ -24,7 +23,6 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,11 +31,11 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from generate import random_model_folder, some_text  # noqa: E402  (bench/generate.py)
+import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import ModelFolder  # noqa: E402
+from nimllm.runtime import pick_device  # noqa: E402
 from nimllm.tokenizer import Tokenizer  # noqa: E402
-from nimllm.train import git_commit, pick_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,10 +116,8 @@ def print_table(rows: list[dict], console: Console) -> None:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="103m")
-    ap.add_argument("--model", help="a trained model folder (default: random weights of the preset)")
-    ap.add_argument("--vocab-size", type=int, default=8192, help="of the random model's tokenizer")
+    ap = common.parser(__doc__)
+    common.model_options(ap)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="clients at once, one row each")
     ap.add_argument("--requests", type=int, default=4, help="requests per client")
     ap.add_argument("--prompt-tokens", type=int, default=64)
@@ -129,17 +125,15 @@ def main():
     ap.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
     ap.add_argument("--compile", action="store_true", help="the server's --compile (a GPU's decoding step)")
     ap.add_argument("--threads", type=int, help="the server's CPU threads (OMP_NUM_THREADS; default: torch's)")
-    ap.add_argument("--device")
-    ap.add_argument("--out", default="bench/results/serve.json")
+    common.device_and_out(ap, "serve")
     args = ap.parse_args()
     args.device = pick_device(args.device)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = common.console()
 
     work = Path(tempfile.mkdtemp(prefix="nimllm-bench-serve-"))
-    folder = ModelFolder(Path(args.model).resolve()) if args.model else random_model_folder(
-        work / "model", args.preset, args.vocab_size)
+    folder = common.model_folder(args, work)
     cfg = checkpoint.load_config(folder)["model"]
-    ids = Tokenizer.load(folder.tokenizer).encode(some_text(400_000))
+    ids = Tokenizer.load(folder.tokenizer).encode(common.some_text(400_000))
     prompts = [ids[i * 997:i * 997 + args.prompt_tokens] for i in range(max(args.clients) * args.requests)]
     cuda = args.device.startswith("cuda")
     device_name = torch.cuda.get_device_name(args.device) if cuda else (
@@ -161,13 +155,9 @@ def main():
         server.terminate()
         server.wait(timeout=30)
     print_table(rows, console)
-    header = {"device": device_name, "torch": torch.__version__, "git_commit": git_commit(),
-              "load_average_after": os.getloadavg(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "model": asdict(cfg), "weights": args.model or "random", "args": vars(args)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
-    console.print(f"wrote {out}")
+    header = common.header(device_name, load_average_after=os.getloadavg(), model=asdict(cfg),
+                           weights=args.model or "random", args=vars(args))
+    console.print(f"wrote {common.write_result(args.out, {'header': header, 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@ the optimizer applied inside backward so that the gradients never all exist at o
 """
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,9 +25,11 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+import common  # noqa: E402  (bench/common.py)
 from nimllm.config import PRESETS, TrainConfig, default_preset_name  # noqa: E402
 from nimllm.model import GPT  # noqa: E402
-from nimllm.train import Runtime, Schedule, build_optimizer, git_commit, pick_device  # noqa: E402
+from nimllm.runtime import Runtime, pick_device  # noqa: E402
+from nimllm.train import Schedule, build_optimizer  # noqa: E402
 from reference_gpt import ReferenceGPT, reference_optimizer  # noqa: E402
 
 H100_BF16_PEAK = 989.5e12    # dense bf16 FLOP/s of an H100 SXM
@@ -143,7 +142,7 @@ def print_table(rows: list[dict], rt: Runtime, console: Console):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--preset", help="default: 103m on a GPU, tiny otherwise")
     ap.add_argument("--micro-batch", type=int, nargs="+", help="default: the preset's")
     ap.add_argument("--grad-accum", type=int, default=1,
@@ -156,8 +155,7 @@ def main():
     ap.add_argument("--peak-flops", type=float,
                     help=f"the device's peak FLOP/s for MFU (default on CUDA: an H100's bf16, {H100_BF16_PEAK:.4g})")
     ap.add_argument("--only", nargs="+", metavar="CONFIG", help="run only the rows with these labels")
-    ap.add_argument("--device")
-    ap.add_argument("--out", default="bench/results/train_speed.json")
+    common.device_and_out(ap, "train_speed")
     args = ap.parse_args()
 
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -172,7 +170,7 @@ def main():
     cfg = replace(preset.model, dropout=0.0)  # the reference has no dropout (and 103m trains without it)
     tcfg = preset.train
 
-    console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI: a table that does not wrap
+    console = common.console()
     device_name = torch.cuda.get_device_name(rt.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     console.print(f"{device_name} ({rt.device}) | torch {torch.__version__} | preset {args.preset}: "
                   f"{cfg.n_layer} layers x {cfg.n_embd}, context {cfg.block_size}, vocab {cfg.vocab_size} | "
@@ -211,14 +209,10 @@ def main():
                 if (r["checkpointing"] or r["low_memory"]) and r.get("peak_memory_bytes", float("inf")) < LOW_MEMORY_TARGET]
         console.print(f"under {LOW_MEMORY_TARGET / 1e9:.1f} GB: {', '.join(fits) or 'none'}")
 
-    header = {"device": device_name, "torch": torch.__version__, "cuda": torch.version.cuda,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
-              "preset": args.preset, "model": asdict(cfg), "memory": "cuda max_memory_allocated" if cuda
-              else "process max RSS", "args": {k: v for k, v in vars(args).items() if k != "compile_ok"}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
-    console.print(f"wrote {out}")
+    header = common.header(device_name, cuda=torch.version.cuda, preset=args.preset, model=asdict(cfg),
+                           memory="cuda max_memory_allocated" if cuda else "process max RSS",
+                           args={k: v for k, v in vars(args).items() if k != "compile_ok"})
+    console.print(f"wrote {common.write_result(args.out, {'header': header, 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 sandbox once the user says yes, reads what it printed, answers, and learns the tasks the user approves.
 
 A turn of the model is either a call, `<|tool_call|>command<|/tool_call|>`, or an answer ending in
-`<|end|>` (nimllm/tokenizer.py's template). Each call is shown with the filter's warnings
-(nimllm/shell.py: a warning, not a guarantee), confirmed, run in the sandbox (nimllm/sandbox.py,
+`<|end|>` (nimllm/tokenizer.py's template, read by nimllm/turns.py). Each call is shown with the
+filter's warnings (nimllm/shell.py: a warning, not a guarantee), confirmed, run in the sandbox (nimllm/sandbox.py,
 which holds without the filter), and what it printed goes back as a tool message, trimmed, with its exit
 code; the model goes on until it answers or reaches the step limit. Every task is one stored
 conversation of kind "agent"; /good, /bad and /fix rate it, and an approved one is learned when it
@@ -12,9 +12,9 @@ closes (nimllm/memory.py learns only approved tasks that ran commands).
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
 
 from nimllm import shell
 from nimllm.console import line_reader, printable
@@ -23,6 +23,7 @@ from nimllm.generate import generate
 from nimllm.lessons import conversation_messages
 from nimllm.memory import Memory
 from nimllm.sandbox import Limits, Sandbox, trim
+from nimllm.turns import Sampling, Turn, context_budget, fit_prompt, read_turn, turn_stops
 
 PROMPT, REPLY, PLAN = "you> ", "nimllm> ", "nimllm plans: "
 SANDBOXED = "(sandboxed: it can change files in this folder, not .git nor anything outside)"
@@ -37,48 +38,10 @@ when a command is planned: y runs it, n skips it and ends the task, e lets you e
 a runs it and trusts read-only commands from now on (with the sandbox)"""
 
 
-class Turn(NamedTuple):
-    """What one turn of the model means."""
-    kind: str          # "call", "answer" or "malformed"
-    text: str          # the command, the answer, or what was wrong
-    raw: str = ""      # with "malformed": what the model wrote
-
-
-def parse_turn(tokenizer, ids: list[int]) -> Turn:
-    """Read the tokens of one turn: `<|tool_call|>command<|/tool_call|>` (text before it is let go),
-    `answer<|end|>`, or anything else as malformed: other special tokens, an empty command or
-    answer, or no closing token before the token limit."""
-    call, close, end = (tokenizer.special(t) for t in ("<|tool_call|>", "<|/tool_call|>", "<|end|>"))
-    specials = [i for i in ids if i < len(tokenizer.special_ids)]
-    if call in ids:
-        body = ids[ids.index(call) + 1:]
-        if not body or body[-1] != close:
-            return Turn("malformed", "a command with no end")
-        if any(i < len(tokenizer.special_ids) for i in body[:-1]):
-            return Turn("malformed", "a special token inside a command")
-        command = tokenizer.decode(body[:-1]).strip()
-        return Turn("call", command) if command else Turn("malformed", "an empty command")
-    if not ids or ids[-1] not in (end, tokenizer.eot_id):
-        return Turn("malformed", "no end before the token limit")
-    if specials != [ids[-1]]:
-        return Turn("malformed", "a stray special token")
-    answer = tokenizer.decode(ids[:-1]).strip()
-    return Turn("answer", answer) if answer else Turn("malformed", "an empty answer")
-
-
-def fit(ids: list[int], budget: int, keep: int) -> list[int]:
-    """The prompt within budget tokens: its first `keep` tokens (the request) and as much of the
-    end as fits; a request longer than the budget keeps its end."""
-    if len(ids) <= budget:
-        return ids
-    keep = min(keep, budget // 2)
-    return ids[:keep] + ids[len(ids) - (budget - keep):]
-
-
 class Agent:
     """One agent session: the model, the sandbox, the store, the user's answers."""
 
-    def __init__(self, mem: Memory, sandbox: Sandbox, sampling: dict, read_line, out, yes: bool = False,
+    def __init__(self, mem: Memory, sandbox: Sandbox, sampling: Sampling, read_line, out, yes: bool = False,
                  max_steps: int = 5, retries: int = 2):
         self.mem, self.sandbox, self.sampling, self.read_line, self.out = mem, sandbox, sampling, read_line, out
         self.yes, self.trusted, self.max_steps, self.retries = yes, False, max_steps, retries
@@ -122,7 +85,7 @@ class Agent:
         confirmed) as the task's first step, and the model answers from what it really printed."""
         stored = self.store.messages(self.task)
         for m in stored:
-            if m.role == "assistant" and m.feedback != "bad":
+            if m.role in ("assistant", "tool_call") and m.feedback != "bad":
                 self.store.set_feedback(m.id, "bad")
         messages = [("user", stored[0].content)]
         if not self.call(command, messages, fixed=True):
@@ -131,22 +94,21 @@ class Agent:
 
     def next_turn(self, messages: list[tuple[str, str]]) -> Turn:
         """The model's next turn; a malformed one is asked again with more randomness, a few times."""
-        tok, s = self.tokenizer, self.sampling
-        ids, _ = tok.render_conversation(messages, add_generation_prompt=True)
-        request = len(tok.render_conversation(messages[:1])[0])
-        block = self.mem.model.cfg.block_size
-        prompt = fit(ids, max(block - s["max_tokens"], block // 2), request)   # generate slides past the rest
-        stops = set(tok.turn_end_ids)
+        tok, first = self.tokenizer, self.sampling
+        # the request stays (messages[0]), and the latest steps; generate slides past the rest
+        prompt = fit_prompt(tok, messages, context_budget(self.mem.model.cfg.block_size, first.max_tokens),
+                            keep_first=True)
+        stops = turn_stops(tok, calls=True)
         for attempt in range(self.retries + 1):
-            temperature = s["temperature"] if attempt == 0 else max(s["temperature"], 0.8)
-            seed = None if s["seed"] is None else s["seed"] + attempt
+            s = first if attempt == 0 else replace(first, temperature=max(first.temperature, 0.8),
+                                                   seed=None if first.seed is None else first.seed + attempt)
             out = []
-            for token in generate(self.mem.model, prompt, s["max_tokens"], temperature, s["top_k"], s["top_p"], seed,
+            for token in generate(self.mem.model, prompt, s.max_tokens, s.temperature, s.top_k, s.top_p, s.seed,
                                   decoder=self.mem.decoder()):
-                out.append(token)
+                out.append(token)   # the closing token too: it says what the turn was
                 if token in stops:
                     break
-            turn = parse_turn(tok, out)._replace(raw=tok.decode(out))
+            turn = read_turn(tok, out)
             if turn.kind != "malformed":
                 break
         return turn
@@ -223,7 +185,7 @@ class Agent:
         """Store a call and what came back. A refused or declined call is marked bad (never learned);
         one the user edited (`original`: the model's) or wrote (None) is marked fixed: learned, and an
         approval of the task."""
-        call = self.store.add_message(self.task, "assistant", original or command, {"tool_call": True})
+        call = self.store.add_message(self.task, "tool_call", original or command)
         if bad:
             self.store.set_feedback(call, "bad")
         elif original != command:
@@ -285,7 +247,7 @@ class Agent:
         return True
 
 
-def run_agent(folder: ModelFolder, workdir: Path, device: str | None, sampling: dict, yes: bool = False,
+def run_agent(folder: ModelFolder, workdir: Path, device: str | None, sampling: Sampling, yes: bool = False,
               max_steps: int = 5, seconds: float = 10.0, stdin=sys.stdin, stdout=sys.stdout) -> int:
     """The REPL; returns the exit code. The sandbox is checked before the model is loaded, so --yes
     without one fails at once."""

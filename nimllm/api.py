@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
+from nimllm.tokenizer import Tokenizer
+from nimllm.turns import Sampling, TurnReader
 
 
 # ---- the protocol: what a request may hold (fields beyond these are ignored, as llama.cpp does) ----
@@ -69,9 +70,10 @@ class StreamOptions(Body):
 INT64 = 2**63   # integers are signed 64-bit in OpenAI's API, and in torch's generator and SQLite
 
 
-class Sampling(Body):
+class GenerationRequest(Body):
     """What every endpoint that generates takes, each number bounded as OpenAI bounds it: one request's
-    value out of range must be its own 400, never an error inside the engine that its batch shares."""
+    value out of range must be its own 400, never an error inside the engine that its batch shares.
+    `sampling` makes of them the Sampling every face uses (nimllm/turns.py)."""
     model: str | None = None
     # a reply may run past the context (generation slides its window), so the bound is the integer's
     max_tokens: int | None = Field(None, ge=1, lt=INT64)
@@ -107,14 +109,19 @@ class Sampling(Body):
             raise ValueError("stop takes at most 4 non-empty strings")
         return stop
 
+    def sampling(self, block_size: int) -> Sampling:
+        """The request's sampling; a reply without max_tokens may run as long as the context."""
+        return Sampling(self.max_completion_tokens or self.max_tokens or block_size,
+                        1.0 if self.temperature is None else self.temperature, self.top_k, self.top_p, self.seed)
 
-class ChatRequest(Sampling):
+
+class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(min_length=1)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
 
-class CompletionRequest(Sampling):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int]
 
 
@@ -245,12 +252,12 @@ def forced_tool(request: ChatRequest) -> str | None:
 
 class Reply:
     """Tokens as the client sees them: content text, held back while it may be the start of a stop
-    string, or, from a `<|tool_call|>` token on (`call_id`; None where tools are not in play), a call."""
+    string, or, from a `<|tool_call|>` token on (where `calls` may be made), a call (nimllm/turns.py's
+    TurnReader splits them)."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: list[str], call_id: int | None = None, in_call: bool = False):
-        self.tokenizer, self.stop, self.call_id = tokenizer, stop, call_id
-        self.call: list[int] | None = [] if in_call else None
-        self.partial: list[int] = []   # tokens of a character not complete yet
+    def __init__(self, tokenizer: Tokenizer, stop: list[str], calls: bool = False, in_call: bool = False):
+        self.reader = TurnReader(tokenizer, calls, in_call)
+        self.stop = stop
         self.held = ""                 # text that may begin a stop string
         self.text = ""                 # content given out
         self.stopped = False           # a stop string was met
@@ -261,25 +268,14 @@ class Reply:
         self.tokens += 1
         if self.stopped:
             return ""
-        if self.call is not None:
-            self.call.append(token)
-            return ""
-        if token == self.call_id:
-            self.call = []
-            return ""
-        self.partial.append(token)
-        piece = self.tokenizer.decode(self.partial)
-        if piece.endswith("\ufffd"):   # a character cut between tokens: wait for the rest
-            return ""
-        self.partial = []
-        return self._release(self.held + piece)
+        piece = self.reader.feed(token)
+        return self._release(self.held + piece) if piece else ""
 
     def flush(self) -> str:
         """The content still held, at the end."""
         if self.stopped:
             return ""
-        tail, self.partial = self.tokenizer.decode(self.partial) if self.partial else "", []
-        return self._release(self.held + tail, final=True)
+        return self._release(self.held + self.reader.flush(), final=True)
 
     def _release(self, text: str, final: bool = False) -> str:
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
@@ -293,8 +289,8 @@ class Reply:
         return out
 
     def call_text(self) -> str | None:
-        return None if self.call is None else self.tokenizer.decode(
-            [t for t in self.call if t >= len(SPECIAL_TOKENS)]).strip()
+        """What the model wrote as a call, even cut off by the length limit (the client decides what it is)."""
+        return self.reader.call_text()
 
 
 # ---- reply objects ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from functools import partial
 
 from nimllm.config import ModelFolder
 from nimllm.console import line_reader, printable
+from nimllm.turns import Sampling, context_budget, decode_stream, fit_prompt, turn_bans, turn_stops
 
 PROMPT, MORE, REPLY = "you> ", "...> ", "nimllm> "
 HELP = """commands:
@@ -46,14 +47,14 @@ def read_message(read_line) -> str | None:
 class Chat:
     """One chat session: the stored conversation, and the recent turns the model sees."""
 
-    def __init__(self, mem, sampling: dict, stdout):
-        from nimllm.tokenizer import context_budget
+    def __init__(self, mem, sampling: Sampling, stdout):
         self.mem, self.sampling, self.out = mem, sampling, stdout
         self.tokenizer = mem.tokenizer
-        self.budget = context_budget(mem.model.cfg.block_size, sampling["max_tokens"])
+        self.budget = context_budget(mem.model.cfg.block_size, sampling.max_tokens)
         self.context: list[tuple[str, str]] = []   # outlives /remember, so the talk flows on
         self.conversation = mem.store.start_conversation(kind="chat")
         self.last_answer: int | None = None        # message id that /good, /bad and /fix rate
+        self.warming: Background | None = None
 
     def say(self, *text, end="\n") -> None:
         print(*text, end=end, file=self.out, flush=True)
@@ -90,17 +91,25 @@ class Chat:
         reply = self.generate_reply()
         self.last_answer = store.add_message(self.conversation, "assistant", reply)
         self.context.append(("assistant", reply))
+        self.warm_up_once_there_is_something_to_learn()
+
+    def warm_up_once_there_is_something_to_learn(self) -> None:
+        """On a GPU, the update's one-time costs (kernels, the Fisher, the control set) paid in the
+        background while the user reads and types, once a message states something: the replies do
+        not wait for them, and a chat of questions never pays them (9 GB of GPU memory)."""
+        if self.warming is None and self.mem.needs_warm_up and self.mem.lessons([self.conversation]):
+            self.warming = Background(self.mem.warm_up)
 
     def generate_reply(self) -> str:
         from nimllm.generate import generate
         tok, s = self.tokenizer, self.sampling
-        prompt = tok.render_recent(self.context, self.budget)
-        ids = generate(self.mem.model, prompt, s["max_tokens"], s["temperature"], s["top_k"], s["top_p"],
-                       s["seed"], stop_ids=[tok.special("<|end|>"), tok.eot_id], decoder=self.mem.decoder())
+        prompt = fit_prompt(tok, self.context, self.budget)
+        ids = generate(self.mem.model, prompt, s.max_tokens, s.temperature, s.top_k, s.top_p, s.seed,
+                       stop_ids=turn_stops(tok), banned_ids=turn_bans(tok), decoder=self.mem.decoder())
         pieces = []
         self.say(REPLY, end="")
         try:
-            for piece in tok.decode_stream(ids):
+            for piece in decode_stream(tok, ids):
                 pieces.append(piece)   # stored as the model wrote it, shown as the terminal may see it
                 self.say(printable(piece), end="")
         except KeyboardInterrupt:   # stop this answer, keep the chat and what was written
@@ -130,6 +139,8 @@ class Chat:
         if not self.mem.lessons([self.conversation]):
             self.say("nothing to remember: nothing said here states a fact (questions and greetings are not learned)")
             return True
+        if self.warming:
+            self.warming.result()
         self.say("remembering this conversation...", end=" ")
         self.mem.learn([self.conversation], log=self.say)   # it prints its report
         return True
@@ -141,37 +152,42 @@ class Chat:
         self.last_answer = None
 
 
-class Opening(threading.Thread):
-    """The model folder's Memory, opened on another thread (torch imported, weights loaded, what a killed
-    chat left unlearned learned) while the chat shows its prompt; `get` waits for it."""
+class Background(threading.Thread):
+    """fn(*args) on another thread; `result` waits for it and returns what it returned, or raises what
+    it raised on the chat's thread, where the command line reports it."""
 
-    def __init__(self, folder: ModelFolder, device: str | None, stdout):
+    def __init__(self, fn, *args):
         super().__init__(daemon=True)
-        self.args, self.memory, self.error = (folder, device, stdout), None, None
+        self.fn, self.args, self.value, self.error = fn, args, None, None
         self.start()
 
     def run(self):
-        folder, device, stdout = self.args
         try:
-            from nimllm.memory import Memory
-            self.memory = Memory(folder, device)
-            self.memory.learn_pending(log=partial(print, file=stdout, flush=True))
-            if self.memory.device.startswith("cuda"):
-                self.memory.warm_up()
-        except BaseException as e:   # raised again on the chat's thread, where the command line reports it
+            self.value = self.fn(*self.args)
+        except BaseException as e:
             self.error = e
 
-    def get(self):
+    def result(self):
         self.join()
         if self.error:
             raise self.error
-        return self.memory
+        return self.value
 
 
-def run_chat(folder: ModelFolder, device: str | None, sampling: dict, stdin=sys.stdin, stdout=sys.stdout) -> int:
-    """The REPL. `sampling` holds temperature, top_k, top_p, max_tokens and seed; returns the exit code."""
+def open_memory(folder: ModelFolder, device: str | None, stdout):
+    """The model folder's Memory: torch imported, weights loaded, and what a killed chat left unlearned
+    learned. The chat opens it in the Background while it shows its prompt; the update's warm-up
+    waits for a message worth learning (Chat.warm_up_once_there_is_something_to_learn)."""
+    from nimllm.memory import Memory
+    memory = Memory(folder, device)
+    memory.learn_pending(log=partial(print, file=stdout, flush=True))
+    return memory
+
+
+def run_chat(folder: ModelFolder, device: str | None, sampling: Sampling, stdin=sys.stdin, stdout=sys.stdout) -> int:
+    """The REPL; returns the exit code."""
     folder.require_model()
-    opening = Opening(folder, device, stdout)
+    opening = Background(open_memory, folder, device, stdout)
     print("talk to your model; /help lists the commands, /quit or Ctrl-D ends and remembers", file=stdout, flush=True)
     chat = None
     with line_reader(stdin, stdout, "chat_history") as read_line:
@@ -183,8 +199,8 @@ def run_chat(folder: ModelFolder, device: str | None, sampling: dict, stdin=sys.
             if text is None:
                 print(file=stdout, flush=True)
                 break
-            chat = chat or Chat(opening.get(), sampling, stdout)
+            chat = chat or Chat(opening.result(), sampling, stdout)
             if not chat.handle(text):
                 break
-    (chat or Chat(opening.get(), sampling, stdout)).end()
+    (chat or Chat(opening.result(), sampling, stdout)).end()
     return 0

@@ -37,14 +37,49 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
         return p
 
-    train = command("train", "train a tokenizer and a model on a text file or folder, resume an interrupted run, "
-                             "or continue a trained model on a new corpus")
+    train_options(command("train", "train a tokenizer and a model on a text file or folder, resume an interrupted "
+                                   "run, or continue a trained model on a new corpus"))
+
+    gen = command("generate", "continue a prompt with the model, streaming tokens")
+    gen.add_argument("prompt", help="the text to continue")
+    sampling_options(gen, 0.8)
+    sampling_options(command("chat", "talk with the model; after each conversation it retrains itself on it"), 0.7)
+
+    agent_options(command("agent", "a model with hands: it plans shell commands for your requests, runs them in a "
+                                   "sandbox once you say yes, answers, and learns the tasks you approve"))
+
+    serve_options(command("serve", "serve the model: an OpenAI-compatible API at /v1 and a web chat page at /"))
+
+    mem = command("memory", "what the model learned from conversations: list, show ID, forget ID, reset, stats")
+    mem.add_argument("action", choices=["list", "show", "forget", "reset", "stats"])
+    mem.add_argument("id", nargs="?", type=int, help="a memory id (from `nimllm memory list`)")
+
+    command("info", "describe a model folder: shape, training progress, corpora, files")
+
+    ev = command("eval", "how well the model knows a text: bits per byte, loss per token and perplexity")
+    ev.add_argument("text", help="a file or folder of text (.txt, .md, code, .jsonl with a text field)")
+    ev.add_argument("--json", action="store_true", help="print the figures as one JSON object, for scripts")
+    ev.add_argument("--max-tokens", type=int, help="score only the first N tokens (default: all)")
+    ev.add_argument("--batch-size", type=int, default=8, help="windows scored at once (default 8)")
+
+    export = command("export", "write the model for transformers (--format hf, a folder) or for llama.cpp and "
+                               "Ollama (--format gguf, one file; ReLU² models only)")
+    export.add_argument("dest", help="the folder (hf) or file (gguf) to create")
+    export.add_argument("--format", choices=["hf", "gguf"], required=True)
+    export.add_argument("--outtype", choices=["f32", "f16", "q8_0"], default="f32",
+                        help="GGUF weight type (default f32; q8_0 is a quarter of the size)")
+    return parser
+
+
+def train_options(train: argparse.ArgumentParser) -> None:
+    """The options of `nimllm train`."""
     train.add_argument("corpus", nargs="?", help="a file or folder of text (.txt, .md, code, .jsonl with a text "
                                                  "field); default: the Python standard library's source")
     train.add_argument("--preset", help="tiny, 10m or 103m (default: 103m on a GPU, tiny on a CPU)")
     train.add_argument("--steps", type=int, help="optimizer steps (default: a length that suits the corpus)")
-    train.add_argument("--time", type=_duration, help="wall-clock budget of the whole command, e.g. 30m or 2h: the "
-                                                      "steps and the schedule are fitted to it (with --steps, the fewer wins)")
+    train.add_argument("--time", type=_duration, help="wall-clock budget of the whole command, e.g. 30m or 2h: "
+                                                      "the steps and the schedule are fitted to it (with --steps, "
+                                                      "the fewer wins)")
     train.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size for a new model (default 8192)")
     train.add_argument("--batch-size", type=int, dest="micro_batch", help="sequences per micro-batch")
     train.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 8)")
@@ -70,20 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-chat-skills", dest="chat_skills", action="store_const", const=0,
                        help="mix in no dialogues: a plain language model of the corpus")
 
-    def sampling_options(p, temperature):
-        p.add_argument("--max-tokens", type=int, default=200)
-        p.add_argument("--temperature", type=float, default=temperature, help="0 means greedy")
-        p.add_argument("--top-k", type=int, default=50)
-        p.add_argument("--top-p", type=float, default=0.95)
-        p.add_argument("--seed", type=int)
 
-    gen = command("generate", "continue a prompt with the model, streaming tokens")
-    gen.add_argument("prompt", help="the text to continue")
-    sampling_options(gen, 0.8)
-    sampling_options(command("chat", "talk with the model; after each conversation it retrains itself on it"), 0.7)
+def sampling_options(p, temperature):
+    """How generate, chat and agent draw tokens; `temperature` is each one's default."""
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int)
 
-    agent = command("agent", "a model with hands: it plans shell commands for your requests, runs them in a sandbox "
-                             "once you say yes, answers, and learns the tasks you approve")
+
+def agent_options(agent: argparse.ArgumentParser) -> None:
+    """The options of `nimllm agent`: its sampling (greedy, short turns) and its commands' limits."""
     sampling_options(agent, 0.0)
     agent.set_defaults(max_tokens=64)
     agent.add_argument("--folder", default=".", help="the working folder, the only one commands may write "
@@ -93,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--max-steps", type=int, default=5, help="commands per task before it stops (default 5)")
     agent.add_argument("--timeout", type=_duration, default=10.0, help="time limit of each command (default 10s)")
 
-    serve = command("serve", "serve the model: an OpenAI-compatible API at /v1 and a web chat page at /")
+
+def serve_options(serve: argparse.ArgumentParser) -> None:
+    """The options of `nimllm serve`."""
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
                                                            "only; any other needs --api-key)")
     serve.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port")
@@ -106,26 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together; more wait (default 8)")
     serve.add_argument("--compile", action="store_true", help="on a GPU, compile the decoding step: faster, at "
                                                               "the price of a longer start and of each relearning")
-
-    mem = command("memory", "what the model learned from conversations: list, show ID, forget ID, reset, stats")
-    mem.add_argument("action", choices=["list", "show", "forget", "reset", "stats"])
-    mem.add_argument("id", nargs="?", type=int, help="a memory id (from `nimllm memory list`)")
-
-    command("info", "describe a model folder: shape, training progress, corpora, files")
-
-    ev = command("eval", "how well the model knows a text: bits per byte, loss per token and perplexity")
-    ev.add_argument("text", help="a file or folder of text (.txt, .md, code, .jsonl with a text field)")
-    ev.add_argument("--json", action="store_true", help="print the figures as one JSON object, for scripts")
-    ev.add_argument("--max-tokens", type=int, help="score only the first N tokens (default: all)")
-    ev.add_argument("--batch-size", type=int, default=8, help="windows scored at once (default 8)")
-
-    export = command("export", "write the model for transformers (--format hf, a folder) or for llama.cpp and "
-                               "Ollama (--format gguf, one file; ReLU² models only)")
-    export.add_argument("dest", help="the folder (hf) or file (gguf) to create")
-    export.add_argument("--format", choices=["hf", "gguf"], required=True)
-    export.add_argument("--outtype", choices=["f32", "f16", "q8_0"], default="f32",
-                        help="GGUF weight type (default f32; q8_0 is a quarter of the size)")
-    return parser
 
 
 def _duration(text: str) -> float:
@@ -142,6 +157,12 @@ def normalize_argv(argv: list[str]) -> list[str]:
         if arg in FLAG_FORMS:
             return [FLAG_FORMS[arg]] + argv[:i] + argv[i + 1:]
     return argv
+
+
+def sampling(args):
+    """The sampling options of generate, chat and agent."""
+    from nimllm.turns import Sampling
+    return Sampling(args.max_tokens, args.temperature, args.top_k, args.top_p, args.seed)
 
 
 def cmd_train(args) -> int:
@@ -162,7 +183,7 @@ def cmd_train(args) -> int:
                          "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
                          "low_memory": args.low_memory, "seed": args.seed},
         vocab_size=args.vocab_size, fresh=args.fresh, device=args.device,
-        started=STARTED, after_training=after_training_seconds)
+        started=STARTED, after_training=memory.estimated_prepare_seconds)
     if summary.get("interrupted"):
         return 130
     if summary["action"] != "done":
@@ -170,40 +191,10 @@ def cmd_train(args) -> int:
     return 0
 
 
-def after_training_seconds(model) -> float:
-    """What a --time budget keeps for the end of `nimllm train` after training: the memory it prepares, then
-    the process's exit."""
-    from nimllm import memory
-    return memory.estimated_prepare_seconds(model) + exit_seconds()
-
-
-def exit_seconds() -> float:
-    """About how long Python will take to end this process, for a --time budget: it finalizes what a full
-    collection walks, in about five times the collection's time (measured: torch alone takes 1.3 s to end
-    on a busy 2-core machine, after a 0.25 s collection; a trained tiny model's process 1.8 s after 0.34 s)."""
-    import gc
-    begun = time.time()
-    gc.collect()
-    return 5 * (time.time() - begun)
-
-
 def cmd_generate(args) -> int:
+    from nimllm.completion import run_completion
     from nimllm.config import ModelFolder
-    from nimllm.console import printable
-    from nimllm.generate import fastest_decoder, generate
-    from nimllm.deltas import load_remembered
-    from nimllm.train import pick_device
-    from nimllm.tokenizer import Tokenizer
-    folder = ModelFolder.resolve(args.model)
-    model, _ = load_remembered(folder, pick_device(args.device))
-    tokenizer = Tokenizer.load(folder.tokenizer)
-    print(args.prompt, end="", flush=True)
-    ids = generate(model, tokenizer.encode(args.prompt), args.max_tokens, args.temperature, args.top_k,
-                   args.top_p, args.seed, stop_ids=[tokenizer.eot_id], decoder=fastest_decoder(model))
-    for piece in tokenizer.decode_stream(ids):
-        print(printable(piece), end="", flush=True)
-    print()
-    return 0
+    return run_completion(ModelFolder.resolve(args.model), args.device, sampling(args), args.prompt)
 
 
 def cmd_info(args) -> int:
@@ -221,50 +212,20 @@ def cmd_info(args) -> int:
 def cmd_chat(args) -> int:
     from nimllm.chat import run_chat
     from nimllm.config import ModelFolder
-    return run_chat(ModelFolder.resolve(args.model), args.device,
-                    {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
-                     "top_p": args.top_p, "seed": args.seed})
+    return run_chat(ModelFolder.resolve(args.model), args.device, sampling(args))
 
 
 def cmd_agent(args) -> int:
     from nimllm.agent import run_agent
     from nimllm.config import ModelFolder
-    return run_agent(ModelFolder.resolve(args.model), Path(args.folder), args.device,
-                     {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k,
-                      "top_p": args.top_p, "seed": args.seed}, args.yes, args.max_steps, args.timeout)
+    return run_agent(ModelFolder.resolve(args.model), Path(args.folder), args.device, sampling(args), args.yes,
+                     args.max_steps, args.timeout)
 
 
 def cmd_memory(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-    from nimllm import deltas, memory
-    from nimllm.checkpoint import load_config
-    from nimllm.config import ModelFolder, UserError
-    from nimllm.console import printable
-    from nimllm.store import Store
-    folder = ModelFolder.resolve(args.model)
-    load_config(folder)   # a clear error when there is no model
-    if args.action in ("show", "forget") and args.id is None:
-        raise UserError(f"`nimllm memory {args.action}` needs a memory id; `nimllm memory list` shows them")
-    console = Console()
-    with Store(folder.store) as store:
-        if args.action == "list":
-            rows = deltas.memory_history(folder, store)
-            table = Table("id", "when", "weights", "seconds", "conversations", "forgotten")
-            for r in rows:
-                table.add_row(str(r["id"]), r["when"], f"{r['weights']:,}", str(r["seconds"]), r["conversations"],
-                              "yes" if r["forgotten"] else "")
-            console.print(table if rows else "no memories yet: talk with `nimllm --chat`")
-        elif args.action == "show":
-            console.print(printable(deltas.show_memory(folder, store, args.id)), markup=False, highlight=False)
-        elif args.action == "stats":
-            for key, value in memory.folder_stats(folder, store).items():
-                console.print(f"[bold]{key}[/]: {value}")
-        else:
-            forgotten = deltas.forget(folder, store, args.id if args.action == "forget" else None)
-            console.print(f"forgot {len(forgotten)} memor{'y' if len(forgotten) == 1 else 'ies'}; "
-                          f"the weights are the base model plus what remains")
-    return 0
+    from nimllm.config import ModelFolder
+    from nimllm.memory import run_memory
+    return run_memory(ModelFolder.resolve(args.model), args.action, args.id)
 
 
 def cmd_serve(args) -> int:

@@ -1,9 +1,10 @@
-"""`nimllm eval`: how well a model knows a text, in bits per byte, loss per token and perplexity.
+"""Scoring a model on a text: loss per token, bits per byte and perplexity.
 
-The text is read the way training reads a corpus (a file, or every text file of a folder with
-binaries skipped, JSONL by its "text" or "messages" fields, each document followed by
-<|endoftext|>) and scored by `train.evaluate`, the function behind training's validation and book
-training's before/after report: the same text gives the same figures here as there.
+`evaluate` scores a split of token shards; training's validation, book training's before/after
+report and `nimllm eval` all score with it. `evaluate_text` is `nimllm eval`: the text is read the
+way training reads a corpus (a file, or every text file of a folder with binaries skipped, JSONL by
+its "text" or "messages" fields, each document followed by <|endoftext|>), so the same text gives
+the same figures here as in training's validation.
 """
 from __future__ import annotations
 
@@ -12,14 +13,38 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from nimllm.config import ModelFolder, UserError
 from nimllm.data import Corpus, TokenShards, named_like_binary, tokenized
 from nimllm.deltas import load_remembered
+from nimllm.model import GPT
+from nimllm.runtime import Runtime, pick_device
 from nimllm.tokenizer import Tokenizer
-from nimllm.train import Runtime, evaluate, pick_device
+
+
+@torch.no_grad()
+def evaluate(model: GPT, shards: TokenShards, rt: Runtime, batch_size: int, max_tokens: int | None,
+             progress=None) -> dict:
+    """Mean loss per token over the first max_tokens of a split, and the same in bits per byte.
+    Training's validation, book training's report and `nimllm eval` all score with this.
+    `progress(targets scored so far)` is called after each batch."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in shards.iter_windows(model.cfg.block_size, batch_size, max_tokens):
+        with rt.autocast():
+            logits = model(x.to(rt.device))
+        total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.to(rt.device).flatten(),
+                                                   reduction="sum").item()
+        count += y.numel()
+        if progress:
+            progress(count)
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return {"loss": loss, "bpb": loss / math.log(2) * shards.num_tokens / max(shards.num_bytes, 1)}
 
 
 class TextTokens(TokenShards):

@@ -1,12 +1,18 @@
 """Generation on token ids: a KV cache, sampling, and one decoding engine. Knows nothing of text.
 
-`Decoder` runs the model's own layers against a preallocated cache of B sequences in two shapes:
-prefill (one sequence's window from position 0, causal attention) and step (one new token for
-every sequence, each at its own position, attending to what that sequence has cached). A step has
-the same shapes every time, which is what lets it be captured as a CUDA graph (compiled first, if
-asked) and replayed without Python launching each kernel. The same engine runs the weights in
-float32, bf16, float16 (fbgemm's CPU kernel: half the memory traffic, float32 arithmetic) or int8.
-`generate_batch` drives B sequences through it; `generate` is its one-sequence stream.
+The model's own forward pass decodes: it takes a cache object that places the new tokens and keeps
+each layer's keys and values (KVCache: sequences at one position, in chunks; DecodeStep: one token
+for each row at its own position). `Decoder` runs it against a preallocated cache of B sequences in
+two shapes: prefill (one sequence's window from position 0, causal attention) and step (one new
+token for every sequence, each at its own position, attending to what that sequence has cached). A
+step has the same shapes every time, which is what lets it be captured as a CUDA graph (compiled
+first, if asked) and replayed without Python launching each kernel. The same engine runs the
+weights in float32, bf16, float16 (fbgemm's CPU kernel: half the memory traffic, float32
+arithmetic) or int8.
+
+`BatchScheduler` is the one decode loop: the server's requests come and go through it;
+`generate_batch` runs B prompts through it side by side (chat, agent, `nimllm generate` and the
+control set), and `generate` is its one-sequence stream.
 
 When a sequence outgrows the model's context, its window jumps forward to keep the last half of
 the context and is prefilled again; the plain path (no cache) follows the same rule, so every path
@@ -17,7 +23,6 @@ from __future__ import annotations
 import copy
 import queue
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -25,13 +30,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from nimllm.model import GPT, apply_rotary
+from nimllm.model import GPT
 
 
 class KVCache:
-    """Keys and values of every layer for up to `max_len` positions, written in place. One tensor per
-    layer, not a slice of a shared one: a compiled step then writes into it directly, where writing
-    through a view copied the whole cache back every step."""
+    """Keys and values of every layer for B sequences that all stand at position `pos`, written in
+    place. `model(idx, cache=cache)` continues them by idx's T tokens: their keys and values go into
+    positions pos..pos + T, their queries attend over everything up to there, and pos moves on by T.
+    One tensor per layer, not a slice of a shared one: a compiled step then writes into it directly,
+    where writing through a view copied the whole cache back every step."""
 
     def __init__(self, model: GPT, batch_size: int, max_len: int | None = None, dtype=None):
         cfg = model.cfg
@@ -41,17 +48,52 @@ class KVCache:
         self.v = [torch.zeros_like(k) for k in self.k]
         self.pos = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        T = k.shape[2]
-        self.k[layer][:, :, self.pos:self.pos + T] = k
-        self.v[layer][:, :, self.pos:self.pos + T] = v
-        return self.k[layer][:, :, :self.pos + T], self.v[layer][:, :, :self.pos + T]
+    def row(self, r: int) -> KVCache:
+        """Row r alone, empty: a sequence about to be prefilled into its row of a batch's cache."""
+        view = copy.copy(self)
+        view.k, view.v, view.pos = [k[r:r + 1] for k in self.k], [v[r:r + 1] for v in self.v], 0
+        return view
 
-    def advance(self, n: int) -> None:
-        self.pos += n
+    def rotary(self, cos: torch.Tensor, sin: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return cos[self.pos:self.pos + T], sin[self.pos:self.pos + T]                  # (T, D)
 
-    def reset(self) -> None:
-        self.pos = 0
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        past, T = self.pos, q.shape[2]
+        self.k[layer][:, :, past:past + T], self.v[layer][:, :, past:past + T] = k, v
+        keys, values = self.k[layer][:, :, :past + T], self.v[layer][:, :, :past + T]   # (B, H, past + T, D)
+        if layer == len(self.k) - 1:
+            self.pos += T
+        if past == 0:
+            mask, causal = None, True
+        elif T == 1:
+            mask, causal = None, False                                      # one new token sees everything
+        else:                                                                # a chunk after a prefix
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
+            causal = False
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal)
+
+
+class DecodeStep:
+    """A cache for one batched decode step: one new token for each of the first B rows of a KVCache,
+    each at its own position (B,), attending over the first `length` slots up to that position. Its
+    shapes do not depend on the positions, which is what lets a step be compiled and replayed."""
+
+    def __init__(self, cache: KVCache, positions: torch.Tensor, length: int):
+        self.cache, self.positions, self.length, self.batch = cache, positions, length, len(positions)
+        self.rows = torch.arange(self.batch, device=positions.device)
+        key_positions = torch.arange(length, device=positions.device)
+        self.visible = (key_positions <= positions[:, None])[:, None, None]            # (B, 1, 1, S)
+
+    def rotary(self, cos: torch.Tensor, sin: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return cos[self.positions][:, None, None], sin[self.positions][:, None, None]   # (B, 1, 1, D)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        keys, values = self.cache.k[layer], self.cache.v[layer]                         # (B, H, S, D)
+        if self.batch < len(keys):   # an eager step of the first rows only (BatchScheduler's)
+            keys, values = keys[:self.batch], values[:self.batch]
+        keys[self.rows, :, self.positions], values[self.rows, :, self.positions] = k[:, :, 0], v[:, :, 0]
+        return F.scaled_dot_product_attention(q, keys[:, :, :self.length], values[:, :, :self.length],
+                                              attn_mask=self.visible)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -126,6 +168,7 @@ def with_weights(model: GPT, weights: str) -> GPT:
             for name, child in module.named_children():
                 if isinstance(child, nn.Linear):
                     setattr(module, name, linear(child.weight))
+        fast.output_layer = linear(fast.wte.weight)   # the tied output layer, in the same format
     return fast
 
 
@@ -152,10 +195,6 @@ class Decoder:
         self.cfg, self.batch_size = model.cfg, batch_size
         self.cache = KVCache(self.model, batch_size)
         self.device = self.cache.k[0].device
-        wte = self.model.wte.weight
-        linear = WEIGHTS[weights][1]
-        self.head = linear(wte) if linear else partial(F.linear, weight=wte)   # tied to the embedding
-        self.key_positions = torch.arange(self.cfg.block_size, device=self.device)
         # attention spans the whole cache: shapes that never change let a step be a graph, and spare
         # cuDNN (SDPA's choice on a GPU) from planning anew for every length
         self.static = cuda_graph or compile or self.device.type == "cuda"
@@ -165,47 +204,16 @@ class Decoder:
                                       options={"coordinate_descent_tuning": True}) if compile else self._step
         self.graph = self._capture() if cuda_graph else None
 
-    def _layers(self, idx: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend) -> torch.Tensor:
-        """The model's blocks over idx (B, T), with `attend(layer, q, k, v)` doing cache and attention."""
-        B, T = idx.shape
-        H, D = self.cfg.n_head, self.cfg.head_dim
-        x = self.model.wte(idx)                                                          # (B, T, C)
-        for layer, block in enumerate(self.model.blocks):
-            qkv = block.attn.qkv(block.attn_norm(x))
-            q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)                     # 3 x (B, H, T, D)
-            y = attend(layer, apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)   # (B, H, T, D)
-            x = x + block.attn.proj(y.transpose(1, 2).reshape(B, T, -1))
-            x = x + block.mlp(block.mlp_norm(x))
-        return self.model.norm(x)
-
     @torch.no_grad()
     def prefill(self, row: int, ids: Sequence[int]) -> torch.Tensor:
-        T = len(ids)
-        cache = self.cache
-
-        def attend(layer, q, k, v):
-            cache.k[layer][row, :, :T], cache.v[layer][row, :, :T] = k[0], v[0]
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-        idx = torch.tensor([ids], device=self.device)
+        """ids from position 0 into the cache's row `row` -> the logits of their last token (V,)."""
+        idx = torch.tensor([ids], device=self.device)                                    # (1, T)
         with sdpa_kernel(PREFILL_ATTENTION):
-            x = self._layers(idx, self.model.rope_cos[:T], self.model.rope_sin[:T], attend)
-        return self.head(x[0, -1:])[0]                                                   # (V,)
+            return self.model(idx, cache=self.cache.row(row), last_only=True)[0, -1]
 
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         """tokens, positions (B,) -> logits (B, V), attending to the first `length` cache slots."""
-        cache, rows = self.cache, torch.arange(len(tokens), device=self.device)
-        visible = (self.key_positions[:length] <= positions[:, None])[:, None, None]     # (B, 1, 1, S)
-
-        def attend(layer, q, k, v):
-            keys, values = cache.k[layer], cache.v[layer]                               # (B, H, T, D)
-            if len(tokens) < len(keys):   # an eager step of the first rows only (BatchScheduler's)
-                keys, values = keys[:len(tokens)], values[:len(tokens)]
-            keys[rows, :, positions], values[rows, :, positions] = k[:, :, 0], v[:, :, 0]
-            return F.scaled_dot_product_attention(q, keys[:, :, :length], values[:, :, :length], attn_mask=visible)
-
-        cos, sin = self.model.rope_cos[positions][:, None, None], self.model.rope_sin[positions][:, None, None]
-        return self.head(self._layers(tokens[:, None], cos, sin, attend)[:, 0])         # (B, V)
+        return self.model(tokens[:, None], cache=DecodeStep(self.cache, positions, length))[:, 0]
 
     def _capture(self) -> torch.cuda.CUDAGraph:
         """Record one step on static input and output buffers; replaying it launches nothing from Python."""
@@ -283,95 +291,7 @@ class TokensToHost:
         return self.host.tolist()
 
 
-@torch.no_grad()
-def generate_batch(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                   seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[list[int | None]]:
-    """For each new position, every sequence's new token, or None once it has stopped. A sequence
-    stops at a stop id (not given) or after max_new_tokens; decoding ends when all have.
-
-    The device works one step ahead of Python: the step for token n + 1 is queued on the tokens n,
-    still on the device, before Python reads them, so Python's bookkeeping hides behind the GPU's
-    work. (A sequence that has just stopped costs that step, whose result is dropped.) Where a
-    sequence must be prefilled again, its tokens are read first."""
-    B, block = len(prompts), decoder.cfg.block_size
-    if B != decoder.batch_size or not all(prompts):
-        raise ValueError(f"this decoder takes {decoder.batch_size} prompts of at least one token")
-    generator = new_generator(decoder.device, seed)
-    ids = [list(p) for p in prompts]
-    cached, live = [0] * B, [True] * B
-
-    def step_live_rows(tokens: torch.Tensor) -> torch.Tensor:
-        positions = [cached[r] if live[r] else 0 for r in range(B)]   # a finished row writes harmlessly at 0
-        for r in range(B):
-            cached[r] += live[r]
-        return decoder.step(tokens, positions)
-
-    def logits_from_host() -> torch.Tensor:
-        """Live rows with an empty or full cache are prefilled from their window; the others step."""
-        refill = [r for r in range(B) if live[r] and cached[r] in (0, block)]
-        stepping = [live[r] and r not in refill for r in range(B)]
-        if any(stepping):
-            tokens = torch.tensor([ids[r][-1] if stepping[r] else 0 for r in range(B)], device=decoder.device)
-            positions = [cached[r] if stepping[r] else 0 for r in range(B)]
-            for r in range(B):
-                cached[r] += stepping[r]
-            logits = decoder.step(tokens, positions)
-        else:
-            logits = torch.zeros(B, decoder.cfg.vocab_size, device=decoder.device, dtype=decoder.cache.k[0].dtype)
-        for r in refill:
-            window = context_window(ids[r], block)
-            logits[r] = decoder.prefill(r, window)
-            cached[r] = len(window)
-        return logits
-
-    logits = None
-    for n in range(max_new_tokens):
-        if logits is None:             # nothing queued ahead: the first token, or a sequence to prefill again
-            logits = logits_from_host()
-        new = TokensToHost(sample_next(logits, temperature, top_k, top_p, generator))
-        ahead = n + 1 < max_new_tokens and all(cached[r] < block for r in range(B) if live[r])
-        logits = step_live_rows(new.tokens) if ahead else None
-        tokens = new.read()
-        for r in range(B):
-            live[r] = live[r] and tokens[r] not in stop_ids
-            if live[r]:
-                ids[r].append(tokens[r])
-        if not any(live):
-            return
-        yield [token if alive else None for token, alive in zip(tokens, live)]
-
-
-@torch.no_grad()
-def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop_ids: Sequence[int] = (), use_cache: bool = True, decoder: Decoder | None = None) -> Iterator[int]:
-    """Yield new token ids one by one after `prompt` until max_new_tokens or a stop id (not yielded).
-    With the cache this runs a Decoder on the model's own weights, or the faster one given (built
-    once, a CUDA graph pays for itself over many tokens); without, the model's plain forward over
-    the whole window for every token."""
-    if not prompt:
-        raise ValueError("generation needs at least one prompt token")
-    if use_cache:
-        decoder = decoder or Decoder(model)
-        for tokens in generate_batch(decoder, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop_ids):
-            yield tokens[0]
-        return
-    device, block = next(model.parameters()).device, model.cfg.block_size
-    generator = new_generator(device, seed)
-    ids, start = list(prompt), 0
-    for _ in range(max_new_tokens):
-        if len(ids) - start > block:
-            start = len(ids) - block // 2
-        logits = model(torch.tensor([ids[start:]], device=device))
-        token = int(sample_next(logits[:, -1], temperature, top_k, top_p, generator))
-        if token in stop_ids:
-            return
-        ids.append(token)
-        yield token
-
-
-# ---- serving: requests that come and go ----------------------------------------------------------
+# ---- the decode loop: requests that come and go ---------------------------------------------------
 
 @dataclass(eq=False)
 class Request:
@@ -386,10 +306,17 @@ class Request:
     top_p: float | None = None
     seed: int | None = None
     stop_ids: frozenset[int] = frozenset()
+    banned_ids: frozenset[int] = frozenset()   # never drawn (a chat, which has no tools, may not open a call)
     cancelled: bool = False   # set from any thread: the row is let go at the next step
+    error: Exception | None = None   # what failed it, for a caller that raises it again (generate_batch)
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def fail(self, e: Exception) -> None:
+        """End this request alone for an exception in its own work."""
+        self.error = e
+        self.emit(None, failure(e))
 
 
 def failure(e: Exception) -> str:
@@ -410,12 +337,14 @@ class BatchScheduler:
     """Continuous batching: requests take rows of one Decoder as rows come free and give them back when
     they stop, reach their length or are cancelled; every step decodes one token for every live row.
 
-    Each row is sampled alone with its request's settings and its own generator, exactly as
-    generate_batch samples a batch of one, so a request gets the tokens `generate` gives its prompt
-    alone: the same greedy tokens, the same draws for the same seed (up to the rounding of a batched
-    matrix product). Prompts and sequences that outgrow the context follow generate_batch's window
-    rule. As there, the device runs a step ahead: the next step is queued on the sampled tokens before
-    Python reads them. One thread calls step(); submit() and Request.cancel() are safe from any.
+    Each row is sampled alone with its request's settings and its own generator, so a request gets
+    the tokens `generate` gives its prompt alone: the same greedy tokens, the same draws for the same
+    seed (up to the rounding of a batched matrix product). Prompts and sequences that outgrow the
+    context are prefilled again from their window (context_window). The device runs a step ahead:
+    the next step is queued on the sampled tokens before Python reads them, so Python's bookkeeping
+    hides behind the device's work (a row that has just stopped costs that step, whose result is
+    dropped; one at its length is left out of it). One thread calls step(); submit() and
+    Request.cancel() are safe from any.
 
     What is done for one row alone (making its generator, its prefill, its sampling) fails that
     request alone: it ends with "error: ..." and the others decode on. Only a failure of the step
@@ -457,8 +386,10 @@ class BatchScheduler:
         if not self.live:   # every row failed
             return
         new = TokensToHost(tokens)   # queued before the step ahead, so reading it does not wait for that step
-        if all(row is None or row.cached < self.decoder.cfg.block_size for row in self.rows):
-            self.ahead = self._step_rows(tokens, [r for r, row in enumerate(self.rows) if row is not None])
+        # rows that reach their length with this token are done: the step ahead is for the others
+        going_on = [r for r, row in enumerate(self.rows) if row is not None and row.new + 1 < row.request.max_new_tokens]
+        if going_on and all(self.rows[r].cached < self.decoder.cfg.block_size for r in going_on):
+            self.ahead = self._step_rows(tokens, going_on)
         self._take(new.read())
 
     def abort(self, reason: str) -> None:
@@ -481,7 +412,7 @@ class BatchScheduler:
             try:
                 generator = new_generator(self.decoder.device, request.seed)
             except Exception as e:   # its seed (one past 64 bits overflows): this request's own failure
-                request.emit(None, failure(e))
+                request.fail(e)
                 continue
             self.rows[self.rows.index(None)] = _Row(request, list(request.prompt), generator)
 
@@ -528,11 +459,14 @@ class BatchScheduler:
         try:
             logits[r] = self.decoder.prefill(r, window)
         except Exception as e:
-            self._finish(r, failure(e))
+            self._fail(r, e)
             return
         self.rows[r].cached = len(window)
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        for r, row in enumerate(self.rows[:len(logits)]):
+            if row is not None and row.request.banned_ids:
+                logits[r, list(row.request.banned_ids)] = float("-inf")
         tokens = logits.argmax(dim=-1)   # greedy rows, all at once
         for r, row in enumerate(self.rows[:len(logits)]):
             if row is not None and row.request.temperature > 0:
@@ -540,7 +474,7 @@ class BatchScheduler:
                 try:
                     tokens[r] = sample_next(logits[r:r + 1], req.temperature, req.top_k, req.top_p, row.generator)[0]
                 except Exception as e:   # its settings met its logits (inf/nan): its row ends, not the step
-                    self._finish(r, failure(e))
+                    self._fail(r, e)
         return tokens
 
     def _take(self, tokens: list[int]) -> None:
@@ -559,3 +493,76 @@ class BatchScheduler:
     def _finish(self, r: int, reason: str) -> None:
         request, self.rows[r] = self.rows[r].request, None
         request.emit(None, reason)
+
+    def _fail(self, r: int, e: Exception) -> None:
+        request, self.rows[r] = self.rows[r].request, None
+        request.fail(e)
+
+
+@torch.no_grad()
+def generate_batch(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   seed: int | None = None, stop_ids: Sequence[int] = (),
+                   banned_ids: Sequence[int] = ()) -> Iterator[list[int | None]]:
+    """For each new position, every sequence's new token, or None once it has stopped. A sequence
+    stops at a stop id (not given) or after max_new_tokens, and never draws a banned id; decoding ends
+    when all have. The prompts
+    are requests of one BatchScheduler, all admitted at its first step; row r draws with seed + r, so
+    each row samples as `generate` does its prompt alone with that seed. A failure of one row's own
+    work (its prefill, its sampling) raises, as it would for that prompt alone."""
+    if len(prompts) != decoder.batch_size or not all(prompts):
+        raise ValueError(f"this decoder takes {decoder.batch_size} prompts of at least one token")
+    scheduler, new = BatchScheduler(decoder), [None] * len(prompts)
+
+    def emit_to(r: int) -> Callable[[int | None, str | None], None]:
+        def emit(token: int | None, reason: str | None) -> None:
+            if reason is None:
+                new[r] = token
+        return emit
+    requests = [Request(list(prompt), max_new_tokens, emit_to(r), temperature, top_k, top_p,
+                        None if seed is None else seed + r, frozenset(stop_ids), frozenset(banned_ids))
+                for r, prompt in enumerate(prompts)]
+    for request in requests:
+        scheduler.submit(request)
+    while scheduler.live or not scheduler.waiting.empty():
+        new[:] = [None] * len(prompts)
+        scheduler.step()
+        failed = next((request.error for request in requests if request.error is not None), None)
+        if failed is not None:
+            scheduler.abort("cancelled")
+            raise failed
+        if any(token is not None for token in new):
+            yield list(new)
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             stop_ids: Sequence[int] = (), use_cache: bool = True, decoder: Decoder | None = None,
+             banned_ids: Sequence[int] = ()) -> Iterator[int]:
+    """Yield new token ids one by one after `prompt` until max_new_tokens or a stop id (not yielded),
+    never a banned id.
+    With the cache this runs a Decoder on the model's own weights, or the faster one given (built
+    once, a CUDA graph pays for itself over many tokens); without, the model's plain forward over
+    the whole window for every token."""
+    if not prompt:
+        raise ValueError("generation needs at least one prompt token")
+    if use_cache:
+        decoder = decoder or Decoder(model)
+        for tokens in generate_batch(decoder, [prompt], max_new_tokens, temperature, top_k, top_p, seed, stop_ids,
+                                     banned_ids):
+            yield tokens[0]
+        return
+    device, block = next(model.parameters()).device, model.cfg.block_size
+    generator = new_generator(device, seed)
+    ids, start = list(prompt), 0
+    for _ in range(max_new_tokens):
+        if len(ids) - start > block:
+            start = len(ids) - block // 2
+        logits = model(torch.tensor([ids[start:]], device=device))[:, -1]
+        logits[:, list(banned_ids)] = float("-inf")
+        token = int(sample_next(logits, temperature, top_k, top_p, generator))
+        if token in stop_ids:
+            return
+        ids.append(token)
+        yield token

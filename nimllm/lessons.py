@@ -33,19 +33,16 @@ Lesson = list[tuple[str, str]]   # a small conversation, trained on its own
 
 
 def conversation_messages(messages) -> list[tuple[str, str]]:
-    """What is learned from stored messages: a bad answer is left out, a fixed one replaced. An agent's
-    command (meta "tool_call") is a ("tool_call", command) message, and a bad one takes its output with
-    it; an agent's task (meta "agent" on its request) is learned only once the user approved it (/good)
+    """What is learned from stored messages: a bad answer is left out, a fixed one replaced. A bad
+    command (a "tool_call" message) takes its output with it; an agent's task (meta "agent" on its request) is learned only once the user approved it (/good)
     or corrected it (/fix, an edited command): a wrong command learned would be run again."""
-    calls = [bool((m.meta or {}).get("tool_call")) for m in messages]
-    agent = any(calls) or any((m.meta or {}).get("agent") for m in messages)
-    if agent and not any(m.feedback in ("good", "fix") for m in messages):
+    if is_agent_task(messages) and not any(m.feedback in ("good", "fix") for m in messages):
         return []
     kept, dropped = [], False
-    for m, call in zip(messages, calls):
-        dropped = (m.role == "assistant" and m.feedback == "bad") or (m.role == "tool" and dropped)
+    for m in messages:
+        dropped = (m.role in ("assistant", "tool_call") and m.feedback == "bad") or (m.role == "tool" and dropped)
         if not dropped:
-            kept.append(("tool_call" if call else m.role, m.fix if m.feedback == "fix" and m.fix else m.content))
+            kept.append((m.role, m.fix if m.feedback == "fix" and m.fix else m.content))
     return kept
 
 
@@ -60,7 +57,7 @@ def approved_exchanges(messages) -> list[Lesson]:
 
 
 def is_agent_task(messages) -> bool:
-    return any((m.meta or {}).get("tool_call") or (m.meta or {}).get("agent") for m in messages)
+    return any(m.role == "tool_call" or (m.meta or {}).get("agent") for m in messages)
 
 
 def lessons_for(messages) -> list[Lesson]:

@@ -11,6 +11,8 @@ drawn less and less often and fades.
 
 Opening a Memory loads the weights and nothing else: the Fisher and the control set wait for the
 first update, the decoder for the first message (a chat's prompt comes first).
+
+`run_memory` is `nimllm memory`: what was learned, listed, shown, counted or forgotten.
 """
 from __future__ import annotations
 
@@ -25,23 +27,27 @@ import torch
 from safetensors.torch import load_file, save
 
 from nimllm import checkpoint
-from nimllm.config import MemoryConfig, ModelFolder
-from nimllm.control import (AGENT_PROMPTS, CHAT_PROMPTS, answers_kept, control_batch, load_control, make_control,
-                            save_control)
+from nimllm.config import MemoryConfig, ModelFolder, UserError
+from nimllm.control import (AGENT_PROMPTS, CHAT_PROMPTS, answers_kept, control_batch, corpus_requests, load_control,
+                            make_control, save_control)
 from nimllm.control import MAX_TOKENS as CONTROL_MAX_TOKENS
 from nimllm.data import TokenShards
-from nimllm.deltas import apply_delta, learning_lock, load_delta, load_remembered, memory_stats, save_delta
+from nimllm.console import printable
+from nimllm.deltas import (apply_delta, learning_lock, load_delta, load_remembered, memory_history, memory_stats,
+                           save_delta, show_memory)
 from nimllm.deltas import forget as forget_deltas
 from nimllm.fileio import atomic_write, remove_stale_temps
 from nimllm.generate import Decoder, fastest_decoder
 from nimllm.lessons import Lesson, batch, is_agent_task, lessons_for, training_windows
 from nimllm.model import GPT
+from nimllm.runtime import pick_device, timed
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
-from nimllm.train import pick_device, timed
 from nimllm.update import UpdateReport, fisher_diagonal, scaled, selective_update
 
 CONTROL_SCALES = (1.0, 0.5, 0.25)   # what the control check tries before it keeps nothing
+OUT_OF_GPU_MEMORY = ("the GPU ran out of memory while learning (other programs may hold it): the weights are as "
+                     "they were, and the next chat learns this conversation")
 
 
 class Memory:
@@ -72,16 +78,32 @@ class Memory:
             self._decoder = (key, fastest_decoder(self.model, batch_size, compile))
         return self._decoder[1]
 
-    def warm_up(self) -> None:
+    @property
+    def needs_warm_up(self) -> bool:
+        """Whether a warm-up shortens the first update: on a GPU. On a CPU a dry update costs as much as a
+        real one."""
+        return self.device.startswith("cuda")
+
+    def warm_up(self) -> bool:
         """The whole update once, dry: the control answers as lessons, at a learning rate of 0 (Adam then
         moves nothing, and the weights stay as they are) and never "learned", so that both kinds of step
         run. What a GPU loads or builds at first use (libraries, kernels, attention plans at the replay's
         shape), the Fisher and the control set then cost the user's typing time, not the first update's.
-        The chat calls it on a GPU only: on a CPU a dry update costs as much as a real one."""
+        The chat calls it where it `needs_warm_up`. False when the GPU had no room for it (other
+        processes hold its memory): nothing changed, nothing is lost."""
         x, y = control_batch(self.control, self.device)
         extra, keep, _ = self._rehearsal([])
         dry = replace(self.mcfg, lr=0.0, steps=2, learned_loss=-1.0)
-        selective_update(self.model, x, y, self.anchor, self.fisher, dry, extra, keep)
+        try:
+            selective_update(self.model, x, y, self.anchor, self.fisher, dry, extra, keep)
+        except torch.OutOfMemoryError:   # only a head start: where it does not fit now, the first update pays
+            self._free_gpu_memory()
+            return False
+        return True
+
+    def _free_gpu_memory(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
 
     # ---- what the first update needs, made once on the base model and kept in the folder ----
 
@@ -184,21 +206,15 @@ class Memory:
         control, fisher = self.control, self.fisher   # made before the lock, on the base model if missing
         timed("load the Fisher and control set")
         with self._lock():
-            x, y = batch(training_windows(self.tokenizer, lessons, self.model.cfg.block_size), self.device)
-            extra, keep, rehearsed = self._rehearsal(conversation_ids)
-            kept_before = answers_kept(self.model, control)
             saved = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-            timed("prepare")
-            delta, report = selective_update(self.model, x, y, self.anchor, fisher, mcfg, extra, keep)
-            report.lessons, report.rehearsed = len(lessons), rehearsed
-            timed("steps")
-            delta, report.scale, kept_after = self._checked(delta, saved, kept_before, control)
-            report.control = (sum(kept_after), len(kept_after))
-            if report.scale < 1:
-                report.n_weights = sum(len(i) for i, _ in delta.values())
+            try:
+                delta, report = self._update(lessons, conversation_ids, mcfg, saved, control, fisher, timed)
+            except torch.OutOfMemoryError:   # a chat beside other GPU work: say so, keep the model as it was
                 with torch.no_grad():
-                    report.loss_after = self.model(x, y).item()
-            timed("check")
+                    for n, p in self.model.named_parameters():
+                        p.copy_(saved[n])
+                self._free_gpu_memory()
+                raise UserError(OUT_OF_GPU_MEMORY) from None
             name = f"memory/delta-{time.time_ns()}-{os.getpid()}.safetensors"
             save_delta(self.folder.root / name, delta)
             timed("save")
@@ -208,6 +224,26 @@ class Memory:
             self.applied.append(report.delta_id)
         log(str(report))
         return report
+
+    def _update(self, lessons: list[Lesson], conversation_ids: list[int], mcfg: MemoryConfig, saved: dict,
+                control: dict, fisher: dict, timed):
+        """The selective update on these lessons beside the rehearsal, as far as the control check
+        keeps it: (delta, report)."""
+        x, y = batch(training_windows(self.tokenizer, lessons, self.model.cfg.block_size), self.device)
+        extra, keep, rehearsed = self._rehearsal(conversation_ids)
+        kept_before = answers_kept(self.model, control)
+        timed("prepare")
+        delta, report = selective_update(self.model, x, y, self.anchor, fisher, mcfg, extra, keep)
+        report.lessons, report.rehearsed = len(lessons), rehearsed
+        timed("steps")
+        delta, report.scale, kept_after = self._checked(delta, saved, kept_before, control)
+        report.control = (sum(kept_after), len(kept_after))
+        if report.scale < 1:
+            report.n_weights = sum(len(i) for i, _ in delta.values())
+            with torch.no_grad():
+                report.loss_after = self.model(x, y).item()
+        timed("check")
+        return delta, report
 
     def _checked(self, delta, saved: dict, kept_before: list[bool], control: dict):
         """The delta as far as the control answers allow: whole, halved or quartered, or nothing, so
@@ -261,6 +297,12 @@ def base_windows(folder: ModelFolder, config: dict, n: int, seed: int) -> tuple[
     return shards.get_batch(n, config["model"].block_size, torch.Generator().manual_seed(seed))
 
 
+def agent_corpus(folder: ModelFolder, config: dict) -> Path | None:
+    """The agent-skill corpus the latest training mixed in, where it lies in the folder now."""
+    names = [Path(p).name for p in config["corpora"][-1].get("mixed_in", []) if Path(p).parent.name == "agent-skills"]
+    return next((path for name in names if (path := folder.root / "agent-skills" / name).exists()), None)
+
+
 def prepare(folder: ModelFolder, device: str | torch.device | None, mcfg: MemoryConfig | None = None,
             fisher: bool = True, control: bool = True, log=print) -> None:
     """What memory needs of the base model, made once when training ends so that a chat's first update
@@ -277,12 +319,13 @@ def prepare(folder: ModelFolder, device: str | torch.device | None, mcfg: Memory
         folder.memory.mkdir(parents=True, exist_ok=True)
         atomic_write(fisher_path(folder), save({n: f.cpu() for n, f in fisher_diagonal(base, sequences).items()}))
     if control:
-        save_control(folder.control, make_control(base, Tokenizer.load(folder.tokenizer)))
+        requests = corpus_requests(agent_corpus(folder, config))
+        save_control(folder.control, make_control(base, Tokenizer.load(folder.tokenizer), requests))
     log(f"memory: {'the Fisher diagonal and ' if fisher else ''}{'the control set ' if control else ''}"
         f"made in {time.time() - start:.1f} s")
 
 
-def estimated_prepare_seconds(model: GPT, mcfg: MemoryConfig | None = None) -> float:
+def estimated_prepare_seconds(folder: ModelFolder, model: GPT, mcfg: MemoryConfig | None = None) -> float:
     """About how long `prepare` will take for this model, from one Fisher sequence's forward and backward and
     one short forward (a control prompt's) timed, times how many of each it runs: what a --time run keeps
     for it at its end. The gradients come from autograd.grad: nothing lands in .grad, no hook steps."""
@@ -296,7 +339,8 @@ def estimated_prepare_seconds(model: GPT, mcfg: MemoryConfig | None = None) -> f
     with torch.no_grad():
         control_forward = timed(lambda: model(sequence[:, :32]), device)   # a prompt and its answer
     model.train(was_training)
-    prompts = len(CHAT_PROMPTS) + len(AGENT_PROMPTS)   # decoded together, then each checked alone twice
+    requests = corpus_requests(agent_corpus(folder, checkpoint.load_config(folder)))   # those prepare will ask
+    prompts = len(CHAT_PROMPTS) + len(AGENT_PROMPTS) + len(requests)   # decoded together, then each checked twice
     return mcfg.fisher_sequences * fisher_sequence + (CONTROL_MAX_TOKENS + 2 * prompts) * control_forward
 
 
@@ -305,3 +349,31 @@ def folder_stats(folder: ModelFolder, store: Store) -> dict:
     control = load_control(folder.control)
     kept = answers_kept(load_remembered(folder)[0], control) if control else None
     return memory_stats(folder, store, kept)
+
+
+def run_memory(folder: ModelFolder, action: str, delta_id: int | None) -> int:
+    """`nimllm memory list | show ID | forget ID | reset | stats`, shown on the terminal; returns the exit code."""
+    from rich.console import Console
+    from rich.table import Table
+    checkpoint.load_config(folder)   # a clear error when there is no model
+    if action in ("show", "forget") and delta_id is None:
+        raise UserError(f"`nimllm memory {action}` needs a memory id; `nimllm memory list` shows them")
+    console = Console()
+    with Store(folder.store) as store:
+        if action == "list":
+            rows = memory_history(folder, store)
+            table = Table("id", "when", "weights", "seconds", "conversations", "forgotten")
+            for r in rows:
+                table.add_row(str(r["id"]), r["when"], f"{r['weights']:,}", str(r["seconds"]), r["conversations"],
+                              "yes" if r["forgotten"] else "")
+            console.print(table if rows else "no memories yet: talk with `nimllm --chat`")
+        elif action == "show":
+            console.print(printable(show_memory(folder, store, delta_id)), markup=False, highlight=False)
+        elif action == "stats":
+            for key, value in folder_stats(folder, store).items():
+                console.print(f"[bold]{key}[/]: {value}")
+        else:
+            forgotten = forget_deltas(folder, store, delta_id if action == "forget" else None)
+            console.print(f"forgot {len(forgotten)} memor{'y' if len(forgotten) == 1 else 'ies'}; "
+                          f"the weights are the base model plus what remains")
+    return 0

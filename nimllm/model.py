@@ -41,22 +41,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
     def forward(self, x, cos, sin, cache=None, layer=0):
+        """x (B, T, C); cos, sin broadcast against (B, H, T, D). Without a cache x is whole sequences
+        (causal attention); a cache stores this layer's new keys and values and attends over its own."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        past = 0
-        if cache is not None:
-            past = cache.pos
-            k, v = cache.update(layer, k, v)                                  # (B, H, past + T, D)
-        if past == 0:
-            mask, causal = None, True
-        elif T == 1:
-            mask, causal = None, False                                      # one new token sees everything
-        else:                                                                # a chunk after a prefix
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            y = cache.attend(layer, q, k, v)                                   # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -80,11 +74,11 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.mlp_norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout   # applied as a function: a module call would cost every decode step its overhead
 
     def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, cache, layer))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        x = x + F.dropout(self.attn(self.attn_norm(x), cos, sin, cache, layer), self.dropout, self.training)
+        return x + F.dropout(self.mlp(self.mlp_norm(x)), self.dropout, self.training)
 
 
 class GPT(nn.Module):
@@ -98,6 +92,9 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.activation_checkpointing = False  # a training choice: recompute blocks in backward
+        # None: the token embedding is the output layer (tied). A copy of the model with its weights in
+        # another format (generate.with_weights) puts that format's linear layer of the embedding here
+        self.output_layer: nn.Module | None = None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -112,24 +109,27 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None) -> torch.Tensor:
-        """idx (B, T) token ids. Returns logits (B, T, V), or with targets (B, T) the mean
-        cross-entropy over positions whose target is not -1. With a KV cache, idx continues the
-        cached sequence and the cache moves forward by T."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None,
+                last_only: bool = False) -> torch.Tensor:
+        """idx (B, T) token ids. Returns logits (B, T, V), or (B, 1, V) of the last position alone (all
+        that decoding reads), or with targets (B, T) the mean cross-entropy over positions whose target
+        is not -1. With a cache (nimllm/generate.py), idx continues the sequences the cache holds: the
+        cache gives idx's positions (`rotary`) and keeps every layer's keys and values (`attend`)."""
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.cfg.block_size}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, D)
-        x = self.wte(idx)                                                           # (B, T, C)
+        if cache is None:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]                             # (T, D)
+        else:
+            cos, sin = cache.rotary(self.rope_cos, self.rope_sin, T)                    # broadcast to (B, H, T, D)
+        if cos.shape[-2] < T:   # the tables end at the context, so positions past it come back short
+            raise ValueError(f"sequence is longer than the context of {self.cfg.block_size} tokens")
+        x = self.wte(idx)                                                               # (B, T, C)
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin, cache, i)
-        if cache is not None:
-            cache.advance(T)
-        logits = F.linear(self.norm(x), self.wte.weight)                           # (B, T, V)
+        x = self.norm(x[:, -1:] if last_only else x)
+        logits = F.linear(x, self.wte.weight) if self.output_layer is None else self.output_layer(x)  # (B, T, V)
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

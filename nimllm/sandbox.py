@@ -323,9 +323,9 @@ class Growth:
         self.folder, self.start_bytes, self.cgroups, self.limit = folder, start_bytes, cgroups, limit
         self.device, self.next = folder.stat().st_dev, 0.0
 
-    def exceeded(self) -> bool:
+    def exceeded(self, now_or_never: bool = False) -> bool:
         now = time.monotonic()
-        if now < self.next:
+        if now < self.next and not now_or_never:
             return False
         size = scan(self.folder).bytes + deleted_open_bytes(self.cgroups.pids(), self.device)
         took = time.monotonic() - now
@@ -474,6 +474,8 @@ class Sandbox:
                 break
             if killed is None and growth.exceeded():
                 killed = "folder size"
+        if killed is None and growth.exceeded(now_or_never=True):   # a burst that ended between two checks
+            killed = "folder size"
         return b"".join(chunks), killed
 
 

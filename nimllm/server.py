@@ -5,12 +5,12 @@ text to token ids and back. Everything else is below it:
 - one engine thread owns the model and runs every request through nimllm/generate.py's
   BatchScheduler (continuous batching on token ids); tokens come back to each request's asyncio
   queue, so requests never mix, and a client that leaves cancels its request and frees its row;
-- with --remember each conversation is stored as it happens (nimllm/store.py), known by its
-  messages: a request whose messages extend a known conversation continues it. Once it has been
-  quiet for --quiet-after, the engine stops admitting requests, lets the rows in flight finish, and
-  learns it with Memory.learn, exactly as a chat is learned (nimllm/memory.py), then decodes with
-  the new weights. Learning and generation never touch the weights at the same time, and requests
-  that arrive meanwhile wait in the queue, not in an error.
+- with --remember each conversation is kept (nimllm/talks.py) and stored as it happens
+  (nimllm/store.py), known by its messages: a request whose messages extend a known conversation
+  continues it. Once it has been quiet for --quiet-after, the engine stops admitting requests, lets
+  the rows in flight finish, and learns it with Memory.learn, exactly as a chat is learned
+  (nimllm/memory.py), then decodes with the new weights. Learning and generation never touch the
+  weights at the same time, and requests that arrive meanwhile wait in the queue, not in an error.
 - Tool calls: the request's tools are described to the model in a system message; its
   `<|tool_call|>...<|/tool_call|>` turn comes back as OpenAI `tool_calls` (api.tool_call_from_text),
   and the calls and results a client sends back are rendered as the model's own turns (api.template_messages).
@@ -40,14 +40,15 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from nimllm.api import (INT64, ApiError, Body, ChatRequest, ChatShape, CompletionRequest, CompletionShape,
-                        FeedbackRequest, FunctionCall, Reply, Sampling, Tool, call_text, describe_tools, forced_tool,
-                        sse, template_messages, tool_call_from_text)
+                        FeedbackRequest, FunctionCall, GenerationRequest, Reply, Tool, call_text, describe_tools,
+                        forced_tool, sse, template_messages, tool_call_from_text)
 from nimllm.config import ModelFolder, UserError
 from nimllm.generate import BatchScheduler, Request, failure
 from nimllm.deltas import memory_history, show_memory
 from nimllm.memory import Memory
-from nimllm.store import Store
-from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer, context_budget
+from nimllm.talks import Talk, Talks
+from nimllm.tokenizer import Tokenizer
+from nimllm.turns import Sampling, context_budget, fit_prompt, text_stops, turn_bans, turn_stops
 
 WEB = Path(__file__).parent / "web"
 MAX_REQUEST_BYTES = 1 << 20   # far more text than any context holds; a bigger body is a mistake or an attack
@@ -133,99 +134,6 @@ class Guard:
 
 # ---- the engine: one thread owns the model ------------------------------------------------------
 
-@dataclass(eq=False)
-class Talk:
-    """A conversation the server keeps (--remember), known by its messages."""
-    messages: list[tuple[str, str]]   # as the client will send them back (template pairs)
-    ids: list[int]                    # their stored ids
-    conversation: int | None = None   # in the store; None once learned: a continuation starts a new one
-    last: float = 0.0                 # when it last changed
-    busy: int = 0                     # replies being written
-
-
-class Talks:
-    """Server conversations, stored as their messages arrive. A request continues the known conversation
-    whose messages are the longest prefix of its own, else it starts one; after `quiet_after` seconds
-    without a request a conversation is ended and handed to the engine to learn. As in the chat, what is
-    said after that is a new conversation in the store, with the old one still in the model's context."""
-
-    def __init__(self, store: Store, quiet_after: float, keep: int = 1000):
-        self.store, self.quiet_after, self.keep = store, quiet_after, keep
-        self.talks: list[Talk] = []
-        self.lock = threading.Lock()
-
-    def begin(self, messages: list[tuple[str, str]]) -> Talk:
-        with self.lock:
-            talk = max((t for t in self.talks if not t.busy and len(t.messages) < len(messages)
-                        and messages[:len(t.messages)] == t.messages), key=lambda t: len(t.messages), default=None)
-            if talk is None:
-                talk = Talk([], [])
-                self.talks.append(talk)
-                self._forget_oldest()
-            if talk.conversation is None:
-                talk.conversation = self.store.start_conversation(kind="server")
-            for role, content in messages[len(talk.messages):]:
-                talk.ids.append(self._store(talk.conversation, role, content))
-            talk.messages = list(messages)
-            talk.busy += 1
-            talk.last = time.time()
-            return talk
-
-    def end(self, talk: Talk, reply: tuple[str, str] | None) -> None:
-        """A reply was written (None: the client left or it failed)."""
-        with self.lock:
-            if reply is not None:
-                talk.ids.append(self._store(talk.conversation, *reply))
-                talk.messages.append(reply)
-            talk.busy -= 1
-            talk.last = time.time()
-
-    def quiet(self) -> list[Talk]:
-        now = time.time()
-        with self.lock:
-            return [t for t in self.talks if t.conversation is not None and not t.busy
-                    and now - t.last >= self.quiet_after]
-
-    def close(self, talk: Talk) -> int:
-        """End a conversation in the store; its id, to learn."""
-        with self.lock:
-            conversation, talk.conversation = talk.conversation, None
-        self.store.end_conversation(conversation)
-        return conversation
-
-    def close_all(self) -> int:
-        open_talks = [t for t in self.talks if t.conversation is not None]
-        for talk in open_talks:
-            self.close(talk)
-        return len(open_talks)
-
-    def feedback(self, messages: list[tuple[str, str]], feedback: str, fix: str | None) -> int:
-        """Rate the last answer of the conversation with exactly these messages; its message id."""
-        with self.lock:
-            talk = next((t for t in self.talks if t.messages == messages), None)
-            if talk is None or messages[-1][0] not in ("assistant", "tool_call"):
-                raise ApiError(404, "no answer of a conversation this server keeps ends these messages "
-                                    "(is it running with --remember?)")
-            if talk.conversation is None:
-                raise ApiError(409, "this conversation has been learned already; `nimllm memory forget` takes "
-                                    "a memory back")
-            self.store.set_feedback(talk.ids[-1], feedback, fix)
-            if fix:   # the client goes on from the better answer: that is what it will send back
-                talk.messages[-1] = (messages[-1][0], fix)
-            return talk.ids[-1]
-
-    def _store(self, conversation: int, role: str, content: str) -> int:
-        if role == "tool_call":   # stored as the agent stores its commands
-            return self.store.add_message(conversation, "assistant", content, {"tool_call": True})
-        return self.store.add_message(conversation, role, content)
-
-    def _forget_oldest(self) -> None:
-        if len(self.talks) > self.keep:
-            learned = [t for t in self.talks if t.conversation is None and not t.busy]
-            if learned:
-                self.talks.remove(learned[0])
-
-
 class Engine:
     """The one thread that touches the weights: it steps the BatchScheduler and, with --remember,
     learns quiet conversations between batches (admissions pause, the rows in flight finish, then
@@ -234,7 +142,7 @@ class Engine:
     def __init__(self, mem: Memory, max_batch: int, talks: Talks | None, log=print, compile: bool = False):
         self.mem, self.talks, self.log, self.max_batch, self.compile = mem, talks, log, max_batch, compile
         self.scheduler = BatchScheduler(mem.decoder(max_batch, compile))
-        self.outbox: list[tuple[Job, int | None, str | None]] = []   # what a step emitted, for the event loop
+        self.outbox: list[tuple[Answer, int | None, str | None]] = []   # what a step emitted, for the event loop
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="nimllm-engine", daemon=True)
 
@@ -261,11 +169,11 @@ class Engine:
                 self.scheduler.abort(failure(e))
             self._deliver()
 
-    def emit(self, job: Job, token: int | None, reason: str | None) -> None:
+    def emit(self, answer: Answer, token: int | None, reason: str | None) -> None:
         """A request's token or end, from this thread; a failure is logged here, whichever row it hit."""
         if reason and reason.startswith("error"):
             self.log(f"a request failed: {reason.removeprefix('error: ')}")
-        self.outbox.append((job, token, reason))
+        self.outbox.append((answer, token, reason))
 
     def _deliver(self) -> None:
         """Hand a step's tokens to the event loop in one wake-up, not one per token."""
@@ -292,21 +200,76 @@ class Engine:
             self.scheduler.replace_decoder(decoder)
 
 
-def deliver(batch: list[tuple[Job, int | None, str | None]]) -> None:
-    for job, token, reason in batch:
-        job.events.put_nowait((token, reason))
+def deliver(batch: list[tuple[Answer, int | None, str | None]]) -> None:
+    for answer, token, reason in batch:
+        answer.events.put_nowait((token, reason))
 
 
-class Job:
-    """One request on the engine, seen from the event loop: its tokens arrive on an asyncio queue."""
+# ---- a reply, and its two shapes ----------------------------------------------------------------
 
-    def __init__(self, engine: Engine, prompt: list[int], sampling: Sampling, max_tokens: int, stop_ids):
-        self.loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue = asyncio.Queue()
+@dataclass
+class Served:
+    """What every request needs: the engine, the model's name and folder, where it listens (the --host
+    given and the port: what the Host and Origin headers must name) and the key."""
+    engine: Engine
+    name: str
+    folder: ModelFolder
+    host: str
+    port: int
+    api_key: str | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.engine.mem.tokenizer
+
+    @property
+    def block(self) -> int:
+        return self.engine.mem.model.cfg.block_size
+
+
+class Answer:
+    """One request's reply as it is written: its request on the engine, whose tokens arrive on an asyncio
+    queue, those tokens as content (Reply), then the tool call, the finish reason and the usage. Given
+    `messages` (with --remember), the conversation is stored as it goes: its new messages first, the
+    reply once complete."""
+
+    def __init__(self, served: Served, prompt: list[int], sampling: Sampling, stop_ids, reply: Reply,
+                 tools: list[Tool] = (), forced: str | None = None, messages: list[tuple[str, str]] | None = None,
+                 banned_ids: frozenset[int] = frozenset()):
+        self.served, self.prompt, self.sampling, self.stop_ids, self.reply = served, prompt, sampling, stop_ids, reply
+        self.banned_ids = banned_ids
+        self.tools, self.forced, self.messages = list(tools), forced, messages
+        self.request: Request | None = None   # on the engine, once the reply starts
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.events: asyncio.Queue | None = None
         self.reason: str | None = None   # why it ended: "stop", "length", "cancelled", "error: ..."
-        temperature = 1.0 if sampling.temperature is None else sampling.temperature
-        self.request = Request(prompt, max_tokens, lambda token, reason: engine.emit(self, token, reason),
-                               temperature, sampling.top_k, sampling.top_p, sampling.seed, frozenset(stop_ids))
+        self.call: dict | None = None
+        self.id = uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+
+    async def pieces(self, http: HTTPRequest):
+        """Content as it comes; the request goes to the engine here, so a stream's starts only once it is sent."""
+        talks = self.served.engine.talks
+        # the end is not awaited: a client that leaves cancels the stream, and in a cancelled stream every
+        # await is cancelled again, which would leave the conversation busy for ever
+        talk = await asyncio.to_thread(talks.begin, self.messages) if talks and self.messages else None
+        said = None
+        try:
+            self._submit()
+            async for piece in self._content(http):
+                yield piece
+            said = self._said()
+        finally:
+            if talk:
+                talks.end(talk, said)
+
+    def _submit(self) -> None:
+        """The request goes to the engine, whose thread puts its tokens on self.events."""
+        engine, s = self.served.engine, self.sampling
+        self.loop = asyncio.get_running_loop()
+        self.events = asyncio.Queue()
+        self.request = Request(self.prompt, s.max_tokens, lambda token, reason: engine.emit(self, token, reason),
+                               s.temperature, s.top_k, s.top_p, s.seed, frozenset(self.stop_ids), self.banned_ids)
         engine.scheduler.submit(self.request)
 
     async def tokens(self, http: HTTPRequest):
@@ -334,72 +297,15 @@ class Job:
             await asyncio.sleep(1.0)
         self.request.cancel()
 
-
-# ---- a reply, and its two shapes ----------------------------------------------------------------
-
-@dataclass
-class Served:
-    """What every request needs: the engine, the model's name and folder, where it listens (the --host
-    given and the port: what the Host and Origin headers must name) and the key."""
-    engine: Engine
-    name: str
-    folder: ModelFolder
-    host: str
-    port: int
-    api_key: str | None = None
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self.engine.mem.tokenizer
-
-    @property
-    def block(self) -> int:
-        return self.engine.mem.model.cfg.block_size
-
-
-class Answer:
-    """One request's reply as it is written: the job on the engine, its tokens as content (Reply), then
-    the tool call, the finish reason and the usage. Given `messages` (with --remember), the conversation
-    is stored as it goes: its new messages first, the reply once complete."""
-
-    def __init__(self, served: Served, prompt: list[int], request: Sampling, stop_ids, reply: Reply,
-                 tools: list[Tool] = (), forced: str | None = None, messages: list[tuple[str, str]] | None = None):
-        self.served, self.prompt, self.request, self.stop_ids, self.reply = served, prompt, request, stop_ids, reply
-        self.tools, self.forced, self.messages = list(tools), forced, messages
-        self.job: Job | None = None
-        self.call: dict | None = None
-        self.id = uuid.uuid4().hex[:24]
-        self.created = int(time.time())
-
-    async def pieces(self, http: HTTPRequest):
-        """Content as it comes; the job starts here, so a stream's job starts only once it is sent."""
-        talks = self.served.engine.talks
-        # the end is not awaited: a client that leaves cancels the stream, and in a cancelled stream every
-        # await is cancelled again, which would leave the conversation busy for ever
-        talk = await asyncio.to_thread(talks.begin, self.messages) if talks and self.messages else None
-        said = None
-        try:
-            self.job = Job(self.served.engine, self.prompt, self.request, self.max_tokens, self.stop_ids)
-            async for piece in self._content(http):
-                yield piece
-            said = self._said()
-        finally:
-            if talk:
-                talks.end(talk, said)
-
-    @property
-    def max_tokens(self) -> int:
-        return answer_length(self.served, self.request)
-
     async def _content(self, http: HTTPRequest):
-        job, reply = self.job, self.reply
-        async for tokens in job.tokens(http):
+        reply = self.reply
+        async for tokens in self.tokens(http):
             piece = "".join(reply.feed(token) for token in tokens)
             if piece:
                 yield piece
             if reply.stopped:   # a stop string: the row is not needed any more
-                job.request.cancel()
-                job.reason = "stop"
+                self.request.cancel()
+                self.reason = "stop"
                 break
         if not self.complete:
             return
@@ -417,7 +323,7 @@ class Answer:
 
     @property
     def complete(self) -> bool:
-        return self.job.reason in ("stop", "length")
+        return self.reason in ("stop", "length")
 
     def _said(self) -> tuple[str, str] | None:
         """The reply as the conversation's next message, once complete."""
@@ -428,15 +334,15 @@ class Answer:
         return "assistant", self.reply.text
 
     def finish_reason(self) -> str:
-        return "tool_calls" if self.call else ("length" if self.job.reason == "length" else "stop")
+        return "tool_calls" if self.call else ("length" if self.reason == "length" else "stop")
 
     def usage(self) -> dict:
         prompt, completion = len(self.prompt), self.reply.tokens
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def error(self) -> ApiError | None:
-        if self.job.reason and self.job.reason.startswith("error"):
-            return ApiError(500, self.job.reason, type="server_error")
+        if self.reason and self.reason.startswith("error"):
+            return ApiError(500, self.reason, type="server_error")
         return None
 
 
@@ -465,11 +371,7 @@ async def respond(answer: Answer, shape: ChatShape, stream: bool, http: HTTPRequ
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def answer_length(served: Served, request: Sampling) -> int:
-    return request.max_completion_tokens or request.max_tokens or served.block
-
-
-def include_usage(request: Sampling) -> bool:
+def include_usage(request: GenerationRequest) -> bool:
     return bool(request.stream_options and request.stream_options.include_usage)
 
 
@@ -494,17 +396,17 @@ async def chat_completion(served: Served, http: HTTPRequest):
     request = await read_body(http, ChatRequest)
     check_model(served, request.model)
     tok, tools, forced = served.tokenizer, request.tools or [], forced_tool(request)
-    call = tok.special("<|tool_call|>")
+    sampling = request.sampling(served.block)
     offered = bool(tools) and request.tool_choice != "none"
     messages = template_messages(request.messages, tools)
     described = [("system", describe_tools(tools))] if offered else []
     # the most recent messages that fit, whole, as the chat fits them (the tool descriptions are the oldest)
-    budget = context_budget(served.block, answer_length(served, request)) - (forced is not None)
-    prompt = tok.render_recent(described + messages, budget) + ([call] if forced is not None else [])
-    # a turn ends at any special token but the one that opens a call, where a call can be made
-    stops = {i for i in range(len(SPECIAL_TOKENS)) if i != call or not offered}
-    reply = Reply(tok, request.stop, call if offered else None, in_call=forced is not None)
-    answer = Answer(served, prompt, request, stops, reply, tools, forced, messages)
+    budget = context_budget(served.block, sampling.max_tokens) - (forced is not None)
+    opened = [tok.special("<|tool_call|>")] if forced is not None else []   # a forced call: the turn opens it
+    prompt = fit_prompt(tok, described + messages, budget) + opened
+    reply = Reply(tok, request.stop, calls=offered, in_call=forced is not None)
+    answer = Answer(served, prompt, sampling, turn_stops(tok, calls=offered), reply, tools, forced, messages,
+                    turn_bans(tok, calls=offered))
     return await respond(answer, ChatShape(answer, include_usage(request)), request.stream, http)
 
 
@@ -523,16 +425,14 @@ def completion_prompt(served: Served, prompt: str | list[str] | list[int]) -> li
 async def completion(served: Served, http: HTTPRequest):
     request = await read_body(http, CompletionRequest)
     check_model(served, request.model)
-    stops = [served.tokenizer.eot_id]   # where `nimllm generate` stops
-    answer = Answer(served, completion_prompt(served, request.prompt), request, stops, Reply(served.tokenizer, request.stop))
+    answer = Answer(served, completion_prompt(served, request.prompt), request.sampling(served.block),
+                    text_stops(served.tokenizer), Reply(served.tokenizer, request.stop))
     return await respond(answer, CompletionShape(answer, include_usage(request)), request.stream, http)
 
 
 # ---- the app ------------------------------------------------------------------------------------
 
 def create_app(served: Served) -> FastAPI:
-    engine, folder, name = served.engine, served.folder, served.name
-    mem, talks = engine.mem, engine.talks
     app = FastAPI(title="NimLLM", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Guard, names=own_names(served.host), port=served.port)
 
@@ -554,6 +454,20 @@ def create_app(served: Served) -> FastAPI:
             raise ApiError(401, "a valid API key is needed: Authorization: Bearer KEY", code="invalid_api_key")
 
     keyed = [Depends(authorized)]
+    api_routes(app, served, keyed)
+    page_routes(app, served, keyed)
+
+    @app.get("/")
+    def page():
+        return FileResponse(WEB / "index.html")
+
+    app.mount("/web", StaticFiles(directory=WEB), name="web")
+    return app
+
+
+def api_routes(app: FastAPI, served: Served, keyed: list) -> None:
+    """OpenAI's endpoints, and the health check."""
+    engine, folder, name = served.engine, served.folder, served.name
 
     @app.post("/v1/chat/completions", dependencies=keyed)
     async def chat(http: HTTPRequest):
@@ -579,7 +493,10 @@ def create_app(served: Served) -> FastAPI:
         return {"status": "ok", "model": name, "decoding": engine.scheduler.live,
                 "waiting": engine.scheduler.waiting.qsize()}
 
-    # ---- what the web page needs beside the API ----
+
+def page_routes(app: FastAPI, served: Served, keyed: list) -> None:
+    """What the web page needs beside the API: the conversations, feedback, the memories, the loss plot."""
+    folder, name, mem, talks = served.folder, served.name, served.engine.mem, served.engine.talks
 
     @app.get("/nimllm/info")
     def info():
@@ -619,13 +536,6 @@ def create_app(served: Served) -> FastAPI:
         if not folder.loss_plot.exists():
             raise ApiError(404, "this model folder has no loss plot")
         return FileResponse(folder.loss_plot, media_type="image/png")
-
-    @app.get("/")
-    def page():
-        return FileResponse(WEB / "index.html")
-
-    app.mount("/web", StaticFiles(directory=WEB), name="web")
-    return app
 
 
 # ---- the command --------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 A model trained on books has never seen a tool call. Each episode here is a request (put together
 from parts: nimllm/tasks.py), the command that does it, what that command really printed in a
-scratch folder full of random names (run the way the agent runs commands: nimllm/sandbox.py), and an
+scratch folder full of random names (run by nimllm/sandbox.py as the agent runs them, without
+bubblewrap since they are our own), and an
 answer that carries what it printed. Some episodes go wrong first, as work does: a file asked for by
 a name that is not where the command looks, found with `find`; a `grep` on a folder, run again with
 `-r`. Every request about the folder is answered from a command, never from memory.
@@ -36,10 +37,44 @@ KEYWORDS = "TODO FIXME deadline invoice banana password urgent meeting refund dr
 NAMES = "Alice Bruno Chen Dana Emil Farah Goran Hana Ivan Julia Kofi Lena Marco Nina Omar Priya Quinn Rosa".split()
 COLORS = "red blue green yellow black white purple orange grey pink".split()
 CITIES = "Lima Oslo Porto Accra Hanoi Quito Perth Dakar Riga Turin Osaka Tunis".split()
+# Names come from large vocabularies, and a quarter are made up, so that a model cannot know a
+# folder's names in advance: it must copy them from the request and the output.
 STEMS = ("notes report todo main utils config data readme server client app setup index style draft budget "
-         "letter recipe plan summary invoice schedule backup history list results chapter").split()
-FOLDERS = "src docs data logs tests scripts notes assets backup archive reports drafts build tmp".split()
-EXTENSIONS = ".txt .md .py .log .csv .json .sh .html .yaml".split()
+         "letter recipe plan summary invoice schedule backup history list results chapter journal diary essay "
+         "thesis poem story novel lyrics song playlist album photo picture image logo icon banner avatar "
+         "resume cover contract agreement lease receipt statement payslip taxes expenses income savings loan "
+         "mortgage insurance warranty manual guide tutorial lesson lecture homework exam quiz syllabus grades "
+         "timetable calendar agenda minutes meeting memo proposal pitch deck slides outline brief spec design "
+         "mockup wireframe prototype roadmap backlog sprint release changelog version patch hotfix bugfix "
+         "feature test tests fixture sample example demo template boilerplate skeleton layout theme palette "
+         "fonts colors header footer sidebar menu navbar form login signup profile account settings preferences "
+         "options defaults env secrets keys tokens routes views models schema migration seed query queries "
+         "report2 stats metrics analytics dashboard chart graph table inventory stock orders customers clients "
+         "vendors suppliers products catalog prices quotes sales leads contacts addresses phonebook birthdays "
+         "friends family guests invitations wedding party holiday vacation trip travel itinerary packing "
+         "shopping groceries pantry menu2 meals diet workout training running cycling garden plants seeds "
+         "weather notes2 ideas thoughts dreams goals habits reading books movies music podcast episode script "
+         "screenplay scene dialogue characters world map atlas route directions hiking camping fishing "
+         "recipes soup bread pasta salad cake cookies curry pizza coffee tea wine beer cocktail snack "
+         "server2 worker scheduler queue cache proxy gateway router handler controller service helper "
+         "parser lexer compiler runner loader exporter importer converter formatter validator checker "
+         "scanner crawler scraper bot agent monitor logger tracker counter timer clock alarm reminder "
+         "deploy build install update upgrade cleanup migrate backup2 restore sync upload download "
+         "archive export import report_final draft2 final old new temp scratch misc stuff things").split()
+FOLDERS = ("src docs data logs tests scripts notes assets backup archive reports drafts build tmp journal "
+           "recipes blog posts pages site public static images img css js fonts media audio video photos "
+           "music downloads uploads inbox outbox mail letters invoices receipts taxes finance work school "
+           "homework projects personal private shared team clients vendors config conf etc lib bin tools "
+           "utils vendor third_party examples samples templates themes layouts components widgets models "
+           "views controllers routes api db migrations fixtures results output out dist release old new "
+           "2024 2025 2026 q1 q2 q3 q4 january march june october drafts2 ideas travel garden kitchen").split()
+EXTENSIONS = (".txt .md .py .log .csv .json .sh .html .yaml .css .js .ts .xml .toml .ini .cfg .conf .sql "
+              ".c .h .go .rs .rb .java .tsv .rst .tex .dat .bak .svg .png .jpg .pdf").split()
+BINARY = {".png", ".jpg", ".pdf", ".dat"}
+SYLLABLES = ("ka lo mi ru sen ta vo ri ne ba du fi ko la mar tin pel zor qui wen ex ul ost var bel"
+             " dra gim hal jun kes lor mun nix pav rost sul tev yor zan").split()
+
+
 COMMITS = ["first commit", "add readme", "fix typo", "update config", "add tests", "remove old files",
            "rename helper", "improve docs", "bump version", "fix crash on start", "add logging", "clean up"]
 FORMATTERS = {".py": lambda r: "\n".join(f"def {r.choice(WORDS)}_{r.choice(WORDS)}():\n    return {r.randint(0, 99)}"
@@ -56,6 +91,38 @@ DAY = 86400
 def prose(rng: random.Random, long: bool = False) -> str:
     lines = rng.randint(40, 200) if long else rng.randint(2, 20)
     return "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(lines))
+
+
+def made_up(rng: random.Random) -> str:
+    """A name no vocabulary holds: 'kalomi', 'vostex'."""
+    return "".join(rng.choices(SYLLABLES, k=rng.randint(2, 3)))
+
+
+def stem(rng: random.Random) -> str:
+    return made_up(rng) if rng.random() < 0.25 else rng.choice(STEMS)
+
+
+def folder_name(rng: random.Random) -> str:
+    return made_up(rng) if rng.random() < 0.15 else rng.choice(FOLDERS)
+
+
+def file_name(rng: random.Random, ext: str | None = None) -> str:
+    """'notes.md', 'report_river.txt', 'budget3.csv', 'journal-2026-03-14.md', 'vostex.png' (ext "": a folder's)"""
+    suffix = rng.choice(["", "", "", f"_{rng.choice(WORDS)}", str(rng.randint(1, 9)),
+                         f"-2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", f"_v{rng.randint(2, 4)}"])
+    if ext is None:
+        ext = rng.choice(EXTENSIONS[:9] if rng.random() < 0.6 else EXTENSIONS)
+    return stem(rng) + suffix + ext
+
+
+def contents(rng: random.Random, ext: str, keyword: str) -> str | bytes:
+    """What a file of this kind holds: bytes for images and data, text with the folder's keyword in some."""
+    if ext in BINARY:
+        return rng.randbytes(rng.choice([rng.randint(0, 2000), rng.randint(2000, 90000)]))
+    text = FORMATTERS.get(ext, lambda r: prose(r, long=r.random() < 0.25))(rng)
+    if rng.random() < 0.3:
+        text += f"\n{rng.choice(WORDS)} {keyword} {rng.choice(WORDS)}"
+    return text + "\n"
 
 
 @dataclass
@@ -81,8 +148,7 @@ class Scratch:
         return [f for f in self.text_files() if f not in (self.csv, *self.lists, "numbers.txt", *(self.pair or ()))]
 
     def new_name(self, rng: random.Random, ext: str = "") -> str:
-        return next(n for n in (f"{rng.choice(STEMS)}_{rng.choice(WORDS)}{ext}" for _ in range(100))
-                    if not (self.root / n).exists())
+        return next(n for n in (file_name(rng, ext) for _ in range(100)) if not (self.root / n).exists())
 
     def add(self, rel: str, text: str | bytes, rng: random.Random) -> None:
         """A file, changed some time ago: within the last weeks for some, months ago for the rest."""
@@ -98,10 +164,11 @@ def make_scratch(rng: random.Random, parent: Path) -> Scratch:
     """Files with random names and contents in random folders (some nested), of many sizes and ages;
     lists with repeats, numbers, a table, a settings file, two versions of a text, an archive; half
     of them git repos with a few commits and some changes since."""
-    root = Path(tempfile.mkdtemp(prefix=f"{rng.choice(STEMS)}-", dir=parent))
-    s = Scratch(root, folders=rng.sample(FOLDERS, rng.randint(0, 3)), keywords=rng.sample(KEYWORDS, 2))
+    root = Path(tempfile.mkdtemp(prefix=f"{stem(rng)}-", dir=parent))
+    s = Scratch(root, folders=sorted({folder_name(rng) for _ in range(rng.randint(0, 3))}),
+                keywords=rng.sample(KEYWORDS, 2))
     if s.folders and rng.random() < 0.3:
-        s.folders.append(f"{s.folders[0]}/{rng.choice(FOLDERS)}")
+        s.folders.append(f"{s.folders[0]}/{folder_name(rng)}")
     for folder in s.folders:   # some stay empty
         (root / folder).mkdir(parents=True, exist_ok=True)
     for name in rng.sample(sorted(LISTS), rng.randint(0, 2)):
@@ -109,16 +176,12 @@ def make_scratch(rng: random.Random, parent: Path) -> Scratch:
         s.lists.append(name)
     if rng.random() < 0.4:
         s.add("numbers.txt", "\n".join(str(rng.randint(1, 500)) for _ in range(rng.randint(3, 12))) + "\n", rng)
-    names = {rng.choice(STEMS) + rng.choice(["", "", f"_{rng.choice(WORDS)}", str(rng.randint(1, 9))])
-             + rng.choice(EXTENSIONS) for _ in range(rng.randint(3, 12))}
+    names = {file_name(rng) for _ in range(rng.randint(3, 12))}
     for name in sorted(names):
         rel = str(Path(rng.choice([""] + s.folders)) / name)
-        text = FORMATTERS.get(Path(name).suffix, lambda r: prose(r, long=r.random() < 0.25))(rng)
-        if rng.random() < 0.3:
-            text += f"\n{rng.choice(WORDS)} {s.keywords[0]} {rng.choice(WORDS)}"
-        s.add(rel, text + "\n", rng)
+        s.add(rel, contents(rng, Path(name).suffix, s.keywords[0]), rng)
     if rng.random() < 0.15:
-        s.add(str(Path(rng.choice([""] + s.folders)) / f"{rng.choice(STEMS)}_empty.txt"), "", rng)
+        s.add(str(Path(rng.choice([""] + s.folders)) / f"{stem(rng)}_empty.txt"), "", rng)
     extras(rng, s)
     if rng.random() < 0.5 and shutil.which("git"):
         make_repo(rng, s)
@@ -140,15 +203,15 @@ def extras(rng: random.Random, s: Scratch) -> None:
         old = [" ".join(rng.choices(WORDS, k=rng.randint(3, 7))) for _ in range(rng.randint(3, 9))]
         new = [line if rng.random() < 0.7 else " ".join(rng.choices(WORDS, k=4)) for line in old]
         new[-1] += " " + rng.choice(WORDS)   # at least one line differs
-        stem = rng.choice(STEMS)
-        s.pair = (f"{stem}.txt", f"{stem}_{rng.choice(['v2', 'new', 'copy', 'edited'])}.txt")
+        first = stem(rng)
+        s.pair = (f"{first}.txt", f"{first}_{rng.choice(['v2', 'new', 'copy', 'edited'])}.txt")
         s.add(s.pair[0], "\n".join(old) + "\n", rng)
         s.add(s.pair[1], "\n".join(new) + "\n", rng)
     if rng.random() < 0.3:
         inside = f"old_{rng.choice(WORDS)}"
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            for name in rng.sample(STEMS, 2):
+            for name in {stem(rng), stem(rng)}:
                 data = prose(rng).encode()
                 info = tarfile.TarInfo(f"{inside}/{name}.txt")
                 info.size, info.mtime = len(data), 1.7e9
@@ -218,19 +281,20 @@ def episode(request: Request, sandbox: Sandbox, s: Scratch, rng: random.Random) 
 def folder_episodes(seed: int, parent: str, per_folder: int = 6) -> list[dict]:
     """Episodes about one new scratch folder, run one after another in it as an agent would."""
     rng = random.Random(seed)
-    s = make_scratch(rng, Path(parent))
+    home = Path(tempfile.mkdtemp(prefix=f"{made_up(rng)}-", dir=parent))   # paths differ in every part: none to learn
     try:
-        sandbox = Sandbox(s.root, limits=Limits(seconds=5))
+        s = make_scratch(rng, home)
+        sandbox = Sandbox(s.root, limits=Limits(seconds=5), use_bwrap=False)   # our own commands: 3x quicker unwrapped
         return [e for request in requests_for(s, rng, per_folder) if (e := episode(request, sandbox, s, rng))]
     finally:
-        shutil.rmtree(s.root, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def generate_episodes(n: int, seed: int = 0, workers: int | None = None, per_folder: int = 6) -> list[dict]:
     """n episodes over about n / per_folder scratch folders, on all cores, shuffled."""
     episodes, first = [], seed * 1_000_000
-    with tempfile.TemporaryDirectory(prefix="nimllm-skills-") as parent, \
-            ProcessPoolExecutor(workers or os.cpu_count()) as pool:
+    parent = tempfile.gettempdir()   # not one folder for all: the model would learn its path as "the folder"
+    with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
         while len(episodes) < n:
             batch = range(first, first + (n - len(episodes)) // (per_folder - 1) + 1)   # a few fail or do not fit
             for found in pool.map(folder_episodes, batch, [parent] * len(batch), [per_folder] * len(batch)):

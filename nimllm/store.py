@@ -19,9 +19,9 @@ from pathlib import Path
 from nimllm.config import UserError
 from nimllm.fileio import process_alive
 
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "user", "assistant", "tool_call", "tool")   # tool_call: an assistant turn spent on a call
 FEEDBACK = ("good", "bad", "fix")
-SCHEMA_VERSION = 1   # PRAGMA user_version; a later schema bumps it and migrates older files in _create
+SCHEMA_VERSION = 2   # PRAGMA user_version; a later schema bumps it and migrates older files in _create
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deltas (
     id INTEGER PRIMARY KEY, created REAL NOT NULL, file TEXT NOT NULL, n_weights INTEGER NOT NULL,
@@ -78,6 +78,17 @@ def _unlearned(db: sqlite3.Connection) -> list[int]:
     return [cid for cid, ended, pid in rows if (pid == os.getpid() and ended is not None) or not process_alive(pid)]
 
 
+def _calls_as_a_role(db: sqlite3.Connection) -> None:
+    """Schema 1 stored a tool call as an assistant message with meta {"tool_call": true}, which every
+    reader had to know; schema 2 gives it the role "tool_call" (the chat template's) and drops the flag."""
+    rows = db.execute("SELECT id, meta FROM messages WHERE role = 'assistant' AND meta IS NOT NULL").fetchall()
+    for message_id, meta in rows:
+        meta = json.loads(meta)
+        if isinstance(meta, dict) and meta.pop("tool_call", False):
+            db.execute("UPDATE messages SET role = 'tool_call', meta = ? WHERE id = ?",
+                       (json.dumps(meta) if meta else None, message_id))
+
+
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -97,9 +108,10 @@ class Store:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise UserError(f"{self.path} was written by a newer nimllm (schema {version}); upgrade nimllm")
-            if version < SCHEMA_VERSION:
+            if version < SCHEMA_VERSION:   # a new file, or an older one: made current in this one transaction
                 for statement in SCHEMA.split(";")[:-1]:
                     db.execute(statement)
+                _calls_as_a_role(db)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:

@@ -42,10 +42,21 @@ MACROS = {
 }
 EXT_WORDS = {".md": ["markdown", "md", ".md"], ".py": ["python", "py", ".py"], ".txt": ["text", "txt", ".txt"],
              ".log": ["log", ".log"], ".csv": ["csv", ".csv"], ".json": ["json", ".json"],
-             ".sh": ["shell script", ".sh"], ".html": ["html", ".html"], ".yaml": ["yaml", ".yaml", "yml"]}
+             ".sh": ["shell script", ".sh", "bash"], ".html": ["html", ".html"], ".yaml": ["yaml", ".yaml", "yml"],
+             ".css": ["css", ".css"], ".js": ["javascript", "js", ".js"], ".ts": ["typescript", ".ts"],
+             ".xml": ["xml", ".xml"], ".toml": ["toml", ".toml"], ".ini": ["ini", ".ini"], ".sql": ["sql", ".sql"],
+             ".c": ["C", ".c"], ".go": ["go", ".go"], ".rs": ["rust", ".rs"], ".java": ["java", ".java"],
+             ".tsv": ["tsv", ".tsv"], ".svg": ["svg", ".svg"], ".png": ["png", ".png"], ".jpg": ["jpg", "jpeg", ".jpg"],
+             ".pdf": ["pdf", ".pdf"], ".dat": ["dat", ".dat"], ".bak": ["backup", ".bak"], ".tex": ["latex", ".tex"]}
 EXT_NOUNS = {".md": ["notes", "markdown docs"], ".py": ["python scripts", "scripts"], ".log": ["logs", "log files"],
-             ".sh": ["shell scripts"], ".html": ["web pages"], ".csv": ["spreadsheets"], ".txt": ["text files"],
-             ".json": ["json files"], ".yaml": ["yaml configs"]}
+             ".sh": ["shell scripts"], ".html": ["web pages", "html pages"], ".csv": ["spreadsheets"],
+             ".txt": ["text files"], ".json": ["json files"], ".yaml": ["yaml configs"], ".css": ["stylesheets"],
+             ".js": ["javascript files", "js scripts"], ".ts": ["typescript sources"], ".xml": ["xml documents"],
+             ".toml": ["toml configs"], ".ini": ["ini configs"], ".sql": ["sql queries", "sql scripts"],
+             ".c": ["C sources"], ".go": ["go sources"], ".rs": ["rust sources"], ".java": ["java classes"],
+             ".tsv": ["tab-separated tables"], ".svg": ["svg images", "vector images"], ".png": ["png images"],
+             ".jpg": ["photos", "jpeg images"], ".pdf": ["pdfs", "pdf documents"], ".dat": ["data files"],
+             ".bak": ["backups"], ".tex": ["latex documents"]}
 HERE = ["", "", " here", " in this folder", " in this directory", " in the current folder", " in here",
         " in cwd", " around here"]
 Q_OPENERS = ["", "", "", "hey, ", "quick question: ", "so ", "ok ", "hi, ", "question: ", "um, "]
@@ -106,7 +117,8 @@ def in_place(place: str, rng) -> str:
     if place == ".":
         return rng.choice(HERE)
     return expand(rng.choice([" in {p}", " under {p}", " inside {p}", " in the {p} {FOLDER}", " in {p}/",
-                              " within {p}"]), rng, p=place)
+                              " within {p}", " (they're in {p})", ", the ones in {p}/", " in my {p} {FOLDER}",
+                              " that live in {p}"]), rng, p=place)
 
 
 # each filter of a set of files once: how `find` says it, how a person may say it, how the answer says it

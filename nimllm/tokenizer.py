@@ -62,27 +62,6 @@ def short_words(texts: Iterable[str]) -> Iterator[str]:
         yield text[start:]
 
 
-def fit_context(turns: list[list[int]], budget: int) -> list[int]:
-    """The most recent of the rendered messages `turns` (oldest first) that fit in `budget` tokens,
-    joined. Older messages drop out whole; when even the newest alone is too long, it keeps its role
-    token and its last tokens, so a talk that outgrows the context never stops the chat."""
-    kept, used = [], 0
-    for ids in reversed(turns):
-        if used + len(ids) > budget:
-            if not kept:
-                kept.append(ids[:1] + ids[len(ids) - budget + 1:])
-            break
-        kept.append(ids)
-        used += len(ids)
-    return [t for ids in reversed(kept) for t in ids]
-
-
-def context_budget(block_size: int, max_tokens: int) -> int:
-    """Tokens of talk a prompt may hold: room for the answer, though a max_tokens as long as the
-    context still leaves half of it for the talk (generation slides its window if the answer runs on)."""
-    return max(block_size - max_tokens, block_size // 2)
-
-
 class Tokenizer:
     def __init__(self, hf: HFTokenizer):
         if [hf.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
@@ -150,25 +129,6 @@ class Tokenizer:
             mask.append(0)
         return ids, mask
 
-    def render_recent(self, messages: list[tuple[str, str]], budget: int) -> list[int]:
-        """The chat template of the most recent messages that fit in `budget` tokens (fit_context), then
-        `<|assistant|>` for the model's turn."""
-        turns = [self.render_conversation([message])[0] for message in messages]
-        return fit_context(turns, budget - 1) + [self.special("<|assistant|>")]   # -1: that last token
-
-    def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
-        """Text as ids arrive. A token can end inside a UTF-8 character (decoded so far as U+FFFD),
-        so such pieces wait for the tokens that complete them."""
-        pending: list[int] = []
-        for token in ids:
-            pending.append(token)
-            text = self.decode(pending)
-            if not text.endswith("\ufffd"):
-                yield text
-                pending = []
-        if pending:
-            yield self.decode(pending)
-
     @property
     def fingerprint(self) -> str:
         """A short hash of all of the tokenizer (vocabulary, merges, settings), which token shards record:
@@ -181,11 +141,6 @@ class Tokenizer:
 
     def special(self, name: str) -> int:
         return self.special_ids[name]
-
-    @property
-    def turn_end_ids(self) -> list[int]:
-        """Where a model's turn ends: an answer's end, a tool call's close, or the end of text."""
-        return [self.special("<|end|>"), self.special("<|/tool_call|>"), self.eot_id]
 
     @property
     def eot_id(self) -> int:

@@ -4,7 +4,8 @@
 or continue a trained model on a new corpus), prepares the tokenizer and token shards, and runs
 the loop: AdamW, linear warm-up then cosine decay (fitted to a --time budget as the run goes),
 gradient accumulation, clipping, bf16 autocast on CUDA, periodic validation, atomic checkpoints,
-Ctrl-C handling and DistributedDataParallel when started under torchrun.
+Ctrl-C handling and DistributedDataParallel when started under torchrun. Each of those is a named
+step, and the steps hand one `TrainingRun` on to each other.
 
 Every micro-batch is drawn from a generator seeded by (seed, step, micro-batch index), and every
 step seeds dropout the same way, so a run that is interrupted and resumed computes exactly the
@@ -13,85 +14,30 @@ losses of an uninterrupted one, and a run on N processes sees the batches a run 
 from __future__ import annotations
 
 import math
-import os
-import platform
 import shutil
 import signal
-import subprocess
 import time
 import weakref
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-import nimllm
 from nimllm import checkpoint
-from nimllm.config import PRESETS, ModelFolder, TrainConfig, UserError, default_preset_name, override
+from nimllm.config import PRESETS, ModelConfig, ModelFolder, TrainConfig, UserError, default_preset_name, override
 from nimllm.data import (CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus,
                          prepared_with)
+from nimllm.evaluate import evaluate
 from nimllm.fileio import remove_stale_temps
 from nimllm.metrics import MetricsLog, plot_losses, pyplot
 from nimllm.model import GPT
+from nimllm.runtime import Runtime, exit_seconds, pick_device, run_info, setup_runtime, timed
 from nimllm.tokenizer import Tokenizer
-
-
-# ---- where we run ------------------------------------------------------------------------------
-
-@dataclass
-class Runtime:
-    device: str          # "cuda", "cuda:1", "mps" or "cpu"
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def device_type(self) -> str:
-        return self.device.split(":")[0]
-
-    def autocast(self, cache: bool = True):
-        """bf16 matmuls on CUDA with float32 master weights; other devices stay in float32.
-        Without the cache, the bf16 copies of the weights are made per use instead of kept."""
-        if self.device_type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
-        return nullcontext()
-
-    def barrier(self):
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def pick_device(requested: str | None = None) -> str:
-    if requested:
-        return requested
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def setup_runtime(requested_device: str | None = None) -> Runtime:
-    """One process, or one of torchrun's (RANK, LOCAL_RANK and WORLD_SIZE set): NCCL on GPUs, gloo on CPUs."""
-    device = pick_device(requested_device)
-    if "RANK" not in os.environ:
-        return Runtime(device)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Runtime(device, rank, world)
 
 
 # ---- optimizer and schedule --------------------------------------------------------------------
@@ -204,40 +150,6 @@ def batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4096 + micro)
 
 
-def timed(run, device: torch.device) -> float:
-    """Seconds of a second call of `run` (the first warms up)."""
-    for _ in range(2):
-        begun = time.time()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return time.time() - begun
-
-
-# ---- evaluation --------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate(model: GPT, shards: TokenShards, rt: Runtime, batch_size: int, max_tokens: int | None,
-             progress=None) -> dict:
-    """Mean loss per token over the first max_tokens of a split, and the same in bits per byte.
-    Training's validation, book training's report and `nimllm eval` all score with this.
-    `progress(targets scored so far)` is called after each batch."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for x, y in shards.iter_windows(model.cfg.block_size, batch_size, max_tokens):
-        with rt.autocast():
-            logits = model(x.to(rt.device))
-        total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.to(rt.device).flatten(),
-                                                   reduction="sum").item()
-        count += y.numel()
-        if progress:
-            progress(count)
-    model.train(was_training)
-    loss = total / max(count, 1)
-    return {"loss": loss, "bpb": loss / math.log(2) * shards.num_tokens / max(shards.num_bytes, 1)}
-
-
 # ---- deciding what to do with the folder -------------------------------------------------------
 
 def plan(folder: ModelFolder, fingerprint: str, fresh: bool) -> str:
@@ -278,21 +190,6 @@ def report_corpus(info: CorpusInfo, log) -> None:
         log(f"warning: skipped {s.skipped_lines} JSONL lines without a \"text\" string")
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(nimllm.__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def run_info(rt: Runtime) -> dict:
-    return {"nimllm": nimllm.__version__, "git_commit": git_commit(), "python": platform.python_version(),
-            "torch": torch.__version__, "device": rt.device, "world_size": rt.world_size,
-            "gpu": torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else None}
-
-
 def format_count(n: float) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
@@ -306,7 +203,239 @@ def format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-# ---- the run -----------------------------------------------------------------------------------
+# ---- the run, step by step ---------------------------------------------------------------------
+
+@dataclass
+class TrainingRun:
+    """What the steps of `run_training` hand on to each other, filled in as they go: where it runs,
+    what plan decided, the settings, the data, the model, its schedule and its progress. `progress` is
+    what the checkpoint records (step, elapsed_s, corpus, schedule, time_budget_s, finished)."""
+    corpus: Path
+    folder: ModelFolder
+    rt: Runtime
+    log: Callable[..., None]
+    mix_in: list[Path]
+    sources: Path | list[Path]   # the corpus, or the corpus and the corpora mixed into it
+    fingerprint: str
+    action: str                  # plan's answer: 'new', 'resume', 'continue' or 'done'
+    preset: str = ""
+    model_cfg: ModelConfig | None = None
+    tcfg: TrainConfig | None = None
+    corpora: list[dict] = field(default_factory=list)   # what the model has trained on, this corpus last
+    tokenizer: Tokenizer | None = None
+    data_dir: Path | None = None
+    train_shards: TokenShards | None = None
+    val_shards: TokenShards | None = None
+    model: GPT | None = None
+    optimizer: Any = None
+    schedule: Schedule | None = None
+    fit: TimeFit | None = None   # a --time run whose length is not fitted yet
+    progress: dict = field(default_factory=lambda: {"step": 0, "elapsed_s": 0.0})
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.tcfg.micro_batch * self.tcfg.grad_accum * self.model_cfg.block_size
+
+
+def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, model_overrides: dict | None = None,
+                 train_overrides: dict | None = None, steps: int | None = None, time_budget: float | None = None,
+                 vocab_size: int = 8192, fresh: bool = False, device: str | None = None,
+                 log=print, mix_in: list[Path] = (), started: float | None = None,
+                 after_training: Callable[[ModelFolder, GPT], float] | None = None) -> dict:
+    """Train (or resume, or continue) the model in `folder` on `corpus`, with the corpora `mix_in`
+    (the agent skills) read as part of it. Returns a summary dict; 'interrupted' is True when Ctrl-C
+    stopped it (the checkpoint is saved and resumable).
+    A `time_budget` is wall-clock seconds from this call to its return. Given `started` (time.time()
+    when the process began), it is the whole command's instead: the seconds before this call count,
+    and so do those after it, `after_training(folder, model)` (the caller's estimate of its own work)
+    and the process's exit."""
+    time_fit = partial(TimeFit, started=started or time.time(), after_training=after_training,
+                       to_exit=started is not None)
+    run = open_run(Path(corpus).expanduser(), folder, device, log, mix_in, fresh)
+    if run.action == "done":
+        progress = checkpoint.read_progress(folder)
+        run.log(f"{folder.root} is already trained on {run.corpus} ({progress['step']} steps); "
+                f"`nimllm generate` to use it, --fresh to train it again from scratch")
+        return {"action": "done", "step": progress["step"]}
+    choose_settings(run, preset, model_overrides, train_overrides, vocab_size, fresh, device)
+    prepare_data(run)
+    save_settings(run)
+    build_model(run)
+    schedule(run, steps, time_budget, time_fit)
+    previous, before = score_previous_corpora(run)
+    metrics = open_metrics(run, announce(run))
+    summary = train_loop(run, metrics)
+    if metrics:
+        metrics.close()
+    summary["action"] = run.action
+    if before and not summary["interrupted"]:
+        report_forgetting(run, previous, before, summary)
+    if run.rt.world_size > 1:
+        run.rt.barrier()   # leave together: a rank tearing gloo down while another still talks aborts it
+        dist.destroy_process_group()
+    return summary
+
+
+def open_run(corpus: Path, folder: ModelFolder, device: str | None, log, mix_in: list[Path],
+             fresh: bool) -> TrainingRun:
+    """Where this process runs, what it reads, and what plan says to do with the folder."""
+    rt = setup_runtime(device)
+    log = log if rt.is_main else (lambda *a, **k: None)
+    if not corpus.exists():
+        raise UserError(f"no such file or folder: {corpus}")
+    if rt.is_main and folder.root.exists() and (freed := remove_stale_temps(folder.root)):
+        log(f"removed {freed / 1e6:.1f} MB of temporary files that killed writes left in {folder.root}")
+    sources = [corpus, *map(Path, mix_in)] if mix_in else corpus
+    fingerprint = corpus_fingerprint(sources)
+    return TrainingRun(corpus, folder, rt, log, mix_in, sources, fingerprint, plan(folder, fingerprint, fresh))
+
+
+def choose_settings(run: TrainingRun, preset: str | None, model_overrides: dict | None,
+                    train_overrides: dict | None, vocab_size: int, fresh: bool, device: str | None) -> None:
+    """A new model's preset and tokenizer, or the settings the folder was trained with; then the
+    tokenizer, and a vocabulary that fits it."""
+    rt, folder, log = run.rt, run.folder, run.log
+    if run.action == "new":
+        preset = preset or default_preset_name(pick_device(device))
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        run.preset = preset
+        run.model_cfg = override(PRESETS[preset].model, **(model_overrides or {}))
+        run.tcfg = override(PRESETS[preset].train, **(train_overrides or {}))
+        run.corpora = []
+        if rt.is_main:
+            if fresh:
+                clear_for_fresh_start(folder, log)
+            folder.root.mkdir(parents=True, exist_ok=True)
+            log(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {run.corpus} ...")
+            begun = time.time()   # (said, since a --time budget pays for it)
+            Tokenizer.train(iter_texts_for_tokenizer(run.sources), vocab_size=vocab_size).save(folder.tokenizer)
+            log(f"tokenizer: {time.time() - begun:.1f} s")
+    else:
+        saved = checkpoint.load_config(folder)
+        run.preset, run.model_cfg, run.corpora = saved["preset"], saved["model"], saved["corpora"]
+        run.tcfg = override(saved["train"], **(train_overrides or {}))
+    rt.barrier()
+    run.tokenizer = Tokenizer.load(folder.tokenizer)
+    padded = -(-run.tokenizer.vocab_size // 64) * 64   # a multiple of 64 runs faster
+    run.model_cfg = replace(run.model_cfg, vocab_size=padded)
+
+
+def prepare_data(run: TrainingRun) -> None:
+    """The corpus's token shards, made once per corpus and tokenizer (by the first process)."""
+    run.data_dir = run.folder.data / run.fingerprint
+    if run.rt.is_main and not prepared_with(run.data_dir, run.tokenizer):
+        run.log(f"tokenizing {run.corpus} ...")
+        begun = time.time()   # (said, since a --time budget pays for it)
+        report_corpus(prepare_corpus(run.sources, run.tokenizer, run.data_dir, block_size=run.model_cfg.block_size),
+                      run.log)
+        run.log(f"data: {time.time() - begun:.1f} s to tokenize and prepare the corpus")
+    run.rt.barrier()
+    run.train_shards, run.val_shards = TokenShards(run.data_dir, "train"), TokenShards(run.data_dir, "val")
+
+
+def save_settings(run: TrainingRun) -> None:
+    """This corpus joins the list of those the model trained on (last), and the settings as they will
+    run are written to the folder's config."""
+    if run.action != "resume":
+        run.corpora = [c for c in run.corpora if c["fingerprint"] != run.fingerprint]
+        run.corpora.append({"path": str(run.corpus.resolve()), "fingerprint": run.fingerprint,
+                            "data": f"data/{run.fingerprint}", "tokens": run.train_shards.num_tokens,
+                            **({"mixed_in": list(map(str, run.mix_in))} if run.mix_in else {})})
+    if run.tcfg.low_memory:
+        run.tcfg = replace(run.tcfg, grad_accum=1)
+        if run.rt.world_size > 1:
+            raise UserError("--low-memory steps the optimizer inside backward, which one process only can do")
+    if run.rt.is_main:
+        checkpoint.save_config(run.folder, run.model_cfg, run.tcfg, run.preset, run.corpora)
+
+
+def build_model(run: TrainingRun) -> None:
+    """The model and its optimizer: new, as the interrupted run left them, or the trained weights."""
+    torch.manual_seed(run.tcfg.seed)   # the same initial weights on every process and every run
+    run.model = GPT(run.model_cfg).to(run.rt.device)
+    run.optimizer = build_optimizer(run.model, run.tcfg, run.rt.device_type)
+    if run.action == "resume":
+        run.progress = checkpoint.load_train_state(run.folder, run.model, run.optimizer)
+        run.log(f"resuming from step {run.progress['step']}")
+    elif run.action == "continue":
+        weights, _ = checkpoint.load_model(run.folder)
+        run.model.load_state_dict(weights.state_dict())
+        run.log(f"continuing {run.folder.root} (trained on {', '.join(Path(c['path']).name for c in run.corpora[:-1])})"
+                f" on {run.corpus}")
+
+
+def schedule(run: TrainingRun, steps: int | None, time_budget: float | None,
+             time_fit: Callable[[float, int | None], TimeFit]) -> None:
+    """How long the run is: the schedule of the run being resumed (a --time run's fitted one too), or
+    the steps asked for, or a length that suits the corpus; with a time budget not fitted yet, the
+    TimeFit that fits the length to it as the run goes (--steps then caps it)."""
+    tcfg, rt = run.tcfg, run.rt
+    micro_per_rank = tcfg.grad_accum // rt.world_size
+    if micro_per_rank * rt.world_size != tcfg.grad_accum:
+        raise UserError(f"gradient accumulation {tcfg.grad_accum} is not divisible by {rt.world_size} processes")
+    if "schedule" in run.progress:   # a resumed run keeps its schedule
+        run.schedule = Schedule(**run.progress["schedule"])
+    else:   # (a folder from before schedules were saved recorded its total_steps alone)
+        run.schedule = Schedule.planned(steps or run.progress.get("total_steps") or default_steps(
+            run.train_shards.num_tokens, run.model.num_params(), run.tokens_per_step, tcfg), tcfg)
+    time_budget = time_budget or run.progress.get("time_budget_s")
+    run.fit = time_fit(time_budget, steps) if time_budget and not run.schedule.fitted else None
+    run.progress.update(corpus=run.fingerprint, schedule=asdict(run.schedule), time_budget_s=time_budget,
+                        finished=False)
+
+
+def score_previous_corpora(run: TrainingRun) -> tuple[list[dict], dict]:
+    """Book training: the corpora trained on before, and the model's validation on each before this
+    one, to say afterwards how much of them it forgot."""
+    previous = [c for c in run.corpora[:-1] if (run.folder.root / c["data"] / "meta.json").exists()]
+    if run.action != "continue" or not run.rt.is_main:
+        return previous, {}
+    return previous, {c["path"]: evaluate(run.model, TokenShards(run.folder.root / c["data"], "val"), run.rt,
+                                          run.tcfg.micro_batch, run.tcfg.eval_tokens) for c in previous}
+
+
+def announce(run: TrainingRun) -> dict:
+    """Say what is about to train, on what and where; the run's software, as run_info records it."""
+    rt, log = run.rt, run.log
+    info = run_info(rt)
+    n_docs = CorpusInfo.load(run.data_dir).train.documents
+    length = (f"steps of {format_count(run.tokens_per_step)} tokens, as many as fit in --time "
+              f"{format_eta(run.fit.budget)}" if run.fit
+              else f"{run.schedule.total_steps} steps of {format_count(run.tokens_per_step)} tokens")
+    log(f"training {format_count(run.model.num_params())} params on {format_count(n_docs)} documents "
+        f"({format_count(run.train_shards.num_tokens)} tokens) | preset {run.preset} | {rt.device}"
+        f"{f' x{rt.world_size}' if rt.world_size > 1 else ''} | {length}")
+    log(f"nimllm {info['nimllm']} (commit {info['git_commit'] or 'unknown'}) | python {info['python']} | "
+        f"torch {info['torch']}{' | ' + info['gpu'] if info['gpu'] else ''} | config and log in {run.folder.metrics}")
+    if rt.device_type == "cpu" and run.preset == "tiny" and run.action == "new":
+        log("note: on a CPU the default is the tiny preset; a GPU trains the full 103m model (--preset 103m)")
+    return info
+
+
+def open_metrics(run: TrainingRun, info: dict) -> MetricsLog | None:
+    """The first process's metrics log, begun with a record of the run's settings and software."""
+    if not run.rt.is_main:
+        return None
+    metrics = MetricsLog(run.folder.metrics, run.progress["step"] if run.action == "resume" else None)
+    metrics.write(event="start", step=run.progress["step"], action=run.action, corpus=str(run.corpus),
+                  preset=run.preset, model=asdict(run.model_cfg), train=asdict(run.tcfg),
+                  total_steps=run.schedule.total_steps, run=info)
+    return metrics
+
+
+def report_forgetting(run: TrainingRun, previous: list[dict], before: dict, summary: dict) -> None:
+    """The validation of each earlier corpus before and after this one: what book training forgot."""
+    summary["forgetting"] = {}
+    for c in previous:
+        after = evaluate(run.model, TokenShards(run.folder.root / c["data"], "val"), run.rt, run.tcfg.micro_batch,
+                         run.tcfg.eval_tokens)
+        summary["forgetting"][c["path"]] = {"before": before[c["path"]], "after": after}
+        run.log(f"previous corpus {Path(c['path']).name}: validation {before[c['path']]['bpb']:.3f} -> "
+                f"{after['bpb']:.3f} bits per byte ({after['bpb'] - before[c['path']]['bpb']:+.3f} forgotten)")
+
+
+# ---- the loop ----------------------------------------------------------------------------------
 
 class StopRequest:
     """Ctrl-C or SIGTERM asks the loop to stop after the current step and save."""
@@ -328,138 +457,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, model_overrides: dict | None = None,
-                 train_overrides: dict | None = None, steps: int | None = None, time_budget: float | None = None,
-                 vocab_size: int = 8192, fresh: bool = False, device: str | None = None,
-                 log=print, mix_in: list[Path] = (), started: float | None = None,
-                 after_training: Callable[[GPT], float] | None = None) -> dict:
-    """Train (or resume, or continue) the model in `folder` on `corpus`, with the corpora `mix_in`
-    (the agent skills) read as part of it. Returns a summary dict; 'interrupted' is True when Ctrl-C
-    stopped it (the checkpoint is saved and resumable).
-    `time_budget` is wall-clock seconds from `started` (time.time() when the command began; default
-    now), the end of whatever the caller runs after training included: `after_training(model)`
-    estimates those seconds."""
-    started = started or time.time()
-    rt = setup_runtime(device)
-    log = log if rt.is_main else (lambda *a, **k: None)
-    corpus = Path(corpus).expanduser()
-    if not corpus.exists():
-        raise UserError(f"no such file or folder: {corpus}")
-    if rt.is_main and folder.root.exists() and (freed := remove_stale_temps(folder.root)):
-        log(f"removed {freed / 1e6:.1f} MB of temporary files that killed writes left in {folder.root}")
-    sources = [corpus, *map(Path, mix_in)] if mix_in else corpus
-    fingerprint = corpus_fingerprint(sources)
-    action = plan(folder, fingerprint, fresh)
-    if action == "done":
-        progress = checkpoint.read_progress(folder)
-        log(f"{folder.root} is already trained on {corpus} ({progress['step']} steps); "
-            f"`nimllm generate` to use it, --fresh to train it again from scratch")
-        return {"action": "done", "step": progress["step"]}
-
-    if action == "new":
-        preset = preset or default_preset_name(pick_device(device))
-        if preset not in PRESETS:
-            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        model_cfg = override(PRESETS[preset].model, **(model_overrides or {}))
-        tcfg = override(PRESETS[preset].train, **(train_overrides or {}))
-        corpora = []
-        if rt.is_main:
-            if fresh:
-                clear_for_fresh_start(folder, log)
-            folder.root.mkdir(parents=True, exist_ok=True)
-            log(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {corpus} ...")
-            begun = time.time()
-            Tokenizer.train(iter_texts_for_tokenizer(sources), vocab_size=vocab_size).save(folder.tokenizer)
-            log(f"tokenizer: {time.time() - begun:.1f} s")
-    else:
-        saved = checkpoint.load_config(folder)
-        preset, model_cfg, corpora = saved["preset"], saved["model"], saved["corpora"]
-        tcfg = override(saved["train"], **(train_overrides or {}))
-    rt.barrier()
-    tokenizer = Tokenizer.load(folder.tokenizer)
-    model_cfg = replace(model_cfg, vocab_size=-(-tokenizer.vocab_size // 64) * 64)  # a multiple of 64 runs faster
-
-    data_dir = folder.data / fingerprint
-    if rt.is_main and not prepared_with(data_dir, tokenizer):
-        log(f"tokenizing {corpus} ...")
-        begun = time.time()
-        report_corpus(prepare_corpus(sources, tokenizer, data_dir, block_size=model_cfg.block_size), log)
-        log(f"data: {time.time() - begun:.1f} s to tokenize and prepare the corpus")
-    rt.barrier()
-    train_shards, val_shards = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
-    if action != "resume":
-        corpora = [c for c in corpora if c["fingerprint"] != fingerprint]
-        corpora.append({"path": str(corpus.resolve()), "fingerprint": fingerprint, "data": f"data/{fingerprint}",
-                        "tokens": train_shards.num_tokens, **({"mixed_in": list(map(str, mix_in))} if mix_in else {})})
-    if tcfg.low_memory:
-        tcfg = replace(tcfg, grad_accum=1)
-        if rt.world_size > 1:
-            raise UserError("--low-memory steps the optimizer inside backward, which one process only can do")
-    if rt.is_main:
-        checkpoint.save_config(folder, model_cfg, tcfg, preset, corpora)
-
-    torch.manual_seed(tcfg.seed)   # the same initial weights on every process and every run
-    model = GPT(model_cfg).to(rt.device)
-    optimizer = build_optimizer(model, tcfg, rt.device_type)
-    progress = {"step": 0, "elapsed_s": 0.0}
-    if action == "resume":
-        progress = checkpoint.load_train_state(folder, model, optimizer)
-        log(f"resuming from step {progress['step']}")
-    elif action == "continue":
-        weights, _ = checkpoint.load_model(folder)
-        model.load_state_dict(weights.state_dict())
-        log(f"continuing {folder.root} (trained on {', '.join(Path(c['path']).name for c in corpora[:-1])}) on {corpus}")
-
-    micro_per_rank = tcfg.grad_accum // rt.world_size
-    if micro_per_rank * rt.world_size != tcfg.grad_accum:
-        raise UserError(f"gradient accumulation {tcfg.grad_accum} is not divisible by {rt.world_size} processes")
-    tokens_per_step = tcfg.micro_batch * tcfg.grad_accum * model_cfg.block_size
-    if "schedule" in progress:   # a resumed run keeps its schedule
-        schedule = Schedule(**progress["schedule"])
-    else:
-        schedule = Schedule.planned(steps or progress.get("total_steps") or default_steps(
-            train_shards.num_tokens, model.num_params(), tokens_per_step, tcfg), tcfg)
-    time_budget = time_budget or progress.get("time_budget_s")
-    fit = TimeFit(time_budget, steps, started, after_training) if time_budget and not schedule.fitted else None
-    progress.update(corpus=fingerprint, schedule=asdict(schedule), time_budget_s=time_budget, finished=False)
-
-    previous = [c for c in corpora[:-1] if (folder.root / c["data"] / "meta.json").exists()]
-    before = {c["path"]: evaluate(model, TokenShards(folder.root / c["data"], "val"), rt, tcfg.micro_batch,
-                                  tcfg.eval_tokens) for c in previous} if action == "continue" and rt.is_main else {}
-
-    info = run_info(rt)
-    n_docs = CorpusInfo.load(data_dir).train.documents
-    length = (f"steps of {format_count(tokens_per_step)} tokens, as many as fit in --time {format_eta(time_budget)}"
-              if fit else f"{schedule.total_steps} steps of {format_count(tokens_per_step)} tokens")
-    log(f"training {format_count(model.num_params())} params on {format_count(n_docs)} documents "
-        f"({format_count(train_shards.num_tokens)} tokens) | preset {preset} | {rt.device}"
-        f"{f' x{rt.world_size}' if rt.world_size > 1 else ''} | {length}")
-    log(f"nimllm {info['nimllm']} (commit {info['git_commit'] or 'unknown'}) | python {info['python']} | "
-        f"torch {info['torch']}{' | ' + info['gpu'] if info['gpu'] else ''} | config and log in {folder.metrics}")
-    if rt.device_type == "cpu" and preset == "tiny" and action == "new":
-        log("note: on a CPU the default is the tiny preset; a GPU trains the full 103m model (--preset 103m)")
-
-    metrics = MetricsLog(folder.metrics, progress["step"] if action == "resume" else None) if rt.is_main else None
-    if metrics:
-        metrics.write(event="start", step=progress["step"], action=action, corpus=str(corpus), preset=preset,
-                      model=asdict(model_cfg), train=asdict(tcfg), total_steps=schedule.total_steps, run=info)
-    summary = train_loop(model, optimizer, tcfg, rt, train_shards, val_shards, folder, progress, metrics, log, fit)
-    if metrics:
-        metrics.close()
-    summary["action"] = action
-    if before and not summary["interrupted"]:
-        summary["forgetting"] = {}
-        for c in previous:
-            after = evaluate(model, TokenShards(folder.root / c["data"], "val"), rt, tcfg.micro_batch, tcfg.eval_tokens)
-            summary["forgetting"][c["path"]] = {"before": before[c["path"]], "after": after}
-            log(f"previous corpus {Path(c['path']).name}: validation {before[c['path']]['bpb']:.3f} -> "
-                f"{after['bpb']:.3f} bits per byte ({after['bpb'] - before[c['path']]['bpb']:+.3f} forgotten)")
-    if rt.world_size > 1:
-        rt.barrier()   # leave together: a rank tearing gloo down while another still talks aborts it
-        dist.destroy_process_group()
-    return summary
-
-
 def check_replicas_in_sync(model: GPT, log) -> None:
     """DDP keeps every process's weights identical; compare per-tensor checksums to be sure."""
     sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
@@ -477,6 +474,58 @@ def save_checkpoint(folder: ModelFolder, model: GPT, optimizer, progress: dict, 
         plot_losses(folder.metrics, folder.loss_plot, title=str(folder.root.name))
 
 
+def model_for_training(model: GPT, tcfg: TrainConfig, rt: Runtime):
+    """The model as the loop calls it: compiled on CUDA if asked, wrapped in DDP under torchrun."""
+    model.activation_checkpointing = tcfg.activation_checkpointing or tcfg.low_memory
+    if tcfg.compile and rt.device_type == "cuda":
+        if tcfg.low_memory:   # block by block, so each block's gradients arrive (and go) on their own
+            for block in model.blocks:
+                block.compile()
+        else:
+            model = torch.compile(model)
+    if rt.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[rt.device] if rt.device_type == "cuda" else None)
+    return model
+
+
+def train_step(run: TrainingRun, model, step: int, lr: float) -> tuple[torch.Tensor, float | None]:
+    """One optimizer step at learning rate lr, its grad_accum micro-batches shared out among the
+    processes; this process's loss and the gradient norm before clipping."""
+    tcfg, rt, raw_model, optimizer = run.tcfg, run.rt, run.model, run.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    torch.manual_seed(tcfg.seed * 1_000_003 + step * 64 + rt.rank)   # dropout masks
+    micro_per_rank = tcfg.grad_accum // rt.world_size
+    loss_sum = torch.zeros((), device=rt.device)
+    for i in range(micro_per_rank):
+        x, y = run.train_shards.get_batch(tcfg.micro_batch, raw_model.cfg.block_size,
+                                          batch_generator(tcfg.seed, step, rt.rank * micro_per_rank + i))
+        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+        last_micro = i == micro_per_rank - 1
+        with (model.no_sync() if rt.world_size > 1 and not last_micro else nullcontext()), \
+                rt.autocast(cache=not tcfg.low_memory):
+            loss = model(x, y) / micro_per_rank
+        loss.backward()
+        loss_sum += loss.detach()
+    grad_norm = None
+    if not tcfg.low_memory:   # (in low-memory mode backward has already stepped)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), tcfg.grad_clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
+
+
+def log_step(run: TrainingRun, metrics, loss: float, lr: float, grad_norm: float | None, rate: float) -> None:
+    """The progress line, and the metrics record, of the step just taken at `rate` steps a second."""
+    step, total, elapsed = run.progress["step"], run.schedule.total_steps, run.progress["elapsed_s"]
+    remaining = (total - step) / rate   # (a --time run's total is refitted each step: this is its eta too)
+    run.log(f"step {step} / {total} | loss {loss:.4f} | {rate:.2f} opt/s | "
+            f"{format_count(rate * run.tokens_per_step)} tok/s | lr {lr:.2e} | eta {format_eta(remaining)}")
+    if metrics:
+        metrics.write(step=step, loss=loss, lr=lr, grad_norm=grad_norm, opt_per_s=rate,
+                      tokens_per_s=rate * run.tokens_per_step, elapsed_s=elapsed)
+
+
 PILOT_SKIPPED = 2   # a process's first steps compile and warm kernels up: their time says nothing of the rest
 PILOT_TIMED = 3     # the steps whose throughput a --time run is first fitted to
 
@@ -487,11 +536,13 @@ class TimeFit:
     step it fits again with the throughput measured so far, so that the run ends on time even when the
     machine slows down, and the schedule (see Schedule.replanned) still ends at its final learning rate."""
 
-    def __init__(self, budget: float, steps_cap: int | None, started: float, after_training):
-        self.budget, self.steps_cap, self.started, self.after_training = budget, steps_cap, started, after_training
+    def __init__(self, budget: float, steps_cap: int | None, started: float,
+                 after_training: Callable[[ModelFolder, GPT], float] | None, to_exit: bool):
+        self.budget, self.steps_cap, self.started = budget, steps_cap, started
+        self.after_training, self.to_exit = after_training, to_exit
         self.first_step, self.setup_s = 0, 0.0   # where this process's steps begin, and the seconds before them
         self.timed_from: tuple[int, float] | None = None   # (step, elapsed) where the timed steps begin
-        self.finishing_s = 0.0   # the final validation and checkpoint, and the caller's work after training
+        self.finishing_s = 0.0   # the final validation and checkpoint, and what follows training
 
     def begin(self, step: int) -> None:
         self.first_step, self.setup_s = step, time.time() - self.started
@@ -502,40 +553,43 @@ class TimeFit:
         timed_step, timed_elapsed = self.timed_from
         return (step - timed_step) / max(elapsed - timed_elapsed, 1e-9)
 
-    def measure_finishing(self, model: GPT, val_shards: TokenShards, rt: Runtime, tcfg: TrainConfig, save) -> float:
+    def measure_finishing(self, run: TrainingRun) -> float:
         """Seconds the end of the run will take: its validation, timed on one batch; its checkpoint, timed by
         saving one now (a resume can start from it; pyplot is imported first, as the last save will find
-        it); and the caller's after_training estimate."""
+        it); the caller's after_training estimate; and the process's exit when the budget runs to it."""
+        tcfg, rt, model = run.tcfg, run.rt, run.model
         batch_tokens = tcfg.micro_batch * model.cfg.block_size
-        batch = timed(lambda: evaluate(model, val_shards, rt, tcfg.micro_batch, batch_tokens), torch.device(rt.device))
-        validation = batch * math.ceil(min(tcfg.eval_tokens, val_shards.num_tokens) / batch_tokens)
+        batch = timed(lambda: evaluate(model, run.val_shards, rt, tcfg.micro_batch, batch_tokens), rt.device)
+        validation = batch * math.ceil(min(tcfg.eval_tokens, run.val_shards.num_tokens) / batch_tokens)
         pyplot()
         begun = time.time()
-        save()
-        return validation + time.time() - begun + (self.after_training(model) if self.after_training else 0.0)
+        save_checkpoint(run.folder, model, run.optimizer, run.progress, rt)
+        saving = time.time() - begun
+        after = self.after_training(run.folder, model) if self.after_training else 0.0
+        return validation + saving + after + (exit_seconds() if self.to_exit else 0.0)
 
-    def refit(self, schedule: Schedule, step: int, elapsed: float, since_started: float, tcfg: TrainConfig,
-              measure_finishing, rt: Runtime, log) -> Schedule:
-        """The schedule fitted to the time left after `step` (steps done); unchanged during the pilot.
-        `measure_finishing()` is called once, on the first process, at the end of the pilot."""
+    def refit(self, run: TrainingRun, step: int, elapsed: float, since_started: float) -> Schedule:
+        """The run's schedule fitted to the time left after `step` (steps done); unchanged during the
+        pilot. The end of the run is measured once, by the first process, when the pilot ends."""
         if step - self.first_step == PILOT_SKIPPED:
             self.timed_from = (step, elapsed)
         if step - self.first_step < PILOT_SKIPPED + PILOT_TIMED:
-            return schedule
+            return run.schedule
         rate = self.rate(step, elapsed)
-        if not schedule.fitted:
+        if not run.schedule.fitted:
             begun = time.time()
-            finishing = measure_finishing() if rt.is_main else 0.0
-            self.finishing_s, paused = agree_max([finishing, time.time() - begun], rt)
+            finishing = self.measure_finishing(run) if run.rt.is_main else 0.0
+            self.finishing_s, paused = agree_max([finishing, time.time() - begun], run.rt)
             since_started += paused
             self.timed_from = (self.timed_from[0], self.timed_from[1] + paused)   # (a one-off: not in the rate)
         left = self.budget - since_started - self.finishing_s
         fits = step + max(1, round(left * rate))   # at least one more step: the one at the final lr
         total = min(fits, self.steps_cap or fits)
-        fitted = replace(schedule.replanned(step, total, tcfg) if total != schedule.total_steps else schedule,
+        schedule = run.schedule
+        fitted = replace(schedule.replanned(step, total, run.tcfg) if total != schedule.total_steps else schedule,
                          fitted=True)
         if not schedule.fitted:
-            log(self.plan_line(fitted, fits, rate))
+            run.log(self.plan_line(fitted, fits, rate))
         return fitted
 
     def plan_line(self, schedule: Schedule, fits: int, rate: float) -> str:
@@ -548,98 +602,62 @@ class TimeFit:
 
 
 def agree_max(values: list[float], rt: Runtime) -> list[float]:
-    """The largest of each value over all processes, so that they all decide alike."""
+    """The largest of each value over all processes, so that they all decide alike (in float64, so that a
+    long run's clocks keep their milliseconds). One process has nothing to agree with."""
+    if rt.world_size == 1:
+        return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=rt.device)
-    if rt.world_size > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
 
-def train_loop(model: GPT, optimizer, tcfg: TrainConfig, rt: Runtime, train_shards: TokenShards,
-               val_shards: TokenShards, folder: ModelFolder, progress: dict, metrics, log,
-               fit: TimeFit | None = None) -> dict:
-    raw_model = model
-    model.activation_checkpointing = tcfg.activation_checkpointing or tcfg.low_memory
-    if tcfg.compile and rt.device_type == "cuda":
-        if tcfg.low_memory:   # block by block, so each block's gradients arrive (and go) on their own
-            for block in model.blocks:
-                block.compile()
-        else:
-            model = torch.compile(model)
-    if rt.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[rt.device] if rt.device_type == "cuda" else None)
-    micro_per_rank = tcfg.grad_accum // rt.world_size
-    block = raw_model.cfg.block_size
-    tokens_per_step = tcfg.micro_batch * tcfg.grad_accum * block
-    schedule = Schedule(**progress["schedule"])
+def train_loop(run: TrainingRun, metrics) -> dict:
+    """Optimizer steps until the schedule is done or Ctrl-C asks to stop, with the log, validation
+    and checkpoints on the way; a --time run refits its schedule after every step."""
+    tcfg, rt, progress, fit = run.tcfg, run.rt, run.progress, run.fit
+    model = model_for_training(run.model, tcfg, rt)
     step, elapsed = progress["step"], progress["elapsed_s"]
     run_start, elapsed_at_start = time.time(), elapsed
     last_ckpt, last_log, last_log_step = run_start, run_start, step
-    progress["finished"] = step >= schedule.total_steps
+    progress["finished"] = step >= run.schedule.total_steps
     if fit:
         fit.begin(step)
-        measure_finishing = partial(fit.measure_finishing, raw_model, val_shards, rt, tcfg,
-                                    partial(save_checkpoint, folder, raw_model, optimizer, progress, rt))
     stopping, val = False, None
     if progress["finished"]:   # resumed a run whose last checkpoint came at its very end
-        save_checkpoint(folder, raw_model, optimizer, progress, rt)
+        save_checkpoint(run.folder, run.model, run.optimizer, progress, rt)
     model.train()
     with StopRequest() as stop:
         while not (progress["finished"] or stopping):
-            lr = schedule.lr(step, tcfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(tcfg.seed * 1_000_003 + step * 64 + rt.rank)   # dropout masks
-            loss_sum = torch.zeros((), device=rt.device)
-            for i in range(micro_per_rank):
-                x, y = train_shards.get_batch(tcfg.micro_batch, block,
-                                              batch_generator(tcfg.seed, step, rt.rank * micro_per_rank + i))
-                x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-                last_micro = i == micro_per_rank - 1
-                with (model.no_sync() if rt.world_size > 1 and not last_micro else nullcontext()), \
-                        rt.autocast(cache=not tcfg.low_memory):
-                    loss = model(x, y) / micro_per_rank
-                loss.backward()
-                loss_sum += loss.detach()
-            grad_norm = None
-            if not tcfg.low_memory:   # (in low-memory mode backward has already stepped)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), tcfg.grad_clip))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            lr = run.schedule.lr(step, tcfg)
+            loss_sum, grad_norm = train_step(run, model, step, lr)
             step += 1
 
-            # all processes agree on whether to stop and on the clock, so they stay in lockstep
+            # all processes agree on whether to stop and on the clocks, so they stay in lockstep
             now = time.time()
-            agreed = torch.tensor([float(stop.requested), elapsed_at_start + now - run_start,
-                                   now - fit.started if fit else 0.0], dtype=torch.float64, device=rt.device)
+            requested, elapsed, since_started = agree_max(
+                [float(stop.requested), elapsed_at_start + now - run_start, now - fit.started if fit else 0.0], rt)
+            stopping = bool(requested)
             if rt.world_size > 1:
-                dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            stopping, elapsed, since_started = bool(agreed[0].item()), float(agreed[1].item()), float(agreed[2].item())
             progress.update(step=step, elapsed_s=elapsed)
-            if fit and step < schedule.total_steps:
-                schedule = fit.refit(schedule, step, elapsed, since_started, tcfg, measure_finishing, rt, log)
-            progress.update(schedule=asdict(schedule), finished=step >= schedule.total_steps)
+            if fit and step < run.schedule.total_steps:
+                run.schedule = fit.refit(run, step, elapsed, since_started)
+            progress.update(schedule=asdict(run.schedule), finished=step >= run.schedule.total_steps)
 
             if step % tcfg.log_interval == 0 or progress["finished"]:
                 now = time.time()
                 rate = (step - last_log_step) / max(now - last_log, 1e-9)
-                remaining = (schedule.total_steps - step) / rate
-                log(f"step {step} / {schedule.total_steps} | loss {loss_sum.item():.4f} | {rate:.2f} opt/s | "
-                    f"{format_count(rate * tokens_per_step)} tok/s | lr {lr:.2e} | eta {format_eta(remaining)}")
-                if metrics:
-                    metrics.write(step=step, loss=loss_sum.item(), lr=lr, grad_norm=grad_norm, opt_per_s=rate,
-                                  tokens_per_s=rate * tokens_per_step, elapsed_s=elapsed)
+                log_step(run, metrics, loss_sum.item(), lr, grad_norm, rate)
                 last_log, last_log_step = now, step
             if rt.is_main and (step % tcfg.eval_interval == 0 or progress["finished"]):
-                val = evaluate(raw_model, val_shards, rt, tcfg.micro_batch, tcfg.eval_tokens)
-                log(f"step {step} | validation loss {val['loss']:.4f} | {val['bpb']:.4f} bits per byte")
+                val = evaluate(run.model, run.val_shards, rt, tcfg.micro_batch, tcfg.eval_tokens)
+                run.log(f"step {step} | validation loss {val['loss']:.4f} | {val['bpb']:.4f} bits per byte")
                 metrics.write(step=step, val_loss=val["loss"], val_bpb=val["bpb"])
             if progress["finished"] or stopping or time.time() - last_ckpt > tcfg.checkpoint_minutes * 60:
-                save_checkpoint(folder, raw_model, optimizer, progress, rt)
+                save_checkpoint(run.folder, run.model, run.optimizer, progress, rt)
                 last_ckpt = time.time()
     if rt.world_size > 1:
-        check_replicas_in_sync(raw_model, log)
+        check_replicas_in_sync(run.model, run.log)
     if stopping:
-        log(f"stopped at step {step}; the checkpoint is saved: run the same command again to resume")
+        run.log(f"stopped at step {step}; the checkpoint is saved: run the same command again to resume")
     return {"interrupted": stopping and not progress["finished"], "step": step, "val": val}

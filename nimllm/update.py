@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nimllm.config import MemoryConfig
 from nimllm.model import GPT
-from nimllm.train import Runtime
+from nimllm.runtime import Runtime
 
 Delta = dict[str, tuple[torch.Tensor, torch.Tensor]]   # tensor name -> (flat indices, values)
 
@@ -173,52 +173,15 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
     start = time.time()
     params = dict(model.named_parameters())
     model.train(False)   # no dropout: the update should be a function of the lessons
-    matmuls = Runtime(x.device.type).autocast()   # bf16 on a GPU, as the chat's decoder answers there
-    # the lessons and the answers to keep are short: one forward pass for all of them
-    short_x, short_y, rows = stacked([(x, y), *keep])
-    right_before = None
-
-    def loss_and_learned() -> tuple[torch.Tensor, float, bool]:
-        """The loss to descend (without EWC), the lessons' loss, and whether they are learned with the
-        kept answers right again."""
-        nonlocal right_before
-        with matmuls, sdpa_kernel(UPDATE_ATTENTION):
-            logits = model(short_x)                                          # (B, T, V)
-            losses, right = zip(*(answer_loss(logits[r], short_y[r]) for r in rows))
-            total = sum(losses) + sum(model(*xy) for xy in extra)
-        if right_before is None:
-            right_before = right[1:]
-        lesson = losses[0].item()
-        learned = (all_right(right[0], y) and lesson <= mcfg.learned_loss
-                   and all(bool(now[before].all()) for now, before in zip(right[1:], right_before)))
-        return total, lesson, learned
-
+    objective = lessons_objective(model, x, y, mcfg, extra, keep)
     # the first gradient, EWC's included, chooses the weights that may move
     model.zero_grad(set_to_none=True)
-    total, loss_before, learned = loss_and_learned()
+    total, loss_before, learned = objective()
     (total + ewc_penalty(model, anchor, fisher, mcfg.ewc_lambda)).backward()
     masks = apply_top_k_mask({n: p.grad for n, p in params.items()}, mcfg.mask_fraction)
     old = {n: params[n].detach().view(-1)[idx].clone() for n, idx in masks.items()}
-    moving = {n: old[n].clone().requires_grad_(True) for n in masks}
-    # only the chosen weights move, so EWC's gradient is needed there alone: lambda * F * (w - anchor)
-    ewc_pull = {n: (mcfg.ewc_lambda * fisher[n].view(-1)[idx], anchor[n].view(-1)[idx]) for n, idx in masks.items()}
-    optimizer = OPTIMIZERS[mcfg.optimizer](list(moving.values()), lr=mcfg.lr)
-    steps = 0
-    while not learned and steps < mcfg.steps:
-        if steps:   # the first gradient has EWC's already
-            model.zero_grad(set_to_none=True)
-            total.backward()
-        for n, idx in masks.items():
-            weight, at = ewc_pull[n]
-            moving[n].grad = params[n].grad.view(-1)[idx] + (weight * (moving[n].detach() - at) if steps else 0)
-        optimizer.step()
-        with torch.no_grad():
-            for n, idx in masks.items():
-                params[n].view(-1)[idx] = moving[n]
-        steps += 1
-        total, _, learned = loss_and_learned()
+    moving, steps, learned = masked_steps(params, masks, old, anchor, fisher, mcfg, objective, total, learned)
     model.zero_grad(set_to_none=True)
-
     delta = {n: (idx.cpu(), (moving[n].detach() - old[n]).cpu()) for n, idx in masks.items()} if steps else {}
     diverged = not all(torch.isfinite(values).all() for _, values in delta.values())
     if diverged:   # a model that answers nan from now on is worse than one that did not learn this
@@ -235,3 +198,54 @@ def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict,
                           time.time() - start, loss_before, loss_after, steps, learned and not diverged,
                           layers={n: len(i) for n, (i, _) in delta.items()}, largest=largest, diverged=diverged)
     return delta, report
+
+
+def lessons_objective(model: GPT, x: torch.Tensor, y: torch.Tensor, mcfg: MemoryConfig,
+                      extra: list[tuple[torch.Tensor, torch.Tensor]], keep: list[tuple[torch.Tensor, torch.Tensor]]):
+    """A function of the model's weights as they are when called: the loss to descend (without EWC),
+    the lessons' loss, and whether they are learned with the kept answers right again (the answer
+    tokens of `keep` ranked first at the first call)."""
+    matmuls = Runtime(x.device.type).autocast()   # bf16 on a GPU, as the chat's decoder answers there
+    # the lessons and the answers to keep are short: one forward pass for all of them
+    short_x, short_y, rows = stacked([(x, y), *keep])
+    right_before = None
+
+    def objective() -> tuple[torch.Tensor, float, bool]:
+        nonlocal right_before
+        with matmuls, sdpa_kernel(UPDATE_ATTENTION):
+            logits = model(short_x)                                          # (B, T, V)
+            losses, right = zip(*(answer_loss(logits[r], short_y[r]) for r in rows))
+            total = sum(losses) + sum(model(*xy) for xy in extra)
+        if right_before is None:
+            right_before = right[1:]
+        lesson = losses[0].item()
+        learned = (all_right(right[0], y) and lesson <= mcfg.learned_loss
+                   and all(bool(now[before].all()) for now, before in zip(right[1:], right_before)))
+        return total, lesson, learned
+    return objective
+
+
+def masked_steps(params: dict, masks: dict, old: dict, anchor: dict, fisher: dict, mcfg: MemoryConfig,
+                 objective, total: torch.Tensor, learned: bool) -> tuple[dict, int, bool]:
+    """Optimizer steps on the masked entries alone (the model's gradients of `total` are there for the
+    first), until learned or mcfg.steps: the moved entries, the steps taken, and whether learned."""
+    moving = {n: old[n].clone().requires_grad_(True) for n in masks}
+    # only the chosen weights move, so EWC's gradient is needed there alone: lambda * F * (w - anchor)
+    ewc_pull = {n: (mcfg.ewc_lambda * fisher[n].view(-1)[idx], anchor[n].view(-1)[idx]) for n, idx in masks.items()}
+    optimizer = OPTIMIZERS[mcfg.optimizer](list(moving.values()), lr=mcfg.lr)
+    steps = 0
+    while not learned and steps < mcfg.steps:
+        if steps:   # the first gradient has EWC's already
+            for p in params.values():
+                p.grad = None
+            total.backward()
+        for n, idx in masks.items():
+            weight, at = ewc_pull[n]
+            moving[n].grad = params[n].grad.view(-1)[idx] + (weight * (moving[n].detach() - at) if steps else 0)
+        optimizer.step()
+        with torch.no_grad():
+            for n, idx in masks.items():
+                params[n].view(-1)[idx] = moving[n]
+        steps += 1
+        total, _, learned = objective()
+    return moving, steps, learned

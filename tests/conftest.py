@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,82 @@ def train_tiny(root: Path, *options, n_bytes: int = 200_000, steps: int = 5) -> 
                   "--steps", steps, *options)
     assert out.returncode == 0, out.stderr
     return root / "model"
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """A byte-level BPE tokenizer of 400 tokens trained on real text (no model): for the tests of what a turn,
+    a reply or a stream does with tokens."""
+    from nimllm.tokenizer import Tokenizer
+    return Tokenizer.train([real_text(60_000)], vocab_size=400)
+
+
+# the recipe of the model the session shares: train_tiny's conversation skills and 40 agent-skill episodes, so
+# that the chat, the server, the agent and the benchmarks can all use it
+SHARED_OPTIONS = ("--agent-skills", 40)
+
+
+def files_of(folder: Path) -> list[tuple[str, int, int]]:
+    """Every file and folder under `folder`: its path, size and modification time."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny model trained once per session by the real command (train_tiny with SHARED_OPTIONS); its folder.
+    Read-only: whatever may write into a model folder (a chat, a server, learning) gets a copy (copy_model,
+    tiny_copy). At the end of the session the folder must be as training left it."""
+    folder = train_tiny(tmp_path_factory.mktemp("tiny"), *SHARED_OPTIONS)
+    before = files_of(folder)
+    yield folder
+    assert files_of(folder) == before, "a test changed the shared tiny model: give it a copy (tiny_copy)"
+
+
+def copy_model(folder: Path, root: Path) -> Path:
+    """A copy of the model folder `folder` at root/model."""
+    return Path(shutil.copytree(folder, root / "model"))
+
+
+@pytest.fixture
+def tiny_copy(tiny_model, tmp_path) -> Path:
+    """This test's own copy of the shared tiny model."""
+    return copy_model(tiny_model, tmp_path)
+
+
+@pytest.fixture
+def work():
+    """An agent's working folder with two Python files, outside /tmp (as the agent's is) so that what
+    the sandbox hides and binds is real."""
+    path = Path(tempfile.mkdtemp(prefix="nimllm-work-", dir="/var/tmp")) / "project"
+    path.mkdir()
+    (path / "a.py").write_text("print(1)\n")
+    (path / "b.py").write_text("print(2)\n")
+    yield path
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def calling_model(tmp_path_factory) -> Path:
+    """A model folder whose model opens a tool call whatever it is asked, and says " plain words"
+    where it may not: the blocks add nothing, so every position scores each token by the size of its
+    (tied) embedding, `<|tool_call|>` largest and a few word tokens next."""
+    import torch
+    from nimllm.checkpoint import save_config, save_weights
+    from nimllm.config import PRESETS, ModelConfig, ModelFolder
+    from nimllm.model import GPT
+    from nimllm.tokenizer import Tokenizer
+    folder = ModelFolder(tmp_path_factory.mktemp("caller") / "model")
+    tokenizer = Tokenizer.train(["plain words and more words " * 10] * 50, vocab_size=300)
+    folder.root.mkdir()
+    tokenizer.save(folder.tokenizer)
+    cfg = ModelConfig(**{**PRESETS["tiny"].model.__dict__, "vocab_size": 320})
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_() if p.dim() > 1 else p.fill_(1.0)
+        model.wte.weight.fill_(1.0)
+        model.wte.weight[sorted(set(tokenizer.encode(" plain words")))] = 2.0
+        model.wte.weight[tokenizer.special("<|tool_call|>")] = 3.0
+    save_config(folder, cfg, PRESETS["tiny"].train, "tiny", [])
+    save_weights(folder, model, 0)
+    return folder.root

@@ -3,10 +3,21 @@ import json
 from dataclasses import asdict
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO, SHAKESPEARE
+
+from nimllm.config import ModelFolder
+from nimllm.memory import Memory
+from nimllm.sandbox import Sandbox
+
+pytestmark = pytest.mark.slow   # each runs a benchmark (or its refusal) in a new process
+
+sandboxed = pytest.mark.skipif(not Sandbox(Path(tempfile.gettempdir())).active,
+                               reason="no sandbox here (bubblewrap missing or not allowed)")
 
 
 def run_bench(*args):
@@ -34,13 +45,12 @@ def test_quality_bench_scores_the_shakespeare_split(tmp_path):
     assert row["val_chars"] == 111540 and 0 < row["val_bits_per_char"] < 8
 
 
-def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path):
+def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path, tiny_copy):
     """Behaviour, not recall (a tiny model recalls nothing): each fact is told to its own `nimllm chat`
     process and asked in new ones, in copies; the model folder given is left as it was."""
-    from conftest import train_tiny
     from nimllm.config import MemoryConfig
     from nimllm.store import Store
-    model = train_tiny(tmp_path, "--no-chat-skills")   # the dialogues take a minute to make; not needed here
+    model = tiny_copy
     files = lambda: sorted((str(p.relative_to(model)), p.stat().st_size, p.stat().st_mtime_ns)   # noqa: E731
                            for p in model.rglob("*"))
     before = files()
@@ -80,11 +90,10 @@ def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path):
     assert settings["git"]["commit"] and settings["torch"] and settings["device"] == "cpu"
 
 
-def test_first_update_bench_times_updates_after_a_dry_warm_up_that_changes_nothing(tmp_path):
+def test_first_update_bench_times_updates_after_a_dry_warm_up_that_changes_nothing(tmp_path, tiny_copy):
     """Both variants learn the same facts in new processes; the dry warm-up moves no weight, so the
     updates after it take as many steps as without it."""
-    from conftest import train_tiny
-    model = train_tiny(tmp_path, "--no-chat-skills")
+    model = tiny_copy
     out = tmp_path / "first_update.json"
     run_bench("bench/first_update.py", "--model", model, "--device", "cpu", "--updates", "1", "--out", out)
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
@@ -92,6 +101,55 @@ def test_first_update_bench_times_updates_after_a_dry_warm_up_that_changes_nothi
     assert all(len(r["updates"]) == 1 and all(u["total_s"] > 0 for u in r["updates"]) for r in rows.values())
     assert [u["n_steps"] for u in rows["dry"]["updates"]] == [u["n_steps"] for u in rows["none"]["updates"]]
     assert not (model / "conversations.sqlite").exists()   # it learned in copies
+
+
+def test_generation_bench_runs_end_to_end_at_toy_size(tmp_path):
+    out = tmp_path / "generate.json"
+    run = subprocess.run([sys.executable, "bench/generate.py", "--preset", "tiny", "--vocab-size", "300",
+                          "--prompt-tokens", "8", "--new-tokens", "6", "--batch", "1", "2", "--device", "cpu",
+                          "--only", "transformers generate, float32", "nimllm float32", "nimllm float16",
+                          "--out", out], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = {(r["config"], r["batch"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("transformers generate, float32", 1), ("nimllm float32", 1), ("nimllm float16", 1),
+                         ("nimllm float16", 2)}
+    assert rows[("transformers generate, float32", 1)]["vs_reference"] == 1.0
+    assert all(r["tokens_per_s"] > 0 and r["ttft_s"] > 0 and len(r["tokens"]) == 6 for r in rows.values())
+
+
+def test_serve_bench_end_to_end(tiny_copy, tmp_path):
+    out = tmp_path / "serve.json"
+    result = subprocess.run([sys.executable, "bench/serve.py", "--model", tiny_copy, "--clients", "1", "3",
+                             "--requests", "2", "--new-tokens", "4", "--max-batch", "2", "--out", out],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["clients"], r["requests"]) for r in rows] == [(1, 2), (3, 6)]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["ttft_median_s"] <= r["ttft_p90_s"] for r in rows)
+
+
+@sandboxed   # it runs what the model writes, which only the sandbox makes harmless
+def test_agent_bench_runs_end_to_end(tiny_copy, tmp_path):
+    """Hand-written requests (every fourth kind of them: taught and untaught), a few generated ones,
+    a learning set with corrections, two memory settings; every figure of the report is there."""
+    Memory(ModelFolder(tiny_copy), "cpu").fisher   # estimated before, as for the agent's own tests
+    out = tmp_path / "agent.json"
+    run = subprocess.run([sys.executable, "bench/agent.py", "--model", str(tiny_copy), "--limit", "6", "--generated", "2",
+                          "--learn", "3", "--max-steps", "2", "--memory", "default", "agent_lr=1e-4,steps=2", "--fix",
+                          "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(out.read_text())
+    before = result["tasks"]["before"]
+    assert sum(len(rows) for rows in before.values()) == 8 and len(before["generated"]) == 2
+    assert {"taught kinds", "generated"} <= set(result["before"])
+    for s in result["before"].values():
+        assert {"success", "within_3", "first_right", "carries", "well_formed", "answered_without_command",
+                "failed_command", "recovered"} <= set(s)
+    assert [(v["memory"]["agent_lr"], v["memory"]["steps"]) for v in result["variants"]] == [(1e-5, 32), (1e-4, 2)]
+    learning = result["tasks"]["variants"][0]["learning"]   # every task of the learning set approved or corrected
+    assert sum(len(rows) for rows in learning.values()) == 3
+    assert all(r["success"] != r["fixed"] for rows in learning.values() for r in rows)
+    assert result["sandboxed"] and "agent requests" in run.stdout
 
 
 @pytest.mark.parametrize("bench", ["bench/agent.py", "bench/memory.py", "bench/first_update.py"])

@@ -10,23 +10,19 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli, train_tiny
+from conftest import REPO, run_cli
 
 from nimllm.chat import read_message, run_chat
 from nimllm.config import ModelFolder
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("chat"))
+from nimllm.turns import Sampling
 
 
 @pytest.fixture
-def folder(trained, tmp_path, home) -> ModelFolder:
-    """A copy of the trained model for each test, with a conversation store of its own."""
-    shutil.copytree(trained, tmp_path / "model")
+def folder(tiny_model, tmp_path, home) -> ModelFolder:
+    """A copy of the session's tiny model for each test, with a conversation store of its own."""
+    shutil.copytree(tiny_model, tmp_path / "model")
     return ModelFolder(tmp_path / "model")
 
 
@@ -42,6 +38,7 @@ def stored(folder: ModelFolder) -> list[list]:
         return [store.messages(c.id) for c in reversed(store.conversations())]
 
 
+@pytest.mark.slow
 def test_a_piped_session_is_stored_and_learned(folder):
     out = chat(folder, "Ilse lives in Tromso\n/quit\n")
     assert "you> Ilse lives in Tromso\nnimllm> " in out and "you> /quit\n" in out
@@ -53,11 +50,13 @@ def test_a_piped_session_is_stored_and_learned(folder):
     assert conversation.ended is not None and conversation.learned_delta is not None
 
 
+@pytest.mark.slow
 def test_missing_model_is_a_one_line_error(tmp_path):
     out = run_cli("--chat", "--model", tmp_path / "nothing", input="hello\n")
     assert out.returncode == 1 and out.stderr.startswith("nimllm: error: no model in") and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_feedback_commands_and_multi_line_input(folder):
     out = chat(folder, "/good\none\\\ntwo\n/good\nsecond\n/bad\nthird\n/fix a better\\\nanswer\n/help\n/frobnicate\n"
                        '"""\nblock one\n\nblock two\n"""\n')   # no /quit: the end of input quits
@@ -72,6 +71,7 @@ def test_feedback_commands_and_multi_line_input(folder):
         ("good", None), ("bad", None), ("fix", "a better\nanswer"), (None, None)]
 
 
+@pytest.mark.slow
 def test_a_talk_longer_than_the_context(folder):
     lines = [f"line {i}: " + "the quick brown fox jumps over the lazy dog " * 4 for i in range(12)]
     lines.insert(5, "one enormous message " * 100)
@@ -81,6 +81,7 @@ def test_a_talk_longer_than_the_context(folder):
     assert [m.role for m in messages] == ["user", "assistant"] * 13
 
 
+@pytest.mark.slow
 def test_remember_learns_and_starts_a_new_conversation(folder):
     out = chat(folder, "/remember\nOrla has a cat\n/remember\nthe cat is called Miso\n/stats\n/quit\n")
     assert "nothing to remember yet" in out
@@ -93,6 +94,7 @@ def test_remember_learns_and_starts_a_new_conversation(folder):
         assert [c.learned_delta is not None for c in reversed(store.conversations())] == [False, True, True]
 
 
+@pytest.mark.slow
 def test_context_flows_on_after_remember_and_ctrl_c_keeps_a_partial_answer(folder, monkeypatch):
     tokenizer = Tokenizer.load(folder.tokenizer)
     prompts = []
@@ -104,7 +106,7 @@ def test_context_flows_on_after_remember_and_ctrl_c_keeps_a_partial_answer(folde
 
     monkeypatch.setattr("nimllm.generate.generate", interrupted_generate)
     stdout = io.StringIO()
-    sampling = {"temperature": 0.7, "top_k": 50, "top_p": 0.95, "max_tokens": 20, "seed": None}
+    sampling = Sampling(max_tokens=20, temperature=0.7, top_k=50, top_p=0.95)
     code = run_chat(folder, "cpu", sampling, stdin=io.StringIO("hello\n/remember\nagain\n"), stdout=stdout)
     assert code == 0
     assert "nimllm> so far [stopped]\n" in stdout.getvalue()
@@ -138,6 +140,7 @@ def kill_chat_when(folder: ModelFolder, text: str, ready) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_mid_conversation_loses_nothing_and_is_learned_next_time(folder):
     kill_chat_when(folder, "the lighthouse is called Vess\n", lambda out: out.count("you> ") >= 2)
     [messages] = stored(folder)
@@ -149,6 +152,7 @@ def test_killed_mid_conversation_loses_nothing_and_is_learned_next_time(folder):
 
 
 
+@pytest.mark.slow
 def test_two_chats_started_together_learn_a_killed_chats_conversation_once(folder):
     kill_chat_when(folder, "the lighthouse is called Vess\n", lambda out: out.count("you> ") >= 2)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
@@ -164,6 +168,7 @@ def test_two_chats_started_together_learn_a_killed_chats_conversation_once(folde
     assert learned.learned_delta == delta.id and learned.title == "the lighthouse is called Vess"
 
 
+@pytest.mark.slow
 def test_killed_mid_update_keeps_the_weights_and_learns_again(folder):
     from nimllm.memory import Memory
     chat(folder, "my first car was a Volvo\n/quit\n")     # one memory already there
@@ -181,6 +186,7 @@ def test_killed_mid_update_keeps_the_weights_and_learns_again(folder):
         assert [m.content for m in store.messages(store.conversations()[-2].id)][0] == "my second car was a Saab"
 
 
+@pytest.mark.slow
 def test_memory_commands(folder):
     chat(folder, "the boat is called Blue Heron\n/quit\n")
     chat(folder, "the cat is called Miso\n/quit\n")
@@ -196,3 +202,39 @@ def test_memory_commands(folder):
     assert "forgot 1 memor" in run_cli("memory", "reset", "--model", folder.root).stdout
     missing = run_cli("memory", "show", "99", "--model", folder.root)
     assert missing.returncode == 1 and "no memory 99" in missing.stderr and "Traceback" not in missing.stderr
+
+
+
+@pytest.mark.slow
+def test_a_chat_answers_in_words_where_its_model_would_open_a_tool_call(calling_model, home):
+    """A chat runs no command: a model taught commands would answer small talk with a call (and an
+    output it makes up); banned, the reply is the model's words, not an empty turn or a call."""
+    out = run_cli("chat", "--model", calling_model, "--max-tokens", 12, "--temperature", 0, input="tell me a joke\n")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    reply = out.stdout.split("nimllm> ", 1)[1].split("\n", 1)[0]
+    assert "plain" in reply or "words" in reply, out.stdout
+    assert "tool_call" not in out.stdout
+
+
+@pytest.mark.slow
+def test_the_update_warms_up_once_a_message_states_something_and_a_chat_of_questions_never_does(folder, monkeypatch):
+    """Where a warm-up pays (a GPU, faked here), it starts after the reply to the first message with
+    something to learn, once, and the update waits for it; a chat of questions never runs it."""
+    from nimllm.memory import Memory
+    events = []
+    monkeypatch.setattr(Memory, "needs_warm_up", property(lambda self: True))
+    real_warm_up, real_learn = Memory.warm_up, Memory.learn
+    monkeypatch.setattr(Memory, "warm_up", lambda self: (time.sleep(0.5), events.append("warm up"),
+                                                         real_warm_up(self))[-1])
+    monkeypatch.setattr(Memory, "learn", lambda self, *a, **k: (events.append("learn"), real_learn(self, *a, **k))[-1])
+    sampling = Sampling(max_tokens=4, temperature=0.0, top_k=None, top_p=None)
+
+    def talk(text: str) -> str:
+        stdout = io.StringIO()
+        assert run_chat(folder, "cpu", sampling, stdin=io.StringIO(text), stdout=stdout) == 0
+        return stdout.getvalue()
+
+    out = talk("What is Ilse's boat called?\nhello\n")
+    assert events == [] and "nothing to remember" in out
+    out = talk("hello\nIlse's boat is called the Gull.\nMy dog is called Rex.\n")
+    assert events == ["warm up", "learn"] and "remembering this conversation... updated " in out

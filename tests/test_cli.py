@@ -1,5 +1,6 @@
 """Bad input gets one clear line on stderr and a non-zero exit, never a traceback, and loses nothing."""
 import resource
+import shutil
 import signal
 
 import pytest
@@ -42,6 +43,7 @@ BAD_CORPORA = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BAD_CORPORA)
 def test_bad_corpus(tmp_path, home, name):
     contents, fragments = BAD_CORPORA[name]
@@ -54,6 +56,7 @@ def test_bad_corpus(tmp_path, home, name):
     assert not (home / "models" / "default" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_missing_model(home):
     assert_one_line_error(run_cli("generate", "hello"), "no model in", "nimllm --train")
     assert_one_line_error(run_cli("info", "--model", "nothing-here"), "no model in")
@@ -65,7 +68,16 @@ def trained(corpus, home) -> ModelFolder:
     return ModelFolder.resolve("default")
 
 
-def test_corrupt_weights_and_config(trained):
+@pytest.fixture
+def default_model(tiny_model, home) -> ModelFolder:
+    """The session's tiny model, copied to where `nimllm` looks when no --model is given."""
+    shutil.copytree(tiny_model, home / "models" / "default")
+    return ModelFolder.resolve("default")
+
+
+@pytest.mark.slow
+def test_corrupt_weights_and_config(default_model):
+    trained = default_model
     good = trained.weights.read_bytes()
     trained.weights.write_bytes(good[:len(good) // 2])               # cut short, as by a full disk
     assert_one_line_error(run_cli("generate", "hi"), "model.safetensors", "damaged")
@@ -78,6 +90,7 @@ def test_corrupt_weights_and_config(trained):
     assert_one_line_error(run_cli("generate", "hi"), "config.json", "damaged")
 
 
+@pytest.mark.slow
 def test_corrupt_training_state_when_resuming(trained, corpus):
     trained.train_state.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
     assert_one_line_error(run_cli("train", corpus, *TINY, "--steps", "5"), "train_state.safetensors", "damaged")
@@ -89,6 +102,7 @@ def limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
 
+@pytest.mark.slow
 def test_full_disk_during_training_keeps_the_previous_model(trained, tmp_path):
     before = trained.weights.read_bytes()
     book2 = tmp_path / "book2.txt"

@@ -147,6 +147,7 @@ def test_reading_in_blocks_decodes_like_the_whole_file(tmp_path_factory, data, b
     assert stats.bytes_read == len(data)
 
 
+@pytest.mark.slow
 def test_a_file_larger_than_a_block_streams_unchanged(tokenizer, tmp_path):
     long_line = "no newline for a while, é€🙂 " * 100_000  # 3.4 MB: blocks cut between characters
     text = SAMPLE * 50 + long_line + "\n" + SAMPLE * 50

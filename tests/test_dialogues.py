@@ -136,6 +136,7 @@ def test_the_dialogues_become_chat_template_shards(tmp_path):
     assert (tokens == tokenizer.special("<|user|>")).sum() == (tokens == tokenizer.special("<|assistant|>")).sum() == turns
 
 
+@pytest.mark.slow
 def test_train_mixes_them_in_unless_told_not_to(tmp_path):
     assert build_parser().parse_args(["train"]).chat_skills == dialogues.DEFAULT_DIALOGUES
     assert build_parser().parse_args(["train", "--no-chat-skills"]).chat_skills == 0

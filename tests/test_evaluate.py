@@ -3,22 +3,18 @@ import json
 
 import pytest
 
-from conftest import real_text, run_cli
+from conftest import run_cli
 from nimllm.config import ModelFolder, UserError
 from nimllm.evaluate import evaluate_text
 from nimllm.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow   # every test here scores the session's trained model
+
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[ModelFolder, str]:
-    """A tiny model trained for two steps on a real text, and that text."""
-    root = tmp_path_factory.mktemp("trained")
-    text = real_text(60_000)
-    (root / "corpus.txt").write_text(text)
-    out = run_cli("train", root / "corpus.txt", "--model", root / "model", "--preset", "tiny", "--vocab-size", "512",
-                  "--steps", "2", "--batch-size", "8", "--grad-accum", "1")
-    assert out.returncode == 0, out.stderr
-    return ModelFolder(root / "model"), text
+def trained(tiny_model) -> tuple[ModelFolder, str]:
+    """The session's tiny model (eval only reads it), and the text it was trained on."""
+    return ModelFolder(tiny_model), (tiny_model.parent / "corpus.txt").read_text()
 
 
 def test_eval_gives_the_loss_the_trainer_measured_on_its_validation_text(trained, tmp_path):

@@ -116,6 +116,7 @@ def test_llama_cpp_runs_the_gguf_to_nimllms_greedy_tokens(tmp_path, tokenizer):
     assert answer["tokens"] == [list(generate(model, p, 40, temperature=0)) for p in prompts]
 
 
+@pytest.mark.slow
 def test_export_command_and_its_refusals(tmp_path, tokenizer):
     gelu = model_folder(tmp_path / "gelu", tokenizer, "gelu")
     out = run_cli("export", "--model", gelu.root, "--format", "hf", tmp_path / "hf")

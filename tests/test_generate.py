@@ -1,13 +1,9 @@
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from conftest import REPO
 from nimllm.config import ModelConfig
-from nimllm.generate import Decoder, KVCache, generate, generate_batch, sample_next, with_weights
+from nimllm.generate import (BatchScheduler, Decoder, KVCache, Request, generate, generate_batch, sample_next,
+                             with_weights)
 from nimllm.model import GPT
 
 
@@ -30,6 +26,28 @@ def test_cached_forward_matches_full_forward_in_chunks():
     pieces = [model(idx[:, a:b], cache=cache) for a, b in [(0, 7), (7, 8), (8, 15), (15, 20)]]
     assert cache.pos == 20
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+@torch.no_grad()
+def test_decoder_prefill_and_steps_at_own_positions_give_the_full_forward_logits():
+    """Rows prefilled with prompts of different lengths, then stepped together, each at its own
+    position: every row's logits are those of the plain forward over its whole sequence."""
+    model = small_model(block_size=24)
+    g = torch.Generator().manual_seed(4)
+    sequences = [torch.randint(0, 40, (n,), generator=g).tolist() for n in (24, 5, 17)]
+    lengths = [3, 1, 12]   # prefilled; the rest is fed a token per step (a row that has run out sits at 0)
+    decoder = Decoder(model, batch_size=3)
+    for row, (seq, n) in enumerate(zip(sequences, lengths)):
+        assert torch.allclose(decoder.prefill(row, seq[:n]), model(torch.tensor([seq[:n]]))[0, -1], atol=1e-5)
+    for t in range(max(map(len, sequences)) - min(lengths)):
+        feeding = [lengths[r] + t < len(seq) for r, seq in enumerate(sequences)]
+        positions = [lengths[r] + t if feeding[r] else 0 for r in range(3)]
+        tokens = torch.tensor([seq[positions[r]] if feeding[r] else 0 for r, seq in enumerate(sequences)])
+        logits = decoder.step(tokens, positions)
+        for r, seq in enumerate(sequences):
+            if feeding[r]:
+                full = model(torch.tensor([seq[:positions[r] + 1]]))[0, -1]
+                assert torch.allclose(logits[r], full, atol=1e-5), (r, t)
 
 
 @pytest.mark.parametrize("max_new", [10, 60])  # 60 runs past the context of 24 several times
@@ -60,6 +78,23 @@ def test_stop_ids_end_generation():
     assert stopped == free[:free.index(stop)]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_banned_id_is_never_drawn_on_any_path(temperature):
+    model = small_model()
+    prompt = [5, 6]
+    free = list(generate(model, prompt, 20, temperature=temperature, seed=3))
+    banned = {free[0], free[4]}   # the tokens it did choose
+    cached = list(generate(model, prompt, 20, temperature=temperature, seed=3, banned_ids=banned))
+    plain = list(generate(model, prompt, 20, temperature=temperature, seed=3, banned_ids=banned, use_cache=False))
+    batched = [row[0] for row in generate_batch(Decoder(model, 2), [prompt, prompt], 20, temperature, seed=3,
+                                                  banned_ids=banned)]
+    assert len(cached) == 20 and not banned & set(cached) and cached[0] != free[0]
+    assert batched == cached
+    if temperature == 0:   # greedy: the plain path picks the same; sampled paths draw from their own generators
+        assert plain == cached
+    assert not banned & set(plain)
+
+
 def test_top_k_and_top_p_restrict_choices():
     g = torch.Generator().manual_seed(0)
     logits = torch.tensor([[5.0, 4.0, 3.0, -10.0, -10.0]])
@@ -82,6 +117,7 @@ def collect(steps) -> list[list[int]]:
     return rows
 
 
+@pytest.mark.slow
 def test_batched_decoding_equals_each_sequence_decoded_plainly():
     model = small_model(block_size=24)
     g = torch.Generator().manual_seed(1)
@@ -126,6 +162,25 @@ def test_every_weight_format_decodes_like_its_plain_path_and_stays_close(weights
         assert_greedy(fast, prompt, tokens, tie)
 
 
+def test_batched_sampling_gives_each_row_what_generate_gives_it_alone():
+    """The batch runs through the BatchScheduler: row r samples with seed + r as `generate` would."""
+    model = small_model()
+    prompts = [[1, 2], [3], [4, 5, 6]]
+    alone = [list(generate(model, p, 20, temperature=0.8, top_p=0.9, seed=11 + r)) for r, p in enumerate(prompts)]
+    assert collect(generate_batch(Decoder(model, 3), prompts, 20, temperature=0.8, top_p=0.9, seed=11)) == alone
+
+
+def test_a_decode_computes_no_step_past_its_length_and_raises_a_rows_failure():
+    model = small_model()
+    decoder = Decoder(model, batch_size=1)
+    steps, step = [], decoder.step
+    decoder.step = lambda tokens, positions: steps.append(positions) or step(tokens, positions)
+    assert len(list(generate(model, [1, 2, 3], 10, temperature=0, decoder=decoder))) == 10
+    assert len(steps) == 9   # the prefill gives the first token, a step each of the others
+    with pytest.raises(IndexError):   # a token outside the vocabulary fails its prefill, as a plain forward
+        list(generate(model, [1, 400], 5, decoder=decoder))
+
+
 def test_seeded_batched_sampling_is_reproducible():
     model = small_model()
     decoder = Decoder(model, batch_size=3)
@@ -136,62 +191,71 @@ def test_seeded_batched_sampling_is_reproducible():
         next(generate_batch(decoder, [[1]] * 4, 5))
 
 
-def test_generation_bench_runs_end_to_end_at_toy_size(tmp_path):
-    out = tmp_path / "generate.json"
-    run = subprocess.run([sys.executable, "bench/generate.py", "--preset", "tiny", "--vocab-size", "300",
-                          "--prompt-tokens", "8", "--new-tokens", "6", "--batch", "1", "2", "--device", "cpu",
-                          "--only", "transformers generate, float32", "nimllm float32", "nimllm float16",
-                          "--out", out], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert run.returncode == 0, run.stdout + run.stderr
-    rows = {(r["config"], r["batch"]): r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {("transformers generate, float32", 1), ("nimllm float32", 1), ("nimllm float16", 1),
-                         ("nimllm float16", 2)}
-    assert rows[("transformers generate, float32", 1)]["vs_reference"] == 1.0
-    assert all(r["tokens_per_s"] > 0 and r["ttft_s"] > 0 and len(r["tokens"]) == 6 for r in rows.values())
+# ---- the BatchScheduler: continuous batching on token ids ------------------------------------------
+
+@pytest.mark.slow
+def test_batch_scheduler_gives_each_request_what_generate_gives_it_alone():
+    """Requests arrive while others decode, greedy and seeded ones mixed, some longer than the context
+    (24): each gets generate's tokens for its prompt alone; a cancelled one ends and frees its row."""
+    import random
+
+    net = small_model()
+    rng = random.Random(0)
+    asks = [dict(prompt=[rng.randrange(40) for _ in range(rng.randrange(1, 30))], max_new_tokens=rng.randrange(1, 50),
+                 temperature=0.9 * (i % 2), seed=i) for i in range(16)]
+    stop = frozenset(list(generate(net, asks[0]["prompt"], 3, temperature=0))[-1:])   # a token some replies write
+    for a in asks:
+        a["stop_ids"] = stop
+    for weights in ("float32", "float16"):
+        wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a["seed"],
+                                stop_ids=a["stop_ids"], decoder=Decoder(net, 1, weights))) for a in asks]
+        scheduler = BatchScheduler(Decoder(net, 4, weights))
+        got, ends = [[] for _ in asks], [None] * len(asks)
+
+        def emit_to(i):
+            return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
+        requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
+        endless = Request([1, 2], 10**6, emit_to(len(asks) - 1))   # replaces the last: cancelled mid-way
+        requests[-1] = endless
+        for i, request in enumerate(requests):
+            scheduler.submit(request)
+            for _ in range(rng.randrange(4)):
+                scheduler.step()
+        endless.cancel()
+        while scheduler.live or not scheduler.waiting.empty():
+            scheduler.step()
+        assert got[:-1] == wanted[:-1] and ends[-1] == "cancelled" and ends.count("stop") > 0
+        assert all(end in ("stop", "length") for end in ends[:-1]) and scheduler.rows == [None] * 4
 
 
-# ---- what reaches the terminal ---------------------------------------------------------------------
+def test_a_request_the_engine_cannot_run_fails_alone():
+    """Values no API request can carry, given to the scheduler directly while two requests decode: a seed
+    past 64 bits (the generator refuses it on admission), a temperature so small that the logits overflow
+    (sampling meets inf/nan) and a token outside the vocabulary (its prefill fails). Each ends its own
+    request with an error; the two decoding get generate's tokens, and every row is free at the end."""
+    net = small_model()
+    asks = [dict(prompt=[1, 2, 3], max_new_tokens=30, temperature=0.0),
+            dict(prompt=[4, 5], max_new_tokens=30, temperature=0.9, seed=7),
+            dict(prompt=[1, 2], max_new_tokens=5, seed=2**64),
+            dict(prompt=[1, 2], max_new_tokens=5, temperature=5e-324),
+            dict(prompt=[1, 400], max_new_tokens=5)]
+    wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a.get("seed"),
+                            decoder=Decoder(net, 1))) for a in asks[:2]]
+    scheduler = BatchScheduler(Decoder(net, 4))   # 4 rows for 5 requests: the last takes a row a failure freed
+    got, ends = [[] for _ in asks], [None] * len(asks)
 
-NASTY = "\x1b]0;pwned\x07\x1b[2J\x1b[31m\x1b]52;c;cm0gLXJmIH4=\x1b\\\x9b6n\x85\x08\r\x00\x7f\u202e"
-CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0))] + ["\u202e"]
-
-
-@pytest.fixture(scope="module")
-def escape_model(tmp_path_factory):
-    """A model folder whose model writes nothing but the tokens of NASTY (escape sequences for the
-    screen, the window title and the clipboard, C0 and C1 controls, a bidi override), in random order:
-    the blocks add nothing and the tied output layer scores those tokens far above all others."""
-    from nimllm.checkpoint import save_config, save_weights
-    from nimllm.config import PRESETS, ModelFolder
-    from nimllm.tokenizer import Tokenizer
-    folder = ModelFolder(tmp_path_factory.mktemp("escape") / "model")
-    tokenizer = Tokenizer.train([NASTY + " plain words " * 10] * 50, vocab_size=300)
-    folder.root.mkdir()
-    tokenizer.save(folder.tokenizer)
-    cfg = ModelConfig(**{**PRESETS["tiny"].model.__dict__, "vocab_size": 320})
-    model = GPT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_() if p.dim() > 1 else p.fill_(1.0)
-        model.wte.weight.fill_(1.0)
-        model.wte.weight[sorted(set(tokenizer.encode(NASTY)))] = 2.0
-    save_config(folder, cfg, PRESETS["tiny"].train, "tiny", [])
-    save_weights(folder, model, 0)
-    return folder
-
-
-def assert_no_control(out: subprocess.CompletedProcess) -> None:
-    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
-    assert [c for c in CONTROL if c in out.stdout] == []
-    assert "\\x1b" in out.stdout and "\\x07" in out.stdout   # the model did write them: shown as text
-
-
-def test_generate_prints_no_control_characters(escape_model, home):
-    from conftest import run_cli
-    assert_no_control(run_cli("generate", "hello", "--model", escape_model.root, "--max-tokens", 60, "--seed", 0))
-
-
-def test_chat_prints_no_control_characters(escape_model, home):
-    from conftest import run_cli
-    out = run_cli("chat", "--model", escape_model.root, "--max-tokens", 60, "--seed", 0, input="hello?\n")
-    assert_no_control(out)
+    def emit_to(i):
+        return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
+    requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
+    for request in requests[:2]:
+        scheduler.submit(request)
+    for _ in range(3):
+        scheduler.step()
+    for request in requests[2:]:
+        scheduler.submit(request)
+    while scheduler.live or not scheduler.waiting.empty():
+        scheduler.step()
+    assert got[:2] == wanted and ends[:2] == ["length", "length"] and got[2:] == [[], [], []]
+    assert [end.split(":")[:2] for end in ends[2:]] == [["error", " ValueError"], ["error", " RuntimeError"],
+                                                         ["error", " IndexError"]]
+    assert scheduler.rows == [None] * 4

@@ -11,7 +11,7 @@ from nimllm.generate import Decoder, generate, generate_batch, with_weights
 from nimllm.model import GPT
 from nimllm.train import build_optimizer
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CFG = ModelConfig(vocab_size=512, n_layer=2, n_embd=128, n_head=4, block_size=64)
 
 
@@ -19,6 +19,7 @@ def relative_error(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+@pytest.mark.slow
 def test_compiled_bf16_training_step_matches_eager_float32():
     torch.manual_seed(0)
     model = GPT(CFG).cuda()
@@ -65,6 +66,7 @@ def test_generation_with_cache_equals_without_on_cuda():
     assert cached == plain
 
 
+@pytest.mark.slow
 def test_cuda_training_run_compiles_and_loads_on_cpu(corpus, home):
     out = run_cli("train", corpus, "--preset", "tiny", "--vocab-size", "512", "--steps", "60", "--compile")
     assert out.returncode == 0, out.stderr
@@ -85,7 +87,7 @@ def peaked_model() -> GPT:
     return model
 
 
-@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_cuda_graph_decoding_equals_the_plain_path_in_float32(compile):
     model = peaked_model()
     prompts = [torch.randint(0, 512, (n,)).tolist() for n in (5, 40, 64, 90)]   # 90 > the context of 64
@@ -96,6 +98,7 @@ def test_cuda_graph_decoding_equals_the_plain_path_in_float32(compile):
     assert list(generate(model, prompts[2], 100, temperature=0, decoder=single)) == plain[2]
 
 
+@pytest.mark.slow
 def test_compiled_cuda_graph_decoding_in_bf16_follows_the_bf16_plain_path():
     model = peaked_model()
     fast = with_weights(model, "bfloat16")

@@ -70,13 +70,13 @@ def test_an_approved_or_fixed_answer_is_learned_alone():
 
 def test_feedback_shapes_an_agent_task():
     task = [message("user", "count the .txt files", meta={"agent": True}),
-            message("assistant", "ls", meta={"tool_call": True}, feedback="bad"), message("tool", "a.txt"),
-            message("assistant", "ls *.txt | wc -l", meta={"tool_call": True}), message("tool", "3"),
+            message("tool_call", "ls", feedback="bad"), message("tool", "a.txt"),
+            message("tool_call", "ls *.txt | wc -l"), message("tool", "3"),
             message("assistant", "There are 3.", feedback="good")]
     assert conversation_messages(task) == [("user", "count the .txt files"), ("tool_call", "ls *.txt | wc -l"),
                                            ("tool", "3"), ("assistant", "There are 3.")]
     assert lessons_for(task) == [conversation_messages(task)]
-    unapproved = [message("user", "count", meta={"agent": True}), message("assistant", "ls", meta={"tool_call": True})]
+    unapproved = [message("user", "count", meta={"agent": True}), message("tool_call", "ls")]
     assert lessons_for(unapproved) == []
 
 

@@ -4,6 +4,8 @@ import shutil
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow   # every test here learns on a model trained for it
+
 # ---- the model folder's memory, end to end ------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -105,6 +107,7 @@ def test_opening_a_memory_leaves_the_fisher_control_and_decoder_for_later(folder
     import io
     import nimllm.memory
     from nimllm.chat import run_chat, PROMPT
+    from nimllm.turns import Sampling
     events = []
     for name in ("prepare", "fastest_decoder"):
         real = getattr(nimllm.memory, name)
@@ -115,7 +118,7 @@ def test_opening_a_memory_leaves_the_fisher_control_and_decoder_for_later(folder
             if text == PROMPT:
                 events.append("prompt")
             return super().write(text)
-    sampling = {"temperature": 0.7, "top_k": 50, "top_p": 0.95, "max_tokens": 4, "seed": 0}
+    sampling = Sampling(max_tokens=4, temperature=0.7, top_k=50, top_p=0.95, seed=0)
     run_chat(folder, "cpu", sampling, stdin=io.StringIO("Ilse lives in Tromso\n"), stdout=Out())
     assert events[:2] == ["prompt", "fastest_decoder"] and events.count("prepare") == 2   # Fisher, then control
     assert (folder.memory / "fisher.safetensors").exists() and folder.control.exists()
@@ -229,3 +232,61 @@ def test_generate_eval_and_export_see_what_was_remembered(folder):
     assert same(weights(load_remembered(folder)[0]), weights(mem.model))
     mem.forget()
     assert same(weights(load_remembered(folder)[0]), weights(load_model(folder)[0]))
+
+
+def out_of_gpu_memory_midway(model, *args, **kwargs):
+    """selective_update as it fails when other processes hold the GPU: after it has moved weights."""
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 272.00 MiB.")
+
+
+def test_an_update_the_gpu_has_no_room_for_says_so_and_loses_nothing(folder, monkeypatch):
+    import nimllm.memory
+    from nimllm.config import UserError
+    from nimllm.memory import Memory
+    mem = Memory(folder, "cpu")
+    base = weights(mem.model)
+    cid = have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))
+    monkeypatch.setattr(nimllm.memory, "selective_update", out_of_gpu_memory_midway)
+    with pytest.raises(UserError, match="ran out of memory.*next chat learns"):
+        mem.learn([cid], log=lambda *_: None)
+    assert same(weights(mem.model), base) and mem.store.deltas() == []
+    assert mem.store.unlearned() == [cid]   # left for the next chat, which learns it
+    monkeypatch.undo()
+    assert mem.learn([cid], log=lambda *_: None).n_weights > 0 and mem.store.unlearned() == []
+
+
+def test_a_warm_up_the_gpu_has_no_room_for_is_skipped(folder, monkeypatch):
+    import nimllm.memory
+    from nimllm.memory import Memory
+    mem = Memory(folder, "cpu")
+    assert mem.warm_up() is True
+    monkeypatch.setattr(nimllm.memory, "selective_update", out_of_gpu_memory_midway)
+    assert mem.warm_up() is False   # no error: the chat goes on, and its first update pays for first use
+
+
+def test_a_model_trained_with_agent_skills_keeps_control_answers_to_its_corpus_requests(folder):
+    """The control set of a model whose training mixed in an agent-skill corpus also holds the first
+    request of each kind in that corpus (read from the folder, wherever the folder was moved), and
+    the base model keeps every answer; a model trained without one gets the hand-written prompts only."""
+    import json
+    from nimllm.control import AGENT_PROMPTS, CHAT_PROMPTS, answers_kept, load_control
+    from nimllm.memory import Memory, prepare
+    hand_written = CHAT_PROMPTS + AGENT_PROMPTS
+    prepare(folder, "cpu", fisher=False, log=lambda *a: None)
+    assert load_control(folder.control)["prompts"] == hand_written
+    episodes = [("count_files", "how many csv files are in data?"), ("count_files", "count the logs"),
+                ("disk_use", "how much space does src take up?"), ("newest", "which file changed last?")]
+    corpus = folder.root / "agent-skills" / "episodes-4-seed0.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_text("".join(json.dumps({"kind": k, "messages": [{"role": "user", "content": r}]}) + "\n"
+                              for k, r in episodes))
+    raw = json.loads(folder.config.read_text())
+    raw["corpora"][-1]["mixed_in"] = ["/elsewhere/before/a/move/agent-skills/episodes-4-seed0.jsonl"]
+    folder.config.write_text(json.dumps(raw))
+    prepare(folder, "cpu", fisher=False, log=lambda *a: None)
+    control = load_control(folder.control)
+    assert control["prompts"] == hand_written + ["how many csv files are in data?", "how much space does src take up?",
+                                                 "which file changed last?"]
+    assert all(answers_kept(Memory(folder, "cpu").model, control))

@@ -13,6 +13,7 @@ def tiny_config(**changes) -> ModelConfig:
     return ModelConfig(**{**base, **changes})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["gelu", "relu2"])
 def test_gradients_match_finite_differences_float64(activation):
     torch.manual_seed(0)
@@ -91,6 +92,7 @@ def test_103m_preset_shape():
     assert model.num_params() == 8 * (12 * 1024 ** 2 + 2 * 1024) + 8192 * 1024 + 1024
 
 
+@pytest.mark.slow
 def test_overfits_one_batch():
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=64, n_layer=2, n_embd=64, n_head=4, block_size=32))
@@ -124,3 +126,18 @@ def test_too_long_sequence_is_refused():
     model = GPT(tiny_config())
     with pytest.raises(ValueError, match="longer than the context"):
         model(torch.zeros(1, 7, dtype=torch.long))
+
+
+def test_training_loss_is_the_stored_reference():
+    """The loss and logits of a fixed float64 model, as computed before the forward pass served
+    decoding too (the cache and the decoder's own walk through the layers became one forward)."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=4, block_size=16)).double()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randint(0, 64, (3, 16), generator=g), torch.randint(0, 64, (3, 16), generator=g)
+    y[1, :5] = -1
+    logits = model(x)
+    assert model(x, y).item() == pytest.approx(4.147658611617292, abs=1e-12)
+    assert logits.sum().item() == pytest.approx(29.25375445966741, abs=1e-10)
+    assert logits.square().sum().item() == pytest.approx(53.41798155106284, abs=1e-10)
+    assert torch.allclose(model(x, last_only=True), logits[:, -1:], atol=1e-12)

@@ -328,8 +328,10 @@ ATTEMPTS = {
     "sparse-file": Attempt("truncate -s 100G sparse", folder_grew_over(SMALL["file_bytes"])),
     "disk-fill": Attempt("for i in $(seq 60); do head -c 2M /dev/zero > big$i; done",
                          folder_grew_over(3 * SMALL["folder_bytes"])),
+    # 30 writers can finish between two checks of the folder (every 0.02 s) on a busy machine: the cap
+    # stops them (and is documented to overshoot by what a burst writes meanwhile), it cannot bound it
     "disk-fill-parallel": Attempt("for i in $(seq 30); do head -c 4M /dev/zero > big$i & done; wait",
-                                  folder_grew_over(3 * SMALL["folder_bytes"])),
+                                  lambda h, r: r.killed != "folder size"),
     "disk-fill-deleted": Attempt("for i in $(seq 10); do (exec 3>x$i; rm x$i; head -c 9M /dev/zero >&3; sleep 4) & "
                                  "done; wait", lambda h, r: r.killed != "folder size", needs_cgroup=True),
     "disk-fill-in-new-git": Attempt("git init -q sub; for i in $(seq 100); do head -c 5M /dev/zero > sub/.git/b$i; done",
@@ -344,6 +346,7 @@ ATTEMPTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ATTEMPTS)
 def test_hostile_command_does_not_escape(host, name):
     attempt = ATTEMPTS[name]
@@ -359,6 +362,7 @@ def test_hostile_command_does_not_escape(host, name):
     assert not git_runs_planted_code(host), "git on the host ran what the command planted"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n, a in ATTEMPTS.items() if a.control])
 def test_without_the_sandbox_the_check_sees_the_escape(host, name):
     """The same check after a run without the sandbox: proof that it can fail."""

@@ -19,24 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, popen_cli, real_text, run_cli, train_tiny
+from conftest import REPO, copy_model, popen_cli, real_text, run_cli
+from test_api import EXEC_BASH, READ_FILE
 
 from nimllm.checkpoint import load_model
 from nimllm.config import ModelFolder
+from nimllm.console import printable
 from nimllm.generate import fastest_decoder, generate
-from nimllm.api import (FunctionCall, Message, Reply, Tool, call_text, describe_tools, template_messages,
-                        tool_call_from_text)
+from nimllm.api import Tool, describe_tools
 from nimllm.store import Store
-from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer, context_budget
+from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
+from nimllm.turns import context_budget, fit_prompt
 
 openai = pytest.importorskip("openai")
-
-EXEC_BASH = {"type": "function", "function": {"name": "exec_bash", "description": "Run a shell command",
-                                                "parameters": {"type": "object", "properties": {
-                                                    "command": {"type": "string"}}, "required": ["command"]}}}
-READ_FILE = {"type": "function", "function": {"name": "read_file", "description": "Read a file",
-                                               "parameters": {"type": "object", "properties": {
-                                                   "path": {"type": "string"}}}}}
 
 
 class Server:
@@ -100,8 +95,9 @@ def popen_python(before: str, *args) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("serve"))
+def trained(tiny_model, tmp_path_factory) -> Path:
+    """The session's tiny model, copied for this module: its servers open the folder's conversation store."""
+    return copy_model(tiny_model, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -131,99 +127,20 @@ def chat_ids(tokenizer, messages) -> list[int]:
 ALL_SPECIAL = list(range(len(SPECIAL_TOKENS)))
 
 
-# ---- the engine: continuous batching on token ids ------------------------------------------------
+def no_call(tokenizer) -> dict:
+    """What a chat completion offered no tools may not write: the opening of a call."""
+    return {"banned_ids": [tokenizer.special("<|tool_call|>")]}
 
-def peaked_gpt():
-    """A random GPT of 40 tokens and a context of 24 with peaked distributions, as in test_generate: its
-    greedy choices are no near-ties."""
-    import torch
-
-    from nimllm.config import ModelConfig
-    from nimllm.model import GPT
-    torch.manual_seed(0)
-    net = GPT(ModelConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=4, block_size=24)).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(4.0 if p.dim() > 1 else 1.0)
-    return net
-
-
-def test_batch_scheduler_gives_each_request_what_generate_gives_it_alone():
-    """Requests arrive while others decode, greedy and seeded ones mixed, some longer than the context
-    (24): each gets generate's tokens for its prompt alone; a cancelled one ends and frees its row."""
-    import random
-
-    from nimllm.generate import BatchScheduler, Decoder, Request
-    net = peaked_gpt()
-    rng = random.Random(0)
-    asks = [dict(prompt=[rng.randrange(40) for _ in range(rng.randrange(1, 30))], max_new_tokens=rng.randrange(1, 50),
-                 temperature=0.9 * (i % 2), seed=i) for i in range(16)]
-    stop = frozenset(list(generate(net, asks[0]["prompt"], 3, temperature=0))[-1:])   # a token some replies write
-    for a in asks:
-        a["stop_ids"] = stop
-    for weights in ("float32", "float16"):
-        wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a["seed"],
-                                stop_ids=a["stop_ids"], decoder=Decoder(net, 1, weights))) for a in asks]
-        scheduler = BatchScheduler(Decoder(net, 4, weights))
-        got, ends = [[] for _ in asks], [None] * len(asks)
-
-        def emit_to(i):
-            return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
-        requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
-        endless = Request([1, 2], 10**6, emit_to(len(asks) - 1))   # replaces the last: cancelled mid-way
-        requests[-1] = endless
-        for i, request in enumerate(requests):
-            scheduler.submit(request)
-            for _ in range(rng.randrange(4)):
-                scheduler.step()
-        endless.cancel()
-        while scheduler.live or not scheduler.waiting.empty():
-            scheduler.step()
-        assert got[:-1] == wanted[:-1] and ends[-1] == "cancelled" and ends.count("stop") > 0
-        assert all(end in ("stop", "length") for end in ends[:-1]) and scheduler.rows == [None] * 4
-
-
-
-def test_a_request_the_engine_cannot_run_fails_alone():
-    """Values no API request can carry, given to the scheduler directly while two requests decode: a seed
-    past 64 bits (the generator refuses it on admission), a temperature so small that the logits overflow
-    (sampling meets inf/nan) and a token outside the vocabulary (its prefill fails). Each ends its own
-    request with an error; the two decoding get generate's tokens, and every row is free at the end."""
-    from nimllm.generate import BatchScheduler, Decoder, Request
-    net = peaked_gpt()
-    asks = [dict(prompt=[1, 2, 3], max_new_tokens=30, temperature=0.0),
-            dict(prompt=[4, 5], max_new_tokens=30, temperature=0.9, seed=7),
-            dict(prompt=[1, 2], max_new_tokens=5, seed=2**64),
-            dict(prompt=[1, 2], max_new_tokens=5, temperature=5e-324),
-            dict(prompt=[1, 400], max_new_tokens=5)]
-    wanted = [list(generate(net, a["prompt"], a["max_new_tokens"], a["temperature"], seed=a.get("seed"),
-                            decoder=Decoder(net, 1))) for a in asks[:2]]
-    scheduler = BatchScheduler(Decoder(net, 4))   # 4 rows for 5 requests: the last takes a row a failure freed
-    got, ends = [[] for _ in asks], [None] * len(asks)
-
-    def emit_to(i):
-        return lambda token, reason: got[i].append(token) if reason is None else ends.__setitem__(i, reason)
-    requests = [Request(emit=emit_to(i), **a) for i, a in enumerate(asks)]
-    for request in requests[:2]:
-        scheduler.submit(request)
-    for _ in range(3):
-        scheduler.step()
-    for request in requests[2:]:
-        scheduler.submit(request)
-    while scheduler.live or not scheduler.waiting.empty():
-        scheduler.step()
-    assert got[:2] == wanted and ends[:2] == ["length", "length"] and got[2:] == [[], [], []]
-    assert [end.split(":")[:2] for end in ends[2:]] == [["error", " ValueError"], ["error", " RuntimeError"],
-                                                         ["error", " IndexError"]]
-    assert scheduler.rows == [None] * 4
 
 # ---- the API through the official client ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_models_and_health(server):
     assert [m.id for m in server.client().models.list().data] == ["model"]
     assert server.health()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_completions_are_the_tokens_of_nimllm_generate(server, trained):
     client = server.client()
     for sampling, flags in [({"temperature": 0}, ["--temperature", "0"]),
@@ -232,8 +149,8 @@ def test_completions_are_the_tokens_of_nimllm_generate(server, trained):
         cli = run_cli("generate", "ROMEO:", "--model", trained, "--max-tokens", "24", "--seed", "3", *flags)
         assert cli.returncode == 0, cli.stderr
         reply = client.completions.create(model="model", prompt="ROMEO:", max_tokens=24, seed=3, **sampling)
-        printed = "ROMEO:" + reply.choices[0].text + "\n"   # as read through a pipe in text mode:
-        assert printed.replace("\r\n", "\n").replace("\r", "\n") == cli.stdout   # universal newlines
+        # the API returns the model's text as it is; the terminal gets it through `printable`
+        assert "ROMEO:" + printable(reply.choices[0].text) + "\n" == cli.stdout
         assert reply.usage.prompt_tokens > 0 and reply.choices[0].finish_reason in ("length", "stop")
         stream = client.completions.create(model="model", prompt="ROMEO:", max_tokens=24, seed=3, stream=True,
                                            stream_options={"include_usage": True}, **sampling)
@@ -243,11 +160,12 @@ def test_completions_are_the_tokens_of_nimllm_generate(server, trained):
         assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens and not chunks[-1].choices
 
 
+@pytest.mark.slow
 def test_chat_completion_streamed_and_not(server, model):
     tokenizer = model[1]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is Romeo?"}]
     ids = expected(model, chat_ids(tokenizer, [(m["role"], m["content"]) for m in messages]), 30, ALL_SPECIAL,
-                   temperature=0)
+                   temperature=0, **no_call(tokenizer))
     client = server.client()
     reply = client.chat.completions.create(model="model", messages=messages, max_tokens=30, temperature=0)
     assert reply.choices[0].message.content == tokenizer.decode(ids) and reply.choices[0].message.role == "assistant"
@@ -261,17 +179,31 @@ def test_chat_completion_streamed_and_not(server, model):
     assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
 
 
+@pytest.mark.slow
 def test_a_history_longer_than_the_context_keeps_its_newest_messages_whole(server, model):
     tokenizer, block = model[1], model[0].cfg.block_size                      # tiny: a context of 128
     history = [("user" if i % 2 == 0 else "assistant", f"message number {i} of a long talk") for i in range(40)]
-    fitted = tokenizer.render_recent(history, block - 16)                       # what the chat would send
+    fitted = fit_prompt(tokenizer, history, block - 16)                       # what the chat would send
     assert len(chat_ids(tokenizer, history)) > block and len(fitted) <= block - 16
-    ids = expected(model, fitted, 16, ALL_SPECIAL, temperature=0)
+    ids = expected(model, fitted, 16, ALL_SPECIAL, temperature=0, **no_call(tokenizer))
     reply = server.client().chat.completions.create(model="model", max_tokens=16, temperature=0,
                                                     messages=[{"role": r, "content": c} for r, c in history])
     assert reply.usage.prompt_tokens == len(fitted) and reply.choices[0].message.content == tokenizer.decode(ids)
 
 
+@pytest.mark.slow
+def test_a_chat_offered_no_tools_answers_in_words_where_its_model_would_open_a_call(calling_model):
+    s = Server(calling_model)
+    try:
+        messages = [{"role": "user", "content": "tell me a joke"}]
+        reply = s.client().chat.completions.create(model="model", messages=messages, max_tokens=8, temperature=0)
+        assert ("words" in reply.choices[0].message.content and not reply.choices[0].message.tool_calls
+                and reply.choices[0].finish_reason == "length")
+    finally:
+        s.stop()
+
+
+@pytest.mark.slow
 def test_the_stream_ends_with_exactly_done(server):
     status, body = server.http("POST", "/v1/chat/completions", {
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True,
@@ -284,6 +216,7 @@ def test_the_stream_ends_with_exactly_done(server):
     assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length") and chunks[-2]["usage"] is None
 
 
+@pytest.mark.slow
 def test_stop_strings_end_the_reply_before_them(server, model):
     tokenizer = model[1]
     text = tokenizer.decode(expected(model, tokenizer.encode("KING:"), 40, [tokenizer.eot_id], temperature=1.0,
@@ -300,6 +233,7 @@ def test_stop_strings_end_the_reply_before_them(server, model):
 
 # ---- tool calls ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_goes_in(server, model):
     """A tiny model never calls a tool by itself: tool_choice forces the call token, and what it writes
     after it is the command of the request's shell tool."""
@@ -307,7 +241,7 @@ def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_goes_in(serv
     tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
     user = [("user", "how many files are here?")]
     block = model[0].cfg.block_size   # the tiny model's 128 tokens hold no tool descriptions: they drop out first
-    prompt = tokenizer.render_recent([("system", describe_tools(tools))] + user, context_budget(block, 12) - 1)
+    prompt = fit_prompt(tokenizer, [("system", describe_tools(tools))] + user, context_budget(block, 12) - 1)
     prompt += [tokenizer.special("<|tool_call|>")]
     command = tokenizer.decode([t for t in expected(model, prompt, 12, ALL_SPECIAL, temperature=0)
                                 if t >= len(SPECIAL_TOKENS)]).strip()
@@ -331,63 +265,19 @@ def test_a_forced_tool_call_comes_back_as_tool_calls_and_its_result_goes_in(serv
                                                 reply.choices[0].message.model_dump(exclude_none=True),
                                                 {"role": "tool", "tool_call_id": call.id, "content": "3"}])
     seen = [("system", describe_tools(tools))] + user + [("tool_call", command), ("tool", "3")]
-    assert follow.usage.prompt_tokens == len(tokenizer.render_recent(seen, context_budget(block, 4)))
-
-
-def test_tool_call_text_maps_onto_the_request_tools():
-    tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
-    assert tool_call_from_text('{"name": "read_file", "arguments": {"path": "a.txt"}}', tools) == (
-        "read_file", {"path": "a.txt"})
-    assert tool_call_from_text("ls -la | wc -l", tools) == ("exec_bash", {"command": "ls -la | wc -l"})
-    assert tool_call_from_text("notes.txt", tools, default="read_file") == ("read_file", {"path": "notes.txt"})
-    assert tool_call_from_text('{"name": "nope", "arguments": {}}', [Tool(**READ_FILE)]) is None
-    assert tool_call_from_text("ls", []) is None
-    # and back: the shell tool's call is the bare command the model writes, any other compact JSON
-    assert call_text(FunctionCall(name="exec_bash", arguments='{"command": "ls"}'), tools) == "ls"
-    assert call_text(FunctionCall(name="read_file", arguments='{"path": "a"}'), tools) == \
-        '{"name":"read_file","arguments":{"path":"a"}}'
-
-
-def test_calls_and_results_are_paired_as_the_template_pairs_them():
-    tools = [Tool(**READ_FILE), Tool(**EXEC_BASH)]
-    calls = [{"id": "a", "type": "function", "function": {"name": "exec_bash", "arguments": '{"command": "ls"}'}},
-             {"id": "b", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "x"}'}}]
-    messages = [Message(**m) for m in [
-        {"role": "developer", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "look "}, {"type": "text", "text": "around"}]},
-        {"role": "assistant", "content": "let me see", "tool_calls": calls},
-        {"role": "tool", "tool_call_id": "b", "content": "x's text"},
-        {"role": "tool", "tool_call_id": "a", "content": "x"},
-        {"role": "assistant", "content": "done"}]]
-    assert template_messages(messages, tools) == [
-        ("system", "be brief"), ("user", "look around"), ("tool_call", '{"name":"read_file","arguments":{"path":"x"}}'),
-        ("tool", "x's text"), ("tool_call", "ls"), ("tool", "x"), ("assistant", "done")]
-    described = describe_tools(tools)
-    assert described.count("\n") == 2 and '"properties":{"command":{"type":"string"}}' in described
-
-
-def test_reply_holds_back_what_may_start_a_stop_string(model):
-    tokenizer = model[1]
-    reply = Reply(tokenizer, ["STOP"])
-    pieces = [reply.feed(t) for t in tokenizer.encode("one ST two S")]
-    assert "".join(pieces) + reply.flush() == "one ST two S" and not reply.stopped
-    reply = Reply(tokenizer, ["STOP"])
-    pieces = [reply.feed(t) for t in tokenizer.encode("one STOP two")]
-    assert "".join(pieces) == "one " and reply.stopped and reply.flush() == ""
-    reply = Reply(tokenizer, [])
-    text = "naïve — ☃"   # characters cut between byte-level tokens come out whole
-    assert "".join(reply.feed(t) for t in tokenizer.encode(text)) + reply.flush() == text
+    assert follow.usage.prompt_tokens == len(fit_prompt(tokenizer, seen, context_budget(block, 4)))
 
 
 # ---- many clients, bad clients -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_32_concurrent_streams_each_get_their_own_reply(server, model):
     """Distinct prompts and seeds: each stream must be exactly what generate gives its request alone."""
     tokenizer = model[1]
     words = real_text(5000).split()
     jobs = [(f"{words[i]} {words[i + 40]}", i) for i in range(32)]
     wanted = [tokenizer.decode(expected(model, chat_ids(tokenizer, [("user", prompt)]), 20, ALL_SPECIAL,
-                                        temperature=1.0, seed=seed)) for prompt, seed in jobs]
+                                        temperature=1.0, seed=seed, **no_call(tokenizer))) for prompt, seed in jobs]
     client = server.client()
 
     def ask(job):
@@ -404,6 +294,7 @@ def test_32_concurrent_streams_each_get_their_own_reply(server, model):
     assert server.health()["decoding"] == 0
 
 
+@pytest.mark.slow
 def test_bad_requests_get_4xx_in_openai_shape_and_the_server_stays_up(server):
     cases = [(b"{not json", 400), ({"messages": []}, 400), ({"messages": [{"role": "wizard", "content": "x"}]}, 400),
              ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400),
@@ -424,6 +315,7 @@ def test_bad_requests_get_4xx_in_openai_shape_and_the_server_stays_up(server):
 
 
 
+@pytest.mark.slow
 def test_numbers_beyond_openai_bounds_get_400_and_a_tiny_temperature_is_greedy(server):
     """A seed past 64 bits once never got an answer and failed the stream batched with it, and a
     temperature of 5e-324 answered 500 (its probabilities were inf/nan): every number is bounded as
@@ -446,6 +338,7 @@ def test_numbers_beyond_openai_bounds_get_400_and_a_tiny_temperature_is_greedy(s
     assert len({json.loads(body)["choices"][0]["text"] for _, body in replies}) == 1
 
 
+@pytest.mark.slow
 def test_ids_no_row_can_have_are_not_found(server):
     """Ids past SQLite's 64-bit integers once answered 500."""
     for path in ("/nimllm/conversations", "/nimllm/memories"):
@@ -470,6 +363,7 @@ engine.sample_next = sample_next
 """
 
 
+@pytest.mark.slow
 def test_a_request_that_fails_in_the_engine_fails_alone(trained, model):
     """Two streams decode; a third request, sampled in the same steps, fails inside the engine: it alone gets
     a 500 in OpenAI's shape, the streams go on to exactly what generate gives them alone, and the server
@@ -504,6 +398,7 @@ def test_a_request_that_fails_in_the_engine_fails_alone(trained, model):
     finally:
         server.stop()
 
+@pytest.mark.slow
 def test_a_client_killed_mid_stream_frees_its_row(server, model):
     """A client process streams a reply that would never end (max_tokens 10^6) and is SIGKILLed after its
     first chunk: the server notices, frees the row, and answers the next request at once, with what `generate`
@@ -534,6 +429,7 @@ sys.stdin.read()
 
 # ---- --remember, --api-key, refusals -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_remembered_conversation_is_stored_learned_and_listed(trained, tmp_path):
     shutil.copytree(trained, tmp_path / "model")
     folder = ModelFolder(tmp_path / "model")
@@ -566,6 +462,7 @@ def test_remembered_conversation_is_stored_learned_and_listed(trained, tmp_path)
     assert listed.returncode == 0 and "my sister Ilse" in listed.stdout and "Tromso" in listed.stdout   # (wrapped)
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line_errors(trained, tmp_path):
     beyond = run_cli("serve", "--model", trained, "--host", "0.0.0.0")
     assert beyond.returncode == 1 and "--api-key" in beyond.stderr and len(beyond.stderr.splitlines()) == 1
@@ -598,6 +495,7 @@ def stored_text(server) -> str:
                      for m in json.loads(server.http("GET", f"/nimllm/conversations/{c['id']}")[1])["messages"])
 
 
+@pytest.mark.slow
 def test_a_page_of_another_site_can_neither_use_nor_teach_a_keyless_server(remembering):
     """Any page may POST text/plain or a form across sites without a CORS preflight, and a browser names the
     page's origin in every POST: neither reaches the model nor the store. The server's own page (its origin,
@@ -622,6 +520,7 @@ def test_a_page_of_another_site_can_neither_use_nor_teach_a_keyless_server(remem
     assert "walrus" in stored_text(remembering)
 
 
+@pytest.mark.slow
 def test_a_rebound_name_reads_no_conversation(remembering):
     """DNS rebinding: a page's own name made to resolve to 127.0.0.1 is the page's origin for the browser, so
     only the Host header tells it from this server's: under such a name nothing is served."""
@@ -683,6 +582,7 @@ def chromium():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+@pytest.mark.slow
 def test_the_web_page_streams_a_reply_in_a_real_browser(trained, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -731,16 +631,3 @@ def test_the_web_page_streams_a_reply_in_a_real_browser(trained, tmp_path):
         messages = store.messages(conversation.id)
     assert [m.content for m in messages if m.role == "user"] == ["Good morning, cousin.", "What news from Verona?"]
     assert messages[-1].feedback == "good"
-
-
-# ---- the benchmark at toy size -------------------------------------------------------------------
-
-def test_serve_bench_end_to_end(trained, tmp_path):
-    out = tmp_path / "serve.json"
-    result = subprocess.run([sys.executable, "bench/serve.py", "--model", trained, "--clients", "1", "3",
-                             "--requests", "2", "--new-tokens", "4", "--max-batch", "2", "--out", out],
-                            capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = json.loads(out.read_text())["rows"]
-    assert [(r["clients"], r["requests"]) for r in rows] == [(1, 2), (3, 6)]
-    assert all(r["tokens_per_s"] > 0 and 0 < r["ttft_median_s"] <= r["ttft_p90_s"] for r in rows)

@@ -4,8 +4,11 @@ recover, and the corpus mixed into another becomes token shards with the tool to
 import json
 import random
 import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import real_text
 
@@ -14,6 +17,7 @@ from nimllm.data import TokenShards, prepare_corpus
 from nimllm.tokenizer import Tokenizer
 
 
+@pytest.mark.slow
 def test_episodes_run_their_commands_and_answer_from_what_they_printed(tmp_path):
     """Each episode: the request, then calls each followed by what it really printed, then the answer.
     Every call before the last went wrong or looked for a file, the last succeeded, and the answer is
@@ -35,6 +39,23 @@ def test_episodes_run_their_commands_and_answer_from_what_they_printed(tmp_path)
     assert detours >= 3
 
 
+@pytest.mark.slow
+def test_no_name_or_path_repeats_enough_to_be_learned(tmp_path):
+    """Names must be copied, not known: over 60 folders most file stems occur once or twice, a good share
+    is in no vocabulary, and every folder sits at a path of its own, beginning to end."""
+    rng = random.Random(7)
+    folders = [skills.make_scratch(rng, Path(tempfile.mkdtemp(prefix=f"{skills.made_up(rng)}-", dir=tmp_path)))
+               for _ in range(60)]   # as folder_episodes makes them
+    stems = [Path(f).name.split(".")[0].split("_")[0].split("-")[0].rstrip("0123456789") for s in folders
+             for f in s.files if f not in s.lists]
+    distinct = set(stems)
+    assert len(distinct) >= 0.5 * len(stems) and len(distinct) >= 150
+    assert len(distinct - set(skills.STEMS)) >= 0.15 * len(distinct)
+    names = {s.root.name for s in folders} | {s.root.parent.name for s in folders}
+    assert len(names) == 120   # neither the folder nor its parent is ever the same
+
+
+@pytest.mark.slow
 def test_a_file_named_without_its_folder_is_found_first(tmp_path):
     """The detour episode: the bare name fails (sometimes), `find` shows the path, the command runs on it."""
     seen = []
@@ -49,6 +70,7 @@ def test_a_file_named_without_its_folder_is_found_first(tmp_path):
         assert commands[-1].endswith(f"/{base}") and (len(commands) == 2 or commands[0].endswith(f" {base}"))
 
 
+@pytest.mark.slow
 def test_a_mixed_corpus_becomes_shards_with_tool_calls(tmp_path):
     text = tmp_path / "book.txt"
     text.write_text(real_text(30_000))

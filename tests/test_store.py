@@ -203,3 +203,89 @@ def test_damaged_database(tmp_path):
 def test_folder_that_does_not_exist(tmp_path):
     with pytest.raises(UserError, match="cannot use"):
         Store(tmp_path / "missing" / "c.sqlite")
+
+
+# schema 1 (user_version 1), as nimllm wrote conversations.sqlite before tool calls had a role of their own
+SCHEMA_1 = """
+CREATE TABLE deltas (
+    id INTEGER PRIMARY KEY, created REAL NOT NULL, file TEXT NOT NULL, n_weights INTEGER NOT NULL,
+    seconds REAL NOT NULL, stats TEXT NOT NULL, forgotten REAL);
+CREATE TABLE conversations (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, started REAL NOT NULL, ended REAL, pid INTEGER NOT NULL,
+    title TEXT, learned_delta INTEGER REFERENCES deltas(id));
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL REFERENCES conversations(id), role TEXT NOT NULL,
+    content TEXT NOT NULL, created REAL NOT NULL, feedback TEXT, fix TEXT, meta TEXT);
+CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
+PRAGMA user_version = 1;
+"""
+OLD_TASK = [   # an agent's task: a refused command, one edited by the user, the answer, and a malformed turn
+    ("user", "count the files", None, None, '{"agent": true}'),
+    ("assistant", "rm -rf /", "bad", None, '{"tool_call": true}'),
+    ("tool", "[refused: deletes everything]", None, None, '{"refused": "deletes everything"}'),
+    ("assistant", "ls", "fix", "ls | wc -l", '{"tool_call": true}'),
+    ("tool", "[exit 0]\n2", None, None, '{"exit_code": 0, "status": "exit 0"}'),
+    ("assistant", "There are 2.", "good", None, None),
+    ("assistant", "<|user|>", "bad", None, '{"malformed": "a stray special token"}'),
+]
+
+
+def old_store(path):
+    """A schema 1 file, built by hand with sqlite3."""
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA_1)
+    db.execute("INSERT INTO conversations (id, kind, started, ended, pid) VALUES (1, 'agent', 1.0, 2.0, 1)")
+    db.executemany("INSERT INTO messages (conversation_id, role, content, created, feedback, fix, meta) "
+                   "VALUES (1, ?, ?, 1.5, ?, ?, ?)", OLD_TASK)
+    db.commit()
+    db.close()
+
+
+def test_a_schema_1_file_gets_tool_calls_as_their_own_role_when_opened(tmp_path):
+    from nimllm.lessons import conversation_messages
+    path = tmp_path / "conversations.sqlite"
+    old_store(path)
+    for _ in range(2):   # the first open migrates; the second finds nothing left to do
+        with Store(path) as store:
+            messages = store.messages(1)
+            assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert [(m.role, m.content, m.feedback, m.meta) for m in messages] == [
+            ("user", "count the files", None, {"agent": True}),
+            ("tool_call", "rm -rf /", "bad", None),
+            ("tool", "[refused: deletes everything]", None, {"refused": "deletes everything"}),
+            ("tool_call", "ls", "fix", None),
+            ("tool", "[exit 0]\n2", None, {"exit_code": 0, "status": "exit 0"}),
+            ("assistant", "There are 2.", "good", None),
+            ("assistant", "<|user|>", "bad", {"malformed": "a stray special token"})]
+        assert conversation_messages(messages) == [("user", "count the files"), ("tool_call", "ls | wc -l"),
+                                                   ("tool", "[exit 0]\n2"), ("assistant", "There are 2.")]
+
+
+def test_a_migration_that_fails_midway_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    import nimllm.store
+    path = tmp_path / "conversations.sqlite"
+    old_store(path)
+    real = nimllm.store._calls_as_a_role
+
+    def failing(db):
+        real(db)   # every row changed, then the disk goes
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(nimllm.store, "_calls_as_a_role", failing)
+    with pytest.raises(OSError, match="disk went away"):
+        Store(path)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert [r for (r,) in db.execute("SELECT role FROM messages ORDER BY id")] == [r for r, *_ in OLD_TASK]
+    db.close()
+    monkeypatch.undo()
+    with Store(path) as store:
+        assert [m.role for m in store.messages(1)].count("tool_call") == 2
+
+
+def test_a_tool_call_is_a_role(store):
+    c = store.start_conversation(kind="agent")
+    store.add_message(c, "tool_call", "ls")
+    assert [(m.role, m.meta) for m in store.messages(c)] == [("tool_call", None)]
+    with pytest.raises(ValueError):
+        store.add_message(c, "tool_calls", "ls")

@@ -45,6 +45,7 @@ def test_templates_expand_alternatives_macros_and_slots():
     assert any(t.endswith("?") for t in asked) and any(t.startswith(("please", "Please")) for t in asked)
 
 
+@pytest.mark.slow
 def test_at_least_sixty_kinds_each_in_many_phrasings(folders):
     """Phrasings apart from the slot values: at least 20 distinct ones per kind in 5 draws over 40 folders."""
     assert len(KINDS) >= 60
@@ -82,6 +83,7 @@ def python_truth(r, root: Path) -> str | None:
             }.get(r.kind, lambda: None)()
 
 
+@pytest.mark.slow
 def test_every_command_runs_and_prints_what_python_finds(folders):
     checked = set()
     for s, requests in folders[:25]:
@@ -119,6 +121,7 @@ def test_a_fileset_is_the_find_it_says():
 REQUESTS = [json.loads(line) for line in (REPO / "bench" / "agent_requests.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_the_generator_never_writes_a_hand_written_request(folders):
     generated = {normal(r.text) for _, requests in folders for r in requests}
     rng = random.Random(1)
@@ -137,6 +140,7 @@ def test_the_hand_written_set_asks_every_taught_kind_and_ten_untaught_ones():
     assert taught == set(KINDS) and len(untaught) >= 10 and not untaught & set(KINDS)
 
 
+@pytest.mark.slow
 def test_every_hand_written_check_is_true_of_its_folder(tmp_path):
     """The references run and print one line where the check reads an answer; a change's check fails
     on the untouched folder and passes once its reference command ran."""

@@ -8,7 +8,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers, trainers
 
 from nimllm.config import UserError
-from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer, fit_context
+from nimllm.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 ALL_BUT_SURROGATES = st.characters(exclude_categories=["Cs"])
@@ -127,15 +127,6 @@ def test_render_conversation_keeps_typed_special_tokens_as_text(tokenizer):
     assert tokenizer.decode(ids) == f"<|user|>{typed}<|end|>"
 
 
-def test_fit_context_keeps_the_most_recent_messages_that_fit():
-    turns = [[3, 10, 11, 5], [4, 12, 5], [3, 13, 14, 15, 5]]   # role token, content, end
-    assert fit_context(turns, 100) == [3, 10, 11, 5, 4, 12, 5, 3, 13, 14, 15, 5]
-    assert fit_context(turns, 8) == [4, 12, 5, 3, 13, 14, 15, 5]
-    assert fit_context(turns, 7) == [3, 13, 14, 15, 5]            # an older message drops out whole
-    assert fit_context(turns, 3) == [3, 15, 5]                     # the newest alone is too long: its tail
-    assert fit_context([], 10) == []
-
-
 TRAIN_ON = """
 import sys
 from nimllm.data import iter_texts_for_tokenizer
@@ -145,6 +136,7 @@ print(tokenizer.decode(tokenizer.encode("a" * 1000)) == "a" * 1000)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("word", ["a", " ", "=-"])
 def test_one_very_long_word_trains_in_seconds(tmp_path, word):
     """A file that is one 4 MB word (no newline, no space; or all spaces): `tokenizers` merges inside a

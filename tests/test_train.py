@@ -15,11 +15,13 @@ from conftest import REPO, popen_cli, real_text, run_cli
 from nimllm import checkpoint
 from nimllm.config import ModelConfig, ModelFolder, TrainConfig
 from nimllm.data import CorpusInfo, TokenShards
+from nimllm.evaluate import evaluate
 from nimllm.metrics import read_metrics
 from nimllm.model import GPT
+from nimllm.runtime import Runtime
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
-from nimllm.train import Runtime, Schedule, build_optimizer, default_steps, evaluate, run_training
+from nimllm.train import Schedule, build_optimizer, default_steps, run_training
 
 TINY = ["--preset", "tiny", "--vocab-size", "512"]
 
@@ -28,6 +30,7 @@ def losses(folder: ModelFolder) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(folder.metrics) if "loss" in r}
 
 
+@pytest.mark.slow
 def test_training_lowers_validation_loss_and_writes_the_model_folder(corpus, home):
     folder = ModelFolder.resolve("shakes")
     summary = run_training(corpus, folder, preset="tiny", steps=150, vocab_size=512, log=lambda *a: None)
@@ -48,6 +51,7 @@ def test_training_lowers_validation_loss_and_writes_the_model_folder(corpus, hom
     assert rows[-1]["step"] == 150 and "val_bpb" in rows[-1]
 
 
+@pytest.mark.slow
 def test_cli_flag_form_trains_generates_and_describes(corpus, home):
     out = run_cli("--train", corpus, *TINY, "--steps", "20")
     assert out.returncode == 0, out.stderr
@@ -64,6 +68,7 @@ def test_cli_flag_form_trains_generates_and_describes(corpus, home):
     assert done.returncode == 0 and "already trained" in done.stdout
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_gives_the_same_losses_and_weights(corpus, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     args = [corpus, *TINY, "--steps", "60"]
@@ -109,6 +114,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_writes_leaves_a_loadable_model(tmp_path):
     folder = ModelFolder(tmp_path / "m")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -134,6 +140,7 @@ def steps_applied(model: GPT) -> int:
     return counts.pop()
 
 
+@pytest.mark.slow
 def test_continued_training_reports_what_was_forgotten(tmp_path, home):
     book1, book2 = tmp_path / "book1.txt", tmp_path / "book2.txt"
     text = real_text(400_000)
@@ -204,6 +211,7 @@ def one_thread(monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_steps_and_time_the_fewer_wins_and_a_short_run_still_peaks_and_decays(corpus, home, one_thread):
     lines = []
     summary = run_training(corpus, ModelFolder.resolve("short"), preset="tiny", steps=40, time_budget=600,
@@ -220,6 +228,7 @@ def lr_rows(folder: ModelFolder) -> list[float]:
     return [r["lr"] for r in read_metrics(folder.metrics) if "lr" in r]
 
 
+@pytest.mark.slow
 def test_a_time_run_ends_on_its_budget_with_its_schedule_finished(corpus, tmp_path, one_thread):
     """--time is wall clock: from the process's start to its exit, with the tokenizer, the data, the final
     validation and save, and the memory made after training all inside it."""
@@ -238,6 +247,7 @@ def test_a_time_run_ends_on_its_budget_with_its_schedule_finished(corpus, tmp_pa
     assert lr_rows(folder)[-1] == pytest.approx(2e-4)
 
 
+@pytest.mark.slow
 def test_a_resumed_time_run_keeps_its_fitted_schedule(corpus, home, one_thread):
     folder, lines = ModelFolder.resolve("resumed"), []
 
@@ -260,6 +270,7 @@ def test_a_resumed_time_run_keeps_its_fitted_schedule(corpus, home, one_thread):
     assert lr_rows(folder)[-1] == pytest.approx(2e-4)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_stay_in_sync_and_match_one_process(corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = [corpus, *TINY, "--steps", "20", "--grad-accum", "2"]
@@ -300,6 +311,7 @@ def test_optimizer_in_backward_makes_the_normal_update_and_frees_gradients():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_low_memory_mode_trains_and_resumes_exactly(corpus, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     args = [corpus, *TINY, "--steps", "40", "--low-memory"]
@@ -331,6 +343,7 @@ def kill_before_first_checkpoint(corpus, folder: ModelFolder, *options) -> None:
     assert folder.tokenizer.exists() and not folder.train_state.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first, then", [(1000, 300), (300, 1000)])
 def test_a_run_killed_before_its_first_checkpoint_then_another_vocabulary(corpus, tmp_path, first, then):
     """The shards of the killed run hold ids of its tokenizer: fewer than the new embedding has rows
@@ -365,6 +378,7 @@ def stuck_writer(path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_the_next_run_removes_what_killed_writes_left_and_only_that(tmp_path):
     folder = ModelFolder(tmp_path / "m")
     killed = [stuck_writer(folder.train_state), stuck_writer(folder.memory / "fisher.safetensors")]
@@ -386,6 +400,7 @@ def test_the_next_run_removes_what_killed_writes_left_and_only_that(tmp_path):
     assert info.returncode == 0 and ".tmp" not in info.stdout
 
 
+@pytest.mark.slow
 def test_fresh_moves_what_the_old_model_learned_aside(tmp_path):
     """The memories of the old model (its deltas, their conversations, the Fisher and control set of the
     old base) would be added onto the new one: --fresh moves them into previous-*/, deleting nothing."""

@@ -81,6 +81,7 @@ def model_and_lessons():
     return model, anchor, fisher, x, y
 
 
+@pytest.mark.slow
 def test_an_update_stops_once_its_lessons_are_learned():
     model, anchor, fisher, x, y = model_and_lessons()
     mcfg = MemoryConfig(mask_fraction=0.05, steps=200, lr=1e-2, learned_loss=0.3)
@@ -105,6 +106,7 @@ def test_lesson_loss_is_learned_only_when_every_answer_token_is_first():
     assert not lesson_loss(model, x, y, learned_loss=100.0)[1]
 
 
+@pytest.mark.slow
 def test_an_update_is_learned_only_once_the_kept_answers_are_right_again():
     model, anchor, fisher, x, y = model_and_lessons()
     kx = torch.randint(0, 64, (8, 16))                              # answers the model gives now, to keep

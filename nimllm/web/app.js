@@ -165,7 +165,7 @@ async function loadConversations() {
 async function showConversation(id) {
   const conversation = await (await api(`/nimllm/conversations/${id}`)).json();
   $("conversation-view").replaceChildren(...conversation.messages.map((m) => {
-    const tool = m.meta && m.meta.tool_call;
+    const tool = m.role === "tool_call";
     const el = element("div", "message " + (m.role === "user" ? "user" : "assistant"),
       (tool ? "$ " : "") + (m.feedback === "fix" ? m.fix : m.content));
     if (m.feedback) el.append(element("div", "meta", m.feedback === "fix" ? "fixed by you" : m.feedback));
