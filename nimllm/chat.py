@@ -9,9 +9,9 @@ line (bench/chat_startup.py: on the H200 the imports alone took 3 of the 3.6 s t
 from __future__ import annotations
 
 import sys
-import threading
 from functools import partial
 
+from nimllm.background import Background
 from nimllm.config import ModelFolder
 from nimllm.console import line_reader, printable
 from nimllm.turns import Sampling, context_budget, decode_stream, fit_prompt, turn_bans, turn_stops
@@ -54,7 +54,6 @@ class Chat:
         self.context: list[tuple[str, str]] = []   # outlives /remember, so the talk flows on
         self.conversation = mem.store.start_conversation(kind="chat")
         self.last_answer: int | None = None        # message id that /good, /bad and /fix rate
-        self.warming: Background | None = None
 
     def say(self, *text, end="\n") -> None:
         print(*text, end=end, file=self.out, flush=True)
@@ -91,14 +90,8 @@ class Chat:
         reply = self.generate_reply()
         self.last_answer = store.add_message(self.conversation, "assistant", reply)
         self.context.append(("assistant", reply))
-        self.warm_up_once_there_is_something_to_learn()
-
-    def warm_up_once_there_is_something_to_learn(self) -> None:
-        """On a GPU, the update's one-time costs (kernels, the Fisher, the control set) paid in the
-        background while the user reads and types, once a message states something: the replies do
-        not wait for them, and a chat of questions never pays them (9 GB of GPU memory)."""
-        if self.warming is None and self.mem.needs_warm_up and self.mem.lessons([self.conversation]):
-            self.warming = Background(self.mem.warm_up)
+        if self.mem.lessons([self.conversation]):   # after the reply, which should not wait for it
+            self.mem.warm_up_in_background()
 
     def generate_reply(self) -> str:
         from nimllm.generate import generate
@@ -139,8 +132,6 @@ class Chat:
         if not self.mem.lessons([self.conversation]):
             self.say("nothing to remember: nothing said here states a fact (questions and greetings are not learned)")
             return True
-        if self.warming:
-            self.warming.result()
         self.say("remembering this conversation...", end=" ")
         self.mem.learn([self.conversation], log=self.say)   # it prints its report
         return True
@@ -152,32 +143,10 @@ class Chat:
         self.last_answer = None
 
 
-class Background(threading.Thread):
-    """fn(*args) on another thread; `result` waits for it and returns what it returned, or raises what
-    it raised on the chat's thread, where the command line reports it."""
-
-    def __init__(self, fn, *args):
-        super().__init__(daemon=True)
-        self.fn, self.args, self.value, self.error = fn, args, None, None
-        self.start()
-
-    def run(self):
-        try:
-            self.value = self.fn(*self.args)
-        except BaseException as e:
-            self.error = e
-
-    def result(self):
-        self.join()
-        if self.error:
-            raise self.error
-        return self.value
-
-
 def open_memory(folder: ModelFolder, device: str | None, stdout):
     """The model folder's Memory: torch imported, weights loaded, and what a killed chat left unlearned
     learned. The chat opens it in the Background while it shows its prompt; the update's warm-up
-    waits for a message worth learning (Chat.warm_up_once_there_is_something_to_learn)."""
+    waits for a message worth learning (Memory.warm_up_in_background)."""
     from nimllm.memory import Memory
     memory = Memory(folder, device)
     memory.learn_pending(log=partial(print, file=stdout, flush=True))

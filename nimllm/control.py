@@ -38,34 +38,15 @@ AGENT_PROMPTS = [
     "what was the last commit?", "create a folder called archive", "sort names.txt",
     "how many words are in report.txt?", "where is config.json?", "what time is it?", "find all .md files",
 ]
-CORPUS_REQUESTS = 32   # a model trained with --agent-skills: this many of its corpus's requests join them
 MAX_TOKENS = 24
 MIN_MARGIN = 0.05   # logits: a first choice closer to the second than this is a tie
 
 
-def corpus_requests(corpus: Path | None, n: int = CORPUS_REQUESTS) -> list[str]:
-    """The first requests of an agent-skill corpus (JSONL, shuffled when written), one kind at a time:
-    the sixteen hand-written AGENT_PROMPTS are too few to notice that a chat's update changed how the
-    model meets requests (bench/memory.py --agent measured 28% of tasks done before ten unrelated
-    chats and 22% after, with every control answer kept)."""
-    if corpus is None:
-        return []
-    chosen: dict[str, str] = {}
-    with open(corpus) as f:
-        for line in f:
-            episode = json.loads(line)
-            chosen.setdefault(episode["kind"], episode["messages"][0]["content"])
-            if len(chosen) == n:
-                break
-    return list(chosen.values())
-
-
-def make_control(model: GPT, tokenizer: Tokenizer, requests: list[str] = ()) -> dict:
-    """The model's greedy answers to the control prompts (and to `requests`, from its agent-skill
-    corpus), each cut at its first near-tie (where the decoder and a check could already disagree), so
-    that the base model keeps all of them."""
-    texts = CHAT_PROMPTS + AGENT_PROMPTS + list(requests)
-    prompts = [tokenizer.render_conversation([("user", p)], add_generation_prompt=True)[0] for p in texts]
+def make_control(model: GPT, tokenizer: Tokenizer) -> dict:
+    """The model's greedy answers to the control prompts, each cut at its first near-tie (where the
+    decoder and a check could already disagree), so that the base model keeps all of them."""
+    prompts = [tokenizer.render_conversation([("user", p)], add_generation_prompt=True)[0]
+               for p in CHAT_PROMPTS + AGENT_PROMPTS]
     stops = turn_stops(tokenizer, calls=True)
     answers = [[] for _ in prompts]
     was_training = model.training
@@ -82,7 +63,7 @@ def make_control(model: GPT, tokenizer: Tokenizer, requests: list[str] = ()) -> 
                 answer.append(greedy_next(model, prompt + answer))
         answers = [a[:agreeing_prefix(model, p, a)] for p, a in zip(prompts, answers)]
     model.train(was_training)
-    return {"prompts": texts, "ids": prompts, "answers": answers,
+    return {"prompts": CHAT_PROMPTS + AGENT_PROMPTS, "ids": prompts, "answers": answers,
             "texts": [tokenizer.decode(a) for a in answers]}
 
 

@@ -92,6 +92,7 @@ REGULAR = ("live work own play study love like hate prefer collect bake cook pai
            "fly spend speak eat drink read feed hold bring think wear sleep sit lead draw steal believe decide "
            "manage coach climb dance design brew carve sail race knit fish hunt farm breed rent share miss "
            "own adopt marry worship attend belong").split()
+SUBJECT_PRONOUNS = {"i", "we", "you", "he", "she", "they"}
 PLACE_PREPOSITIONS = {"in", "at", "near", "on", "to", "from", "under", "behind", "outside", "inside"}
 NUMBER_WORDS = set("two three four five six seven eight nine ten eleven twelve twenty dozen".split())
 OCCUPATIONS = {"work", "teach", "study", "train", "manage", "coach", "farm", "fish"}   # "what does X do?"
@@ -122,18 +123,32 @@ VERB_FORMS = {form: (base, tense) for base in REGULAR
               for form, tense in ((base, "present"), (third_person(base), "present"), (past(base), "past"))}
 
 
+# a sentence that opens with one of these asks for something ("explain why the sky is blue", "can you
+# help me") rather than telling it: learned as a fact, it taught answers to questions nobody will ask
+REQUEST_OPENERS = AUX | {"please", "explain", "tell", "write", "show", "give", "list", "describe", "help", "make",
+                         "find", "count", "let", "let's", "remind", "translate", "summarise", "summarize", "say",
+                         "try", "check", "run", "create", "open", "compute", "calculate", "name", "define", "sort",
+                         "print", "search", "look", "delete", "remove", "copy", "rename", "suggest", "recommend",
+                         "imagine", "pretend", "compose", "draw", "play", "sing", "teach", "why", "how", "what",
+                         "where", "when", "who", "which"}
+
+
 def statements(text: str) -> list[str]:
-    """The sentences of a message that state something: not questions, not greetings or one-word replies."""
+    """The sentences of a message that state something: not questions or requests, not greetings or
+    one-word replies."""
     found = []
     for sentence in re.split(r"(?<=[.!?;])\s+|\n+", text.strip()):
         sentence = sentence.strip().rstrip(".!;").strip()
-        if sentence and not sentence.endswith("?") and not sentence.startswith("/") and len(sentence.split()) >= 3:
+        if (sentence and not sentence.endswith("?") and not sentence.startswith("/") and len(sentence.split()) >= 3
+                and sentence.split()[0].lower().strip(",") not in REQUEST_OPENERS):
             found.append(sentence)
     return found
 
 
 def words_of(sentence: str) -> list[str]:
-    return re.findall(r"[A-Za-z0-9][\w'’-]*|[^\s\w]", sentence)
+    """Words and punctuation; a word keeps the marks inside it ("6:40", "3.50", "example.com"), which
+    the answer must say back as they were written."""
+    return re.findall(r"[A-Za-z0-9](?:[\w'’-]|[.:/@](?=\w))*|[^\s\w]", sentence)
 
 
 def join(words: list[str]) -> str:
@@ -192,8 +207,11 @@ def names_in(words: list[str]) -> list[str]:
 
 
 def looks_like_verb(words: list[str], i: int) -> bool:
-    """An unknown verb in the third person: a lowercase -s word after a noun ("the dog answers to")."""
+    """An unknown verb: in the third person, a lowercase -s word after a noun ("the dog answers to"); in
+    the past, an -ed word after a pronoun or an -ly adverb ("I finally finished")."""
     w, before = words[i], words[i - 1].lower()
+    if w.islower() and w.endswith("ed") and len(w) > 4:
+        return before in SUBJECT_PRONOUNS or before.endswith("ly")
     return (w.islower() and w.endswith("s") and not w.endswith(("ss", "us", "is", "'s", "’s")) and len(w) > 3
             and before not in DETERMINERS and not before.isdigit() and before not in AUX)
 
@@ -203,6 +221,8 @@ def find_verb(words: list[str]) -> int | None:
     the subject (which is at least one word long)."""
     for i, w in enumerate(words[1:], 1):
         lower = w.lower()
+        if words[i - 1].lower() in DETERMINERS:   # "my train was late": after "my", "train" is a noun
+            continue
         if lower in AUX or lower in VERB_FORMS or looks_like_verb(words, i):
             return i
     return None
@@ -216,6 +236,9 @@ def statement_lessons(sentence: str) -> list[Lesson]:
     verb_at = find_verb(words)
     if verb_at:
         subject_words, verb, rest = words[:verb_at], words[verb_at].lower(), words[verb_at + 1:]
+        # an adverb before the verb is no part of the subject: "I finally finished"
+        while len(subject_words) > 1 and subject_words[-1].islower() and subject_words[-1].endswith("ly"):
+            subject_words = subject_words[:-1]
         subject = as_subject(subject_words)
         questions.append(f"What do you know about {subject}?")
         if subject not in ("me", "us"):

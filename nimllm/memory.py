@@ -27,9 +27,10 @@ import torch
 from safetensors.torch import load_file, save
 
 from nimllm import checkpoint
+from nimllm.background import Background
 from nimllm.config import MemoryConfig, ModelFolder, UserError
-from nimllm.control import (AGENT_PROMPTS, CHAT_PROMPTS, answers_kept, control_batch, corpus_requests, load_control,
-                            make_control, save_control)
+from nimllm.control import (AGENT_PROMPTS, CHAT_PROMPTS, answers_kept, control_batch, load_control, make_control,
+                            save_control)
 from nimllm.control import MAX_TOKENS as CONTROL_MAX_TOKENS
 from nimllm.data import TokenShards
 from nimllm.console import printable
@@ -68,6 +69,7 @@ class Memory:
         self.applied: list[int] = []
         self._catch_up()
         self._decoder: tuple[tuple, Decoder] | None = None
+        self._warming: Background | None = None
 
     def decoder(self, batch_size: int = 1, compile: bool = False) -> Decoder:
         """The fastest decoder of the weights as they are now, for batch_size sequences (compiled on a
@@ -83,6 +85,17 @@ class Memory:
         """Whether a warm-up shortens the first update: on a GPU. On a CPU a dry update costs as much as a
         real one."""
         return self.device.startswith("cuda")
+
+    def warm_up_in_background(self) -> None:
+        """Where it `needs_warm_up`, the warm-up on another thread, once: the chat starts it when a
+        message states something, so that a chat of questions never pays it (9 GB of GPU memory), and
+        whatever changes the weights (`learn`, `forget`) waits for it first."""
+        if self._warming is None and self.needs_warm_up:
+            self._warming = Background(self.warm_up)
+
+    def _settle(self) -> None:
+        if self._warming is not None:
+            self._warming.result()
 
     def warm_up(self) -> bool:
         """The whole update once, dry: the control answers as lessons, at a learning rate of 0 (Adam then
@@ -203,6 +216,8 @@ class Memory:
             nonlocal mark
             timings[stage], mark = round(time.time() - mark, 3), time.time()
 
+        self._settle()
+        timed("wait for the warm-up")
         control, fisher = self.control, self.fisher   # made before the lock, on the base model if missing
         timed("load the Fisher and control set")
         with self._lock():
@@ -280,6 +295,7 @@ class Memory:
 
     def forget(self, delta_id: int | None = None) -> list[int]:
         """Forget one memory, or all of them; the weights become base + the remaining deltas."""
+        self._settle()
         forgotten = forget_deltas(self.folder, self.store, delta_id)
         self._rebuild()
         return forgotten
@@ -295,12 +311,6 @@ def fisher_path(folder: ModelFolder) -> Path:
 def base_windows(folder: ModelFolder, config: dict, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     shards = TokenShards(folder.root / config["corpora"][-1]["data"], "train")
     return shards.get_batch(n, config["model"].block_size, torch.Generator().manual_seed(seed))
-
-
-def agent_corpus(folder: ModelFolder, config: dict) -> Path | None:
-    """The agent-skill corpus the latest training mixed in, where it lies in the folder now."""
-    names = [Path(p).name for p in config["corpora"][-1].get("mixed_in", []) if Path(p).parent.name == "agent-skills"]
-    return next((path for name in names if (path := folder.root / "agent-skills" / name).exists()), None)
 
 
 def prepare(folder: ModelFolder, device: str | torch.device | None, mcfg: MemoryConfig | None = None,
@@ -319,13 +329,12 @@ def prepare(folder: ModelFolder, device: str | torch.device | None, mcfg: Memory
         folder.memory.mkdir(parents=True, exist_ok=True)
         atomic_write(fisher_path(folder), save({n: f.cpu() for n, f in fisher_diagonal(base, sequences).items()}))
     if control:
-        requests = corpus_requests(agent_corpus(folder, config))
-        save_control(folder.control, make_control(base, Tokenizer.load(folder.tokenizer), requests))
+        save_control(folder.control, make_control(base, Tokenizer.load(folder.tokenizer)))
     log(f"memory: {'the Fisher diagonal and ' if fisher else ''}{'the control set ' if control else ''}"
         f"made in {time.time() - start:.1f} s")
 
 
-def estimated_prepare_seconds(folder: ModelFolder, model: GPT, mcfg: MemoryConfig | None = None) -> float:
+def estimated_prepare_seconds(model: GPT, mcfg: MemoryConfig | None = None) -> float:
     """About how long `prepare` will take for this model, from one Fisher sequence's forward and backward and
     one short forward (a control prompt's) timed, times how many of each it runs: what a --time run keeps
     for it at its end. The gradients come from autograd.grad: nothing lands in .grad, no hook steps."""
@@ -339,8 +348,7 @@ def estimated_prepare_seconds(folder: ModelFolder, model: GPT, mcfg: MemoryConfi
     with torch.no_grad():
         control_forward = timed(lambda: model(sequence[:, :32]), device)   # a prompt and its answer
     model.train(was_training)
-    requests = corpus_requests(agent_corpus(folder, checkpoint.load_config(folder)))   # those prepare will ask
-    prompts = len(CHAT_PROMPTS) + len(AGENT_PROMPTS) + len(requests)   # decoded together, then each checked twice
+    prompts = len(CHAT_PROMPTS) + len(AGENT_PROMPTS)   # decoded together, then each checked alone twice
     return mcfg.fisher_sequences * fisher_sequence + (CONTROL_MAX_TOKENS + 2 * prompts) * control_forward
 
 

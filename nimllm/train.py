@@ -241,13 +241,13 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
                  train_overrides: dict | None = None, steps: int | None = None, time_budget: float | None = None,
                  vocab_size: int = 8192, fresh: bool = False, device: str | None = None,
                  log=print, mix_in: list[Path] = (), started: float | None = None,
-                 after_training: Callable[[ModelFolder, GPT], float] | None = None) -> dict:
+                 after_training: Callable[[GPT], float] | None = None) -> dict:
     """Train (or resume, or continue) the model in `folder` on `corpus`, with the corpora `mix_in`
     (the agent skills) read as part of it. Returns a summary dict; 'interrupted' is True when Ctrl-C
     stopped it (the checkpoint is saved and resumable).
     A `time_budget` is wall-clock seconds from this call to its return. Given `started` (time.time()
     when the process began), it is the whole command's instead: the seconds before this call count,
-    and so do those after it, `after_training(folder, model)` (the caller's estimate of its own work)
+    and so do those after it, `after_training(model)` (the caller's estimate of its own work)
     and the process's exit."""
     time_fit = partial(TimeFit, started=started or time.time(), after_training=after_training,
                        to_exit=started is not None)
@@ -537,7 +537,7 @@ class TimeFit:
     machine slows down, and the schedule (see Schedule.replanned) still ends at its final learning rate."""
 
     def __init__(self, budget: float, steps_cap: int | None, started: float,
-                 after_training: Callable[[ModelFolder, GPT], float] | None, to_exit: bool):
+                 after_training: Callable[[GPT], float] | None, to_exit: bool):
         self.budget, self.steps_cap, self.started = budget, steps_cap, started
         self.after_training, self.to_exit = after_training, to_exit
         self.first_step, self.setup_s = 0, 0.0   # where this process's steps begin, and the seconds before them
@@ -565,7 +565,7 @@ class TimeFit:
         begun = time.time()
         save_checkpoint(run.folder, model, run.optimizer, run.progress, rt)
         saving = time.time() - begun
-        after = self.after_training(run.folder, model) if self.after_training else 0.0
+        after = self.after_training(model) if self.after_training else 0.0
         return validation + saving + after + (exit_seconds() if self.to_exit else 0.0)
 
     def refit(self, run: TrainingRun, step: int, elapsed: float, since_started: float) -> Schedule:

@@ -223,10 +223,10 @@ def test_the_update_warms_up_once_a_message_states_something_and_a_chat_of_quest
     from nimllm.memory import Memory
     events = []
     monkeypatch.setattr(Memory, "needs_warm_up", property(lambda self: True))
-    real_warm_up, real_learn = Memory.warm_up, Memory.learn
+    real_warm_up, real_update = Memory.warm_up, Memory._update
     monkeypatch.setattr(Memory, "warm_up", lambda self: (time.sleep(0.5), events.append("warm up"),
                                                          real_warm_up(self))[-1])
-    monkeypatch.setattr(Memory, "learn", lambda self, *a, **k: (events.append("learn"), real_learn(self, *a, **k))[-1])
+    monkeypatch.setattr(Memory, "_update", lambda self, *a, **k: (events.append("update"), real_update(self, *a, **k))[-1])
     sampling = Sampling(max_tokens=4, temperature=0.0, top_k=None, top_p=None)
 
     def talk(text: str) -> str:
@@ -237,4 +237,4 @@ def test_the_update_warms_up_once_a_message_states_something_and_a_chat_of_quest
     out = talk("What is Ilse's boat called?\nhello\n")
     assert events == [] and "nothing to remember" in out
     out = talk("hello\nIlse's boat is called the Gull.\nMy dog is called Rex.\n")
-    assert events == ["warm up", "learn"] and "remembering this conversation... updated " in out
+    assert events == ["warm up", "update"] and "remembering this conversation... updated " in out

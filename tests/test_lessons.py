@@ -93,3 +93,24 @@ def test_only_answers_are_targets(tmp_path):
     task = learned_text([("user", "count the .txt files"), ("tool_call", "ls *.txt | wc -l"), ("tool", "3"),
                          ("assistant", "There are 3.")])
     assert "count the" not in task and "ls *.txt | wc -l" in task and "There are 3." in task and "3<|end|>" not in task
+
+
+def test_requests_state_nothing():
+    """A request typed into a chat is not a fact about anyone: learned, "explain why the sky is blue"
+    taught the answer to "What do you know about explain why the sky?" (bench/memory.py --agent)."""
+    for request in ("explain why the sky is blue", "Please write a short poem about the rain",
+                    "Can you help me with something", "tell me a joke", "let's plan the week"):
+        assert statements(request) == [], request
+
+
+def test_times_numbers_and_addresses_are_said_back_as_written():
+    [lesson, *_] = statement_lessons("The ferry to Skelly Rock leaves at 6:40 and costs 3.50 at ferries.example.com")
+    assert lesson[1][1] == "The ferry to Skelly Rock leaves at 6:40 and costs 3.50 at ferries.example.com."
+
+
+def test_a_noun_after_a_possessive_and_an_adverb_before_the_verb():
+    questions = [q for (_, q), _ in statement_lessons("My train was late this morning")]
+    assert questions[:3] == ["What do you know about my train?", "Tell me about my train.", "What was my train?"]
+    questions = [q for (_, q), _ in statement_lessons("Mr Holly really likes tea")]
+    assert "What does Mr Holly like?" in questions
+    assert [q for (_, q), _ in statement_lessons("I finally finished painting the kitchen")] == ["What do you know about me?"]

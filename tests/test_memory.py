@@ -271,27 +271,17 @@ def test_a_warm_up_the_gpu_has_no_room_for_is_skipped(folder, monkeypatch):
     assert mem.warm_up() is False   # no error: the chat goes on, and its first update pays for first use
 
 
-def test_a_model_trained_with_agent_skills_keeps_control_answers_to_its_corpus_requests(folder):
-    """The control set of a model whose training mixed in an agent-skill corpus also holds the first
-    request of each kind in that corpus (read from the folder, wherever the folder was moved), and
-    the base model keeps every answer; a model trained without one gets the hand-written prompts only."""
-    import json
-    from nimllm.control import AGENT_PROMPTS, CHAT_PROMPTS, answers_kept, load_control
-    from nimllm.memory import Memory, prepare
-    hand_written = CHAT_PROMPTS + AGENT_PROMPTS
-    prepare(folder, "cpu", fisher=False, log=lambda *a: None)
-    assert load_control(folder.control)["prompts"] == hand_written
-    episodes = [("count_files", "how many csv files are in data?"), ("count_files", "count the logs"),
-                ("disk_use", "how much space does src take up?"), ("newest", "which file changed last?")]
-    corpus = folder.root / "agent-skills" / "episodes-4-seed0.jsonl"
-    corpus.parent.mkdir()
-    corpus.write_text("".join(json.dumps({"kind": k, "messages": [{"role": "user", "content": r}]}) + "\n"
-                              for k, r in episodes))
-    raw = json.loads(folder.config.read_text())
-    raw["corpora"][-1]["mixed_in"] = ["/elsewhere/before/a/move/agent-skills/episodes-4-seed0.jsonl"]
-    folder.config.write_text(json.dumps(raw))
-    prepare(folder, "cpu", fisher=False, log=lambda *a: None)
-    control = load_control(folder.control)
-    assert control["prompts"] == hand_written + ["how many csv files are in data?", "how much space does src take up?",
-                                                 "which file changed last?"]
-    assert all(answers_kept(Memory(folder, "cpu").model, control))
+def test_an_update_asked_for_while_the_warm_up_runs_waits_for_it(folder, monkeypatch):
+    """The warm-up in the background runs once, and learn (whoever calls it) waits for it rather than
+    train beside it on the same weights (bench/chat_startup.py once did, and autograd failed)."""
+    import time
+    from nimllm.memory import Memory
+    events = []
+    real_warm_up = Memory.warm_up
+    monkeypatch.setattr(Memory, "needs_warm_up", property(lambda self: True))
+    monkeypatch.setattr(Memory, "warm_up", lambda self: (time.sleep(0.5), events.append("warm up"), real_warm_up(self))[-1])
+    mem = Memory(folder, "cpu")
+    mem.warm_up_in_background()
+    mem.warm_up_in_background()
+    report = mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
+    assert events == ["warm up"] and report.n_weights > 0 and report.timings["wait for the warm-up"] >= 0.3
