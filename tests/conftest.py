@@ -70,10 +70,8 @@ def tok():
 
 
 # the recipe of the model the session shares: train_tiny's conversation skills and 40 agent-skill episodes, so
-# that the chat, the server, the agent and the benchmarks can all use it; at a peak lr of 3e-4, it stays as
-# barely trained as it was when its 5 steps were all warm-up (rising to 3.3e-4): with warm-up a share of the run
-# its 5 steps start at the tiny preset's 2e-3, and the control check then refused the chat tests' updates
-SHARED_OPTIONS = ("--agent-skills", 40, "--lr", "3e-4")
+# that the chat, the server, the agent and the benchmarks can all use it
+SHARED_OPTIONS = ("--agent-skills", 40)
 
 
 def files_of(folder: Path) -> list[tuple[str, int, int]]:
