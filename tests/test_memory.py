@@ -275,12 +275,13 @@ def test_an_update_asked_for_while_the_warm_up_runs_waits_for_it(folder, monkeyp
     """The warm-up in the background runs once, and learn (whoever calls it) waits for it rather than
     train beside it on the same weights (bench/chat_startup.py once did, and autograd failed)."""
     import time
+    from nimllm.config import MemoryConfig
     from nimllm.memory import Memory
     events = []
     real_warm_up = Memory.warm_up
     monkeypatch.setattr(Memory, "needs_warm_up", property(lambda self: True))
     monkeypatch.setattr(Memory, "warm_up", lambda self: (time.sleep(0.5), events.append("warm up"), real_warm_up(self))[-1])
-    mem = Memory(folder, "cpu")
+    mem = Memory(folder, "cpu", MemoryConfig(**NEVER_REFUSED))
     mem.warm_up_in_background()
     mem.warm_up_in_background()
     report = mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
