@@ -29,7 +29,7 @@ import common  # noqa: E402  (bench/common.py)
 from nimllm.config import PRESETS, TrainConfig, default_preset_name  # noqa: E402
 from nimllm.model import GPT  # noqa: E402
 from nimllm.runtime import Runtime, pick_device  # noqa: E402
-from nimllm.train import build_optimizer, learning_rate  # noqa: E402
+from nimllm.train import Schedule, build_optimizer  # noqa: E402
 from reference_gpt import ReferenceGPT, reference_optimizer  # noqa: E402
 
 H100_BF16_PEAK = 989.5e12    # dense bf16 FLOP/s of an H100 SXM
@@ -75,11 +75,12 @@ def peak_memory(rt: Runtime) -> float:
 def measure(v: Variant, micro_batch: int, grad_accum: int, cfg, tcfg: TrainConfig, rt: Runtime, args) -> dict:
     model, train_model, optimizer = build(v, cfg, tcfg, rt, args.compile_ok)
     total = args.warmup + args.steps
+    schedule = Schedule.planned(total, tcfg)
     sync = torch.cuda.synchronize if rt.device_type == "cuda" else (lambda: None)
 
     def step(i: int):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(i, i / total, tcfg)
+            group["lr"] = schedule.lr(i, tcfg)
         for _ in range(grad_accum):
             x = torch.randint(cfg.vocab_size, (micro_batch, cfg.block_size), device=rt.device)
             y = torch.randint(cfg.vocab_size, (micro_batch, cfg.block_size), device=rt.device)

@@ -141,6 +141,7 @@ def describe(folder: ModelFolder) -> dict:
     with torch.device("meta"):
         n_params = GPT(m).num_params()
     progress = read_progress(folder) or {}
+    total_steps = progress.get("schedule", progress).get("total_steps", "?")   # (older folders: in progress itself)
     state = ("finished" if progress.get("finished") else "interrupted (run the same train command to resume)") \
         if progress else "not started"
     files = {p.name: p.stat().st_size for p in sorted(folder.root.iterdir()) if p.is_file() and not is_temp(p)}
@@ -150,7 +151,7 @@ def describe(folder: ModelFolder) -> dict:
         "parameters": f"{n_params:,}",
         "shape": f"{m.n_layer} layers x {m.n_embd} wide, {m.n_head} heads, context {m.block_size}, "
                  f"vocab {m.vocab_size}, {m.activation}",
-        "training": f"step {progress.get('step', 0)} / {progress.get('total_steps', '?')}, {state}",
+        "training": f"step {progress.get('step', 0)} / {total_steps}, {state}",
         "corpora": ", ".join(c["path"] for c in cfg["corpora"]) or "none",
         "files": ", ".join(f"{name} ({size / 1e6:.1f} MB)" for name, size in files.items()),
     }

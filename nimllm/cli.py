@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
+
+STARTED = time.time()   # `--time` is wall clock: it counts from here, imports and data preparation included
 
 FLAG_FORMS = {"--train": "train", "--chat": "chat", "--agent": "agent"}   # the seed's flag spelling of each subcommand
 
@@ -74,7 +77,9 @@ def train_options(train: argparse.ArgumentParser) -> None:
                                                  "field); default: the Python standard library's source")
     train.add_argument("--preset", help="tiny, 10m or 103m (default: 103m on a GPU, tiny on a CPU)")
     train.add_argument("--steps", type=int, help="optimizer steps (default: a length that suits the corpus)")
-    train.add_argument("--time", type=_duration, help="wall-clock budget, e.g. 30m or 2h; the schedule fits it")
+    train.add_argument("--time", type=_duration, help="wall-clock budget of the whole command, e.g. 30m or 2h: "
+                                                      "the steps and the schedule are fitted to it (with --steps, "
+                                                      "the fewer wins)")
     train.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size for a new model (default 8192)")
     train.add_argument("--batch-size", type=int, dest="micro_batch", help="sequences per micro-batch")
     train.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 8)")
@@ -161,7 +166,7 @@ def sampling(args):
 
 
 def cmd_train(args) -> int:
-    from nimllm import dialogues, skills
+    from nimllm import dialogues, memory, skills
     from nimllm.config import ModelFolder
     from nimllm.data import default_corpus
     from nimllm.train import run_training
@@ -177,12 +182,12 @@ def cmd_train(args) -> int:
         train_overrides={"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "lr": args.lr,
                          "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
                          "low_memory": args.low_memory, "seed": args.seed},
-        vocab_size=args.vocab_size, fresh=args.fresh, device=args.device)
+        vocab_size=args.vocab_size, fresh=args.fresh, device=args.device,
+        started=STARTED, after_training=memory.estimated_prepare_seconds)
     if summary.get("interrupted"):
         return 130
     if summary["action"] != "done":
-        from nimllm.memory import prepare
-        prepare(folder, args.device)
+        memory.prepare(folder, args.device)
     return 0
 
 

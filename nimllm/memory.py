@@ -29,7 +29,9 @@ from safetensors.torch import load_file, save
 from nimllm import checkpoint
 from nimllm.background import Background
 from nimllm.config import MemoryConfig, ModelFolder, UserError
-from nimllm.control import answers_kept, control_batch, load_control, make_control, save_control
+from nimllm.control import (AGENT_PROMPTS, CHAT_PROMPTS, answers_kept, control_batch, load_control, make_control,
+                            save_control)
+from nimllm.control import MAX_TOKENS as CONTROL_MAX_TOKENS
 from nimllm.data import TokenShards
 from nimllm.console import printable
 from nimllm.deltas import (apply_delta, learning_lock, load_delta, load_remembered, memory_history, memory_stats,
@@ -38,7 +40,8 @@ from nimllm.deltas import forget as forget_deltas
 from nimllm.fileio import atomic_write, remove_stale_temps
 from nimllm.generate import Decoder, fastest_decoder
 from nimllm.lessons import Lesson, batch, is_agent_task, lessons_for, training_windows
-from nimllm.runtime import pick_device
+from nimllm.model import GPT
+from nimllm.runtime import pick_device, timed
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
 from nimllm.update import UpdateReport, fisher_diagonal, scaled, selective_update
@@ -329,6 +332,24 @@ def prepare(folder: ModelFolder, device: str | torch.device | None, mcfg: Memory
         save_control(folder.control, make_control(base, Tokenizer.load(folder.tokenizer)))
     log(f"memory: {'the Fisher diagonal and ' if fisher else ''}{'the control set ' if control else ''}"
         f"made in {time.time() - start:.1f} s")
+
+
+def estimated_prepare_seconds(model: GPT, mcfg: MemoryConfig | None = None) -> float:
+    """About how long `prepare` will take for this model, from one Fisher sequence's forward and backward and
+    one short forward (a control prompt's) timed, times how many of each it runs: what a --time run keeps
+    for it at its end. The gradients come from autograd.grad: nothing lands in .grad, no hook steps."""
+    mcfg = mcfg or MemoryConfig()
+    device = next(model.parameters()).device
+    sequence = torch.zeros(1, model.cfg.block_size, dtype=torch.long, device=device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    fisher_sequence = timed(lambda: torch.autograd.grad(model(sequence, sequence), params), device)
+    with torch.no_grad():
+        control_forward = timed(lambda: model(sequence[:, :32]), device)   # a prompt and its answer
+    model.train(was_training)
+    prompts = len(CHAT_PROMPTS) + len(AGENT_PROMPTS)   # decoded together, then each checked alone twice
+    return mcfg.fisher_sequences * fisher_sequence + (CONTROL_MAX_TOKENS + 2 * prompts) * control_forward
 
 
 def folder_stats(folder: ModelFolder, store: Store) -> dict:

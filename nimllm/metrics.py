@@ -39,7 +39,8 @@ class MetricsLog:
         self.file.close()
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot, imported on first use (which takes a second on a busy CPU)."""
     import matplotlib
     matplotlib.use("Agg")   # no display needed
     import matplotlib.pyplot as plt
@@ -49,13 +50,13 @@ def _pyplot():
 def _save(fig, png_path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write(png_path, buf.getvalue())
 
 
 def plot_memory(n_weights: list[int], seconds: list[float], png_path: Path) -> None:
     """How memory grew: weights changed per remembered conversation, summed, and each update's time."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, ax_time) = plt.subplots(2, 1, figsize=(7, 5), dpi=100, sharex=True)
     steps = list(range(1, len(n_weights) + 1))
     running, total = [], 0
@@ -74,7 +75,7 @@ def plot_memory(n_weights: list[int], seconds: list[float], png_path: Path) -> N
 
 def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> None:
     """Training and validation loss against optimizer step, as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
@@ -87,5 +88,6 @@ def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> None:
     ax.set_ylabel("loss (nats per token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or val:   # (a --time run saves once before its first logged step)
+        ax.legend()
     _save(fig, png_path)

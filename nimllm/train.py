@@ -2,10 +2,10 @@
 
 `run_training` decides what to do with the folder (start a new model, resume an interrupted run,
 or continue a trained model on a new corpus), prepares the tokenizer and token shards, and runs
-the loop: AdamW, linear warm-up then cosine decay, gradient accumulation, clipping, bf16 autocast
-on CUDA, periodic validation, atomic checkpoints, Ctrl-C handling and DistributedDataParallel
-when started under torchrun. Each of those is a named step, and the steps hand one `TrainingRun`
-on to each other.
+the loop: AdamW, linear warm-up then cosine decay (fitted to a --time budget as the run goes),
+gradient accumulation, clipping, bf16 autocast on CUDA, periodic validation, atomic checkpoints,
+Ctrl-C handling and DistributedDataParallel when started under torchrun. Each of those is a named
+step, and the steps hand one `TrainingRun` on to each other.
 
 Every micro-batch is drawn from a generator seeded by (seed, step, micro-batch index), and every
 step seeds dropout the same way, so a run that is interrupted and resumed computes exactly the
@@ -34,9 +34,9 @@ from nimllm.data import (CorpusInfo, TokenShards, corpus_fingerprint, iter_texts
                          prepared_with)
 from nimllm.evaluate import evaluate
 from nimllm.fileio import remove_stale_temps
-from nimllm.metrics import MetricsLog, plot_losses
+from nimllm.metrics import MetricsLog, plot_losses, pyplot
 from nimllm.model import GPT
-from nimllm.runtime import Runtime, pick_device, run_info, setup_runtime
+from nimllm.runtime import Runtime, exit_seconds, pick_device, run_info, setup_runtime, timed
 from nimllm.tokenizer import Tokenizer
 
 
@@ -89,12 +89,54 @@ class OptimizerInBackward:
             opt.load_state_dict({"state": {0: sd["state"][i]} if i in sd["state"] else {}, "param_groups": [group]})
 
 
-def learning_rate(step: int, progress: float, tcfg: TrainConfig) -> float:
-    """Linear warm-up over the first steps, then cosine decay to lr * min_lr_ratio as progress goes 0 -> 1."""
-    if step < tcfg.warmup_steps:
-        return tcfg.lr * (step + 1) / tcfg.warmup_steps
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return tcfg.lr * (tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * cosine)
+WARMUP_SHARE = 0.05   # a short run warms up over this share of its steps at most, so it peaks and decays
+
+
+def warmup_for(total_steps: int, tcfg: TrainConfig) -> int:
+    """The preset's warm-up, or WARMUP_SHARE of the run when that is shorter: never the whole run."""
+    return min(tcfg.warmup_steps, round(WARMUP_SHARE * total_steps))
+
+
+@dataclass
+class Schedule:
+    """Linear warm-up over the first `warmup` steps, then cosine decay from lr to lr * min_lr_ratio, reached
+    exactly at the last step (total_steps - 1). The decay's progress runs linearly from anchor_progress at
+    anchor_step to 1 at the last step; a replan (a --time run re-fitting its length) moves the anchor to
+    the current step, so the learning rate never jumps back and the run still ends at the final value.
+    `fitted` says a --time run has measured and fixed its length: a resumed run keeps it."""
+    total_steps: int
+    warmup: int
+    anchor_step: int
+    anchor_progress: float = 0.0
+    fitted: bool = False
+
+    @classmethod
+    def planned(cls, total_steps: int, tcfg: TrainConfig) -> "Schedule":
+        warmup = warmup_for(total_steps, tcfg)
+        return cls(total_steps, warmup, warmup)
+
+    def progress(self, step: int) -> float:
+        span = self.total_steps - 1 - self.anchor_step
+        if span <= 0:
+            return 1.0
+        done = (step - self.anchor_step) / span
+        return min(1.0, self.anchor_progress + (1 - self.anchor_progress) * max(done, 0.0))
+
+    def lr(self, step: int, tcfg: TrainConfig) -> float:
+        if step < self.warmup:
+            return tcfg.lr * (step + 1) / self.warmup
+        cosine = 0.5 * (1 + math.cos(math.pi * self.progress(step)))
+        return tcfg.lr * (tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * cosine)
+
+    def replanned(self, step: int, total_steps: int, tcfg: TrainConfig) -> "Schedule":
+        """The same schedule from `step` (the next step to run) on, ending at total_steps instead. A
+        warm-up under way may only get shorter (its learning rate jumps forward, never back)."""
+        total_steps = max(total_steps, step + 1)
+        warmup = min(self.warmup, max(warmup_for(total_steps, tcfg), step))
+        if step < warmup:
+            return replace(self, total_steps=total_steps, warmup=warmup, anchor_step=warmup, anchor_progress=0.0)
+        return replace(self, total_steps=total_steps, warmup=warmup, anchor_step=step,
+                       anchor_progress=self.progress(step))   # (0 where the warm-up ends: the decay starts)
 
 
 def default_steps(train_tokens: int, n_params: int, tokens_per_step: int, tcfg: TrainConfig) -> int:
@@ -166,8 +208,8 @@ def format_eta(seconds: float) -> str:
 @dataclass
 class TrainingRun:
     """What the steps of `run_training` hand on to each other, filled in as they go: where it runs,
-    what plan decided, the settings, the data, the model and its progress. `progress` is what the
-    checkpoint records (step, elapsed_s, corpus, total_steps, time_budget_s, finished)."""
+    what plan decided, the settings, the data, the model, its schedule and its progress. `progress` is
+    what the checkpoint records (step, elapsed_s, corpus, schedule, time_budget_s, finished)."""
     corpus: Path
     folder: ModelFolder
     rt: Runtime
@@ -186,6 +228,8 @@ class TrainingRun:
     val_shards: TokenShards | None = None
     model: GPT | None = None
     optimizer: Any = None
+    schedule: Schedule | None = None
+    fit: TimeFit | None = None   # a --time run whose length is not fitted yet
     progress: dict = field(default_factory=lambda: {"step": 0, "elapsed_s": 0.0})
 
     @property
@@ -196,10 +240,17 @@ class TrainingRun:
 def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, model_overrides: dict | None = None,
                  train_overrides: dict | None = None, steps: int | None = None, time_budget: float | None = None,
                  vocab_size: int = 8192, fresh: bool = False, device: str | None = None,
-                 log=print, mix_in: list[Path] = ()) -> dict:
+                 log=print, mix_in: list[Path] = (), started: float | None = None,
+                 after_training: Callable[[GPT], float] | None = None) -> dict:
     """Train (or resume, or continue) the model in `folder` on `corpus`, with the corpora `mix_in`
     (the agent skills) read as part of it. Returns a summary dict; 'interrupted' is True when Ctrl-C
-    stopped it (the checkpoint is saved and resumable)."""
+    stopped it (the checkpoint is saved and resumable).
+    A `time_budget` is wall-clock seconds from this call to its return. Given `started` (time.time()
+    when the process began), it is the whole command's instead: the seconds before this call count,
+    and so do those after it, `after_training(model)` (the caller's estimate of its own work)
+    and the process's exit."""
+    time_fit = partial(TimeFit, started=started or time.time(), after_training=after_training,
+                       to_exit=started is not None)
     run = open_run(Path(corpus).expanduser(), folder, device, log, mix_in, fresh)
     if run.action == "done":
         progress = checkpoint.read_progress(folder)
@@ -210,7 +261,7 @@ def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, m
     prepare_data(run)
     save_settings(run)
     build_model(run)
-    schedule(run, steps, time_budget)
+    schedule(run, steps, time_budget, time_fit)
     previous, before = score_previous_corpora(run)
     metrics = open_metrics(run, announce(run))
     summary = train_loop(run, metrics)
@@ -257,7 +308,9 @@ def choose_settings(run: TrainingRun, preset: str | None, model_overrides: dict 
                 clear_for_fresh_start(folder, log)
             folder.root.mkdir(parents=True, exist_ok=True)
             log(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {run.corpus} ...")
+            begun = time.time()   # (said, since a --time budget pays for it)
             Tokenizer.train(iter_texts_for_tokenizer(run.sources), vocab_size=vocab_size).save(folder.tokenizer)
+            log(f"tokenizer: {time.time() - begun:.1f} s")
     else:
         saved = checkpoint.load_config(folder)
         run.preset, run.model_cfg, run.corpora = saved["preset"], saved["model"], saved["corpora"]
@@ -273,8 +326,10 @@ def prepare_data(run: TrainingRun) -> None:
     run.data_dir = run.folder.data / run.fingerprint
     if run.rt.is_main and not prepared_with(run.data_dir, run.tokenizer):
         run.log(f"tokenizing {run.corpus} ...")
+        begun = time.time()   # (said, since a --time budget pays for it)
         report_corpus(prepare_corpus(run.sources, run.tokenizer, run.data_dir, block_size=run.model_cfg.block_size),
                       run.log)
+        run.log(f"data: {time.time() - begun:.1f} s to tokenize and prepare the corpus")
     run.rt.barrier()
     run.train_shards, run.val_shards = TokenShards(run.data_dir, "train"), TokenShards(run.data_dir, "val")
 
@@ -310,17 +365,24 @@ def build_model(run: TrainingRun) -> None:
                 f" on {run.corpus}")
 
 
-def schedule(run: TrainingRun, steps: int | None, time_budget: float | None) -> None:
-    """How long the run is: the steps and time budget asked for, those of the run being resumed, or
-    a length that suits the corpus."""
+def schedule(run: TrainingRun, steps: int | None, time_budget: float | None,
+             time_fit: Callable[[float, int | None], TimeFit]) -> None:
+    """How long the run is: the schedule of the run being resumed (a --time run's fitted one too), or
+    the steps asked for, or a length that suits the corpus; with a time budget not fitted yet, the
+    TimeFit that fits the length to it as the run goes (--steps then caps it)."""
     tcfg, rt = run.tcfg, run.rt
     micro_per_rank = tcfg.grad_accum // rt.world_size
     if micro_per_rank * rt.world_size != tcfg.grad_accum:
         raise UserError(f"gradient accumulation {tcfg.grad_accum} is not divisible by {rt.world_size} processes")
-    total_steps = steps or run.progress.get("total_steps") or default_steps(
-        run.train_shards.num_tokens, run.model.num_params(), run.tokens_per_step, tcfg)
+    if "schedule" in run.progress:   # a resumed run keeps its schedule
+        run.schedule = Schedule(**run.progress["schedule"])
+    else:   # (a folder from before schedules were saved recorded its total_steps alone)
+        run.schedule = Schedule.planned(steps or run.progress.get("total_steps") or default_steps(
+            run.train_shards.num_tokens, run.model.num_params(), run.tokens_per_step, tcfg), tcfg)
     time_budget = time_budget or run.progress.get("time_budget_s")
-    run.progress.update(corpus=run.fingerprint, total_steps=total_steps, time_budget_s=time_budget, finished=False)
+    run.fit = time_fit(time_budget, steps) if time_budget and not run.schedule.fitted else None
+    run.progress.update(corpus=run.fingerprint, schedule=asdict(run.schedule), time_budget_s=time_budget,
+                        finished=False)
 
 
 def score_previous_corpora(run: TrainingRun) -> tuple[list[dict], dict]:
@@ -338,10 +400,12 @@ def announce(run: TrainingRun) -> dict:
     rt, log = run.rt, run.log
     info = run_info(rt)
     n_docs = CorpusInfo.load(run.data_dir).train.documents
+    length = (f"steps of {format_count(run.tokens_per_step)} tokens, as many as fit in --time "
+              f"{format_eta(run.fit.budget)}" if run.fit
+              else f"{run.schedule.total_steps} steps of {format_count(run.tokens_per_step)} tokens")
     log(f"training {format_count(run.model.num_params())} params on {format_count(n_docs)} documents "
         f"({format_count(run.train_shards.num_tokens)} tokens) | preset {run.preset} | {rt.device}"
-        f"{f' x{rt.world_size}' if rt.world_size > 1 else ''} | {run.progress['total_steps']} steps of "
-        f"{format_count(run.tokens_per_step)} tokens")
+        f"{f' x{rt.world_size}' if rt.world_size > 1 else ''} | {length}")
     log(f"nimllm {info['nimllm']} (commit {info['git_commit'] or 'unknown'}) | python {info['python']} | "
         f"torch {info['torch']}{' | ' + info['gpu'] if info['gpu'] else ''} | config and log in {run.folder.metrics}")
     if rt.device_type == "cpu" and run.preset == "tiny" and run.action == "new":
@@ -356,7 +420,7 @@ def open_metrics(run: TrainingRun, info: dict) -> MetricsLog | None:
     metrics = MetricsLog(run.folder.metrics, run.progress["step"] if run.action == "resume" else None)
     metrics.write(event="start", step=run.progress["step"], action=run.action, corpus=str(run.corpus),
                   preset=run.preset, model=asdict(run.model_cfg), train=asdict(run.tcfg),
-                  total_steps=run.progress["total_steps"], run=info)
+                  total_steps=run.schedule.total_steps, run=info)
     return metrics
 
 
@@ -453,11 +517,8 @@ def train_step(run: TrainingRun, model, step: int, lr: float) -> tuple[torch.Ten
 
 def log_step(run: TrainingRun, metrics, loss: float, lr: float, grad_norm: float | None, rate: float) -> None:
     """The progress line, and the metrics record, of the step just taken at `rate` steps a second."""
-    p = run.progress
-    step, total, budget, elapsed = p["step"], p["total_steps"], p["time_budget_s"], p["elapsed_s"]
-    remaining = (total - step) / rate
-    if budget:
-        remaining = min(remaining, budget - elapsed)
+    step, total, elapsed = run.progress["step"], run.schedule.total_steps, run.progress["elapsed_s"]
+    remaining = (total - step) / rate   # (a --time run's total is refitted each step: this is its eta too)
     run.log(f"step {step} / {total} | loss {loss:.4f} | {rate:.2f} opt/s | "
             f"{format_count(rate * run.tokens_per_step)} tok/s | lr {lr:.2e} | eta {format_eta(remaining)}")
     if metrics:
@@ -465,37 +526,123 @@ def log_step(run: TrainingRun, metrics, loss: float, lr: float, grad_norm: float
                       tokens_per_s=rate * run.tokens_per_step, elapsed_s=elapsed)
 
 
+PILOT_SKIPPED = 2   # a process's first steps compile and warm kernels up: their time says nothing of the rest
+PILOT_TIMED = 3     # the steps whose throughput a --time run is first fitted to
+
+
+class TimeFit:
+    """Fits a --time run's length to the wall clock. After the pilot (PILOT_SKIPPED + PILOT_TIMED steps)
+    it measures what the end of the run costs and fixes the steps that fit before it; after every later
+    step it fits again with the throughput measured so far, so that the run ends on time even when the
+    machine slows down, and the schedule (see Schedule.replanned) still ends at its final learning rate."""
+
+    def __init__(self, budget: float, steps_cap: int | None, started: float,
+                 after_training: Callable[[GPT], float] | None, to_exit: bool):
+        self.budget, self.steps_cap, self.started = budget, steps_cap, started
+        self.after_training, self.to_exit = after_training, to_exit
+        self.first_step, self.setup_s = 0, 0.0   # where this process's steps begin, and the seconds before them
+        self.timed_from: tuple[int, float] | None = None   # (step, elapsed) where the timed steps begin
+        self.finishing_s = 0.0   # the final validation and checkpoint, and what follows training
+
+    def begin(self, step: int) -> None:
+        self.first_step, self.setup_s = step, time.time() - self.started
+
+    def rate(self, step: int, elapsed: float) -> float:
+        """Optimizer steps per second since the pilot, the periodic validations and checkpoints included
+        (they recur)."""
+        timed_step, timed_elapsed = self.timed_from
+        return (step - timed_step) / max(elapsed - timed_elapsed, 1e-9)
+
+    def measure_finishing(self, run: TrainingRun) -> float:
+        """Seconds the end of the run will take: its validation, timed on one batch; its checkpoint, timed by
+        saving one now (a resume can start from it; pyplot is imported first, as the last save will find
+        it); the caller's after_training estimate; and the process's exit when the budget runs to it."""
+        tcfg, rt, model = run.tcfg, run.rt, run.model
+        batch_tokens = tcfg.micro_batch * model.cfg.block_size
+        batch = timed(lambda: evaluate(model, run.val_shards, rt, tcfg.micro_batch, batch_tokens), rt.device)
+        validation = batch * math.ceil(min(tcfg.eval_tokens, run.val_shards.num_tokens) / batch_tokens)
+        pyplot()
+        begun = time.time()
+        save_checkpoint(run.folder, model, run.optimizer, run.progress, rt)
+        saving = time.time() - begun
+        after = self.after_training(model) if self.after_training else 0.0
+        return validation + saving + after + (exit_seconds() if self.to_exit else 0.0)
+
+    def refit(self, run: TrainingRun, step: int, elapsed: float, since_started: float) -> Schedule:
+        """The run's schedule fitted to the time left after `step` (steps done); unchanged during the
+        pilot. The end of the run is measured once, by the first process, when the pilot ends."""
+        if step - self.first_step == PILOT_SKIPPED:
+            self.timed_from = (step, elapsed)
+        if step - self.first_step < PILOT_SKIPPED + PILOT_TIMED:
+            return run.schedule
+        rate = self.rate(step, elapsed)
+        if not run.schedule.fitted:
+            begun = time.time()
+            finishing = self.measure_finishing(run) if run.rt.is_main else 0.0
+            self.finishing_s, paused = agree_max([finishing, time.time() - begun], run.rt)
+            since_started += paused
+            self.timed_from = (self.timed_from[0], self.timed_from[1] + paused)   # (a one-off: not in the rate)
+        left = self.budget - since_started - self.finishing_s
+        fits = step + max(1, round(left * rate))   # at least one more step: the one at the final lr
+        total = min(fits, self.steps_cap or fits)
+        schedule = run.schedule
+        fitted = replace(schedule.replanned(step, total, run.tcfg) if total != schedule.total_steps else schedule,
+                         fitted=True)
+        if not schedule.fitted:
+            run.log(self.plan_line(fitted, fits, rate))
+        return fitted
+
+    def plan_line(self, schedule: Schedule, fits: int, rate: float) -> str:
+        plan = (f"--time {format_eta(self.budget)}: {fits} steps fit (warm-up {schedule.warmup}, measured "
+                f"{rate:.2f} opt/s; {self.setup_s:.1f} s before the first step, {self.finishing_s:.1f} s kept "
+                f"for the last validation, save and what follows)")
+        if schedule.total_steps < fits:
+            plan += f"; --steps {schedule.total_steps} is fewer, so {schedule.total_steps} steps"
+        return plan
+
+
+def agree_max(values: list[float], rt: Runtime) -> list[float]:
+    """The largest of each value over all processes, so that they all decide alike (in float64, so that a
+    long run's clocks keep their milliseconds). One process has nothing to agree with."""
+    if rt.world_size == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def train_loop(run: TrainingRun, metrics) -> dict:
     """Optimizer steps until the schedule is done or Ctrl-C asks to stop, with the log, validation
-    and checkpoints on the way."""
-    tcfg, rt, progress = run.tcfg, run.rt, run.progress
+    and checkpoints on the way; a --time run refits its schedule after every step."""
+    tcfg, rt, progress, fit = run.tcfg, run.rt, run.progress, run.fit
     model = model_for_training(run.model, tcfg, rt)
-    total, budget = progress["total_steps"], progress["time_budget_s"]
     step, elapsed = progress["step"], progress["elapsed_s"]
-
-    def fraction_done(step: int, elapsed: float) -> float:
-        return max(step / total, elapsed / budget if budget else 0.0)
-
     run_start, elapsed_at_start = time.time(), elapsed
     last_ckpt, last_log, last_log_step = run_start, run_start, step
-    progress["finished"] = fraction_done(step, elapsed) >= 1.0
+    progress["finished"] = step >= run.schedule.total_steps
+    if fit:
+        fit.begin(step)
     stopping, val = False, None
     if progress["finished"]:   # resumed a run whose last checkpoint came at its very end
         save_checkpoint(run.folder, run.model, run.optimizer, progress, rt)
     model.train()
     with StopRequest() as stop:
         while not (progress["finished"] or stopping):
-            lr = learning_rate(step, fraction_done(step, elapsed), tcfg)
+            lr = run.schedule.lr(step, tcfg)
             loss_sum, grad_norm = train_step(run, model, step, lr)
             step += 1
 
-            # all processes agree on whether to stop and on the clock, so they stay in lockstep
-            agreed = torch.tensor([float(stop.requested), elapsed_at_start + time.time() - run_start], device=rt.device)
+            # all processes agree on whether to stop and on the clocks, so they stay in lockstep
+            now = time.time()
+            requested, elapsed, since_started = agree_max(
+                [float(stop.requested), elapsed_at_start + now - run_start, now - fit.started if fit else 0.0], rt)
+            stopping = bool(requested)
             if rt.world_size > 1:
-                dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            stopping, elapsed = bool(agreed[0].item()), float(agreed[1].item())
-            progress.update(step=step, elapsed_s=elapsed, finished=fraction_done(step, elapsed) >= 1.0)
+            progress.update(step=step, elapsed_s=elapsed)
+            if fit and step < run.schedule.total_steps:
+                run.schedule = fit.refit(run, step, elapsed, since_started)
+            progress.update(schedule=asdict(run.schedule), finished=step >= run.schedule.total_steps)
 
             if step % tcfg.log_interval == 0 or progress["finished"]:
                 now = time.time()

@@ -10,14 +10,17 @@ pytestmark = pytest.mark.slow   # every test here learns on a model trained for 
 
 @pytest.fixture(scope="module")
 def trained_folder(tmp_path_factory):
-    """A tiny model trained for a few steps on real text (shared, read-only: tests copy it)."""
+    """A tiny model trained for a few steps on real text (shared, read-only: tests copy it). 100 steps: 30,
+    whose warm-up is now 5% of the run (2 steps), ended at a validation loss of 4.28 where the strong update of
+    test_a_fact_stated_once_is_answered_in_a_new_process reached 0.304 in its 60 steps, not 0.3; after 100 (3.25)
+    it learns in 12."""
     from conftest import real_text
     from nimllm.config import ModelFolder
     from nimllm.train import run_training
     root = tmp_path_factory.mktemp("base")
     (root / "corpus.txt").write_text(real_text(100_000))
     folder = ModelFolder(root / "model")
-    run_training(root / "corpus.txt", folder, preset="tiny", steps=30, vocab_size=400, log=lambda *a: None)
+    run_training(root / "corpus.txt", folder, preset="tiny", steps=100, vocab_size=400, log=lambda *a: None)
     return folder
 
 
@@ -47,6 +50,8 @@ def have_conversation(store, *turns) -> int:
 
 # the control check off, where a test is about something else
 UNCHECKED = dict(control_share=1.0, keep_answers=False)
+NEVER_REFUSED = dict(control_share=1.0)   # checked and rehearsed as usual, but never scaled back: for the tests of
+                                          # something else, which need an update kept (a tiny model's often is not)
 
 
 def test_learn_reload_and_forget_are_bit_exact(folder):
@@ -127,10 +132,10 @@ def test_opening_a_memory_leaves_the_fisher_control_and_decoder_for_later(folder
 def test_the_warm_up_is_a_dry_update_that_changes_nothing(folder, tmp_path):
     """The chat's warm-up runs the whole update at a learning rate of 0: the weights, the store and the
     folder stay as they were, and the next update is the one a process without the warm-up makes."""
-    from nimllm.config import ModelFolder
+    from nimllm.config import MemoryConfig, ModelFolder
     from nimllm.deltas import load_delta
     from nimllm.memory import Memory
-    mem = Memory(folder, "cpu")
+    mem = Memory(folder, "cpu", MemoryConfig(**NEVER_REFUSED))
     mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
     twin = ModelFolder(tmp_path / "twin")
     shutil.copytree(folder.root, twin.root)
@@ -139,7 +144,7 @@ def test_the_warm_up_is_a_dry_update_that_changes_nothing(folder, tmp_path):
     assert same(before, weights(mem.model)) and sorted(folder.memory.iterdir()) == files
     assert len(mem.store.deltas()) == 1 and all(p.grad is None for p in mem.model.parameters())
     deltas = []
-    for m in (mem, Memory(twin, "cpu")):
+    for m in (mem, Memory(twin, "cpu", MemoryConfig(**NEVER_REFUSED))):
         report = m.learn([have_conversation(m.store, ("user", "the boat is called Blue Heron"))], log=lambda *_: None)
         deltas.append(load_delta(m.folder.root / m.store.deltas()[-1].file))
         assert report.n_weights
@@ -243,9 +248,9 @@ def out_of_gpu_memory_midway(model, *args, **kwargs):
 
 def test_an_update_the_gpu_has_no_room_for_says_so_and_loses_nothing(folder, monkeypatch):
     import nimllm.memory
-    from nimllm.config import UserError
+    from nimllm.config import MemoryConfig, UserError
     from nimllm.memory import Memory
-    mem = Memory(folder, "cpu")
+    mem = Memory(folder, "cpu", MemoryConfig(**NEVER_REFUSED))
     base = weights(mem.model)
     cid = have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))
     monkeypatch.setattr(nimllm.memory, "selective_update", out_of_gpu_memory_midway)
@@ -270,12 +275,13 @@ def test_an_update_asked_for_while_the_warm_up_runs_waits_for_it(folder, monkeyp
     """The warm-up in the background runs once, and learn (whoever calls it) waits for it rather than
     train beside it on the same weights (bench/chat_startup.py once did, and autograd failed)."""
     import time
+    from nimllm.config import MemoryConfig
     from nimllm.memory import Memory
     events = []
     real_warm_up = Memory.warm_up
     monkeypatch.setattr(Memory, "needs_warm_up", property(lambda self: True))
     monkeypatch.setattr(Memory, "warm_up", lambda self: (time.sleep(0.5), events.append("warm up"), real_warm_up(self))[-1])
-    mem = Memory(folder, "cpu")
+    mem = Memory(folder, "cpu", MemoryConfig(**NEVER_REFUSED))
     mem.warm_up_in_background()
     mem.warm_up_in_background()
     report = mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
