@@ -113,18 +113,17 @@ def work():
     shutil.rmtree(path.parent, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def calling_model(tmp_path_factory) -> Path:
-    """A model folder whose model opens a tool call whatever it is asked, and says " plain words"
-    where it may not: the blocks add nothing, so every position scores each token by the size of its
-    (tied) embedding, `<|tool_call|>` largest and a few word tokens next."""
+def model_favouring(root: Path, text: str, favour) -> Path:
+    """A tiny model folder (tokenizer trained on `text`) whose blocks add nothing, so that every
+    position scores each token by the size of its (tied) embedding: 1, or what `favour(tokenizer)`
+    gives it ({token id: score})."""
     import torch
     from nimllm.checkpoint import save_config, save_weights
     from nimllm.config import PRESETS, ModelConfig, ModelFolder
     from nimllm.model import GPT
     from nimllm.tokenizer import Tokenizer
-    folder = ModelFolder(tmp_path_factory.mktemp("caller") / "model")
-    tokenizer = Tokenizer.train(["plain words and more words " * 10] * 50, vocab_size=300)
+    folder = ModelFolder(root)
+    tokenizer = Tokenizer.train([text] * 50, vocab_size=300)
     folder.root.mkdir()
     tokenizer.save(folder.tokenizer)
     cfg = ModelConfig(**{**PRESETS["tiny"].model.__dict__, "vocab_size": 320})
@@ -133,8 +132,17 @@ def calling_model(tmp_path_factory) -> Path:
         for p in model.parameters():
             p.zero_() if p.dim() > 1 else p.fill_(1.0)
         model.wte.weight.fill_(1.0)
-        model.wte.weight[sorted(set(tokenizer.encode(" plain words")))] = 2.0
-        model.wte.weight[tokenizer.special("<|tool_call|>")] = 3.0
+        for token, score in favour(tokenizer).items():
+            model.wte.weight[token] = score
     save_config(folder, cfg, PRESETS["tiny"].train, "tiny", [])
     save_weights(folder, model, 0)
     return folder.root
+
+
+@pytest.fixture(scope="session")
+def calling_model(tmp_path_factory) -> Path:
+    """A model folder whose model opens a tool call whatever it is asked, and says " plain words"
+    where it may not: `<|tool_call|>` scores largest and a few word tokens next."""
+    return model_favouring(tmp_path_factory.mktemp("caller") / "model", "plain words and more words " * 10,
+                           lambda tok: {**{i: 2.0 for i in set(tok.encode(" plain words"))},
+                                        tok.special("<|tool_call|>"): 3.0})

@@ -3,11 +3,8 @@ that show it: `nimllm generate` and `nimllm chat`, as real commands."""
 import subprocess
 
 import pytest
-import torch
-
-from conftest import run_cli
-from nimllm.config import ModelConfig
-from nimllm.model import GPT
+from conftest import model_favouring, run_cli
+from nimllm.config import ModelFolder
 
 pytestmark = pytest.mark.slow   # each runs a real command in a new process
 
@@ -19,24 +16,9 @@ CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0b, 0x20), *range(0x7f,
 def escape_model(tmp_path_factory):
     """A model folder whose model writes nothing but the tokens of NASTY (escape sequences for the
     screen, the window title and the clipboard, C0 and C1 controls, a bidi override), in random order:
-    the blocks add nothing and the tied output layer scores those tokens far above all others."""
-    from nimllm.checkpoint import save_config, save_weights
-    from nimllm.config import PRESETS, ModelFolder
-    from nimllm.tokenizer import Tokenizer
-    folder = ModelFolder(tmp_path_factory.mktemp("escape") / "model")
-    tokenizer = Tokenizer.train([NASTY + " plain words " * 10] * 50, vocab_size=300)
-    folder.root.mkdir()
-    tokenizer.save(folder.tokenizer)
-    cfg = ModelConfig(**{**PRESETS["tiny"].model.__dict__, "vocab_size": 320})
-    model = GPT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_() if p.dim() > 1 else p.fill_(1.0)
-        model.wte.weight.fill_(1.0)
-        model.wte.weight[sorted(set(tokenizer.encode(NASTY)))] = 2.0
-    save_config(folder, cfg, PRESETS["tiny"].train, "tiny", [])
-    save_weights(folder, model, 0)
-    return folder
+    the tied output layer scores those tokens far above all others."""
+    return ModelFolder(model_favouring(tmp_path_factory.mktemp("escape") / "model", NASTY + " plain words " * 10,
+                                       lambda tok: {i: 2.0 for i in set(tok.encode(NASTY))}))
 
 
 def assert_no_control(out: subprocess.CompletedProcess) -> None:
