@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from nimllm.sandbox import Sandbox
+
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -99,6 +101,20 @@ def copy_model(folder: Path, root: Path) -> Path:
 def tiny_copy(tiny_model, tmp_path) -> Path:
     """This test's own copy of the shared tiny model."""
     return copy_model(tiny_model, tmp_path)
+
+
+def probe_sandbox() -> Sandbox:
+    """Whether bubblewrap makes a sandbox here, probed in a folder under /var/tmp as the tests' own are
+    (a probe in /tmp can answer differently from the tests it decides on)."""
+    folder = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        return Sandbox(folder)
+    finally:
+        shutil.rmtree(folder)
+
+
+SANDBOX_PROBE = probe_sandbox()
+sandboxed = pytest.mark.skipif(not SANDBOX_PROBE.active, reason=f"no sandbox here: {SANDBOX_PROBE.reason}")
 
 
 @pytest.fixture

@@ -6,18 +6,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, copy_model, run_cli
+from conftest import REPO, SANDBOX_PROBE, copy_model, run_cli, sandboxed
 
 from nimllm.agent import NOT_SANDBOXED, SANDBOXED, run_agent
 from nimllm.config import ModelFolder, UserError
 from nimllm.lessons import conversation_messages
 from nimllm.memory import Memory
-from nimllm.sandbox import Sandbox
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
 from nimllm.turns import Sampling
@@ -42,8 +40,6 @@ def folder(trained, tmp_path, home) -> ModelFolder:
     return ModelFolder(tmp_path / "model")
 
 
-SANDBOXED_HERE = Sandbox(Path(tempfile.gettempdir())).active
-sandboxed = pytest.mark.skipif(not SANDBOXED_HERE, reason="no sandbox here (bubblewrap missing or not allowed)")
 
 
 def script(monkeypatch, tokenizer: Tokenizer, *turns: str) -> list[str]:
@@ -96,7 +92,7 @@ def test_a_task_runs_its_command_answers_from_the_output_and_is_learned_when_goo
         ("user", "how many python files are in this folder?"), ("tool_call", "find . -name '*.py' | wc -l"),
         ("tool", "[exit 0]\n2"), ("assistant", "There are 2 Python files.")]
     meta = messages[2].meta
-    assert meta["exit_code"] == 0 and meta["output"] == "2\n" and meta["sandboxed"] == SANDBOXED_HERE
+    assert meta["exit_code"] == 0 and meta["output"] == "2\n" and meta["sandboxed"] == SANDBOX_PROBE.active
     assert messages[3].feedback == "good" and task.learned_delta is not None and task.ended is not None
 
 

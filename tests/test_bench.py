@@ -3,21 +3,16 @@ import json
 from dataclasses import asdict
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHAKESPEARE
+from conftest import REPO, SHAKESPEARE, sandboxed
 
 from nimllm.config import ModelFolder
 from nimllm.memory import Memory
-from nimllm.sandbox import Sandbox
 
 pytestmark = pytest.mark.slow   # each runs a benchmark (or its refusal) in a new process
 
-sandboxed = pytest.mark.skipif(not Sandbox(Path(tempfile.gettempdir())).active,
-                               reason="no sandbox here (bubblewrap missing or not allowed)")
 
 
 def run_bench(*args):

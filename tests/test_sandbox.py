@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, sandboxed
 
 from nimllm.config import UserError
 from nimllm.sandbox import Limits, Sandbox, trim, visible
@@ -32,16 +32,6 @@ def work(base) -> Path:
     return base / "work"
 
 
-def probe() -> Sandbox:
-    folder = Path(tempfile.mkdtemp(dir="/var/tmp"))
-    try:
-        return Sandbox(folder)
-    finally:
-        shutil.rmtree(folder)
-
-
-PROBE = probe()
-sandboxed = pytest.mark.skipif(not PROBE.active, reason=f"no sandbox here: {PROBE.reason}")
 
 
 def survivors(marker: str) -> list[int]:

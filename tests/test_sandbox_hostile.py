@@ -18,12 +18,12 @@ from typing import Callable
 
 import pytest
 
-from conftest import REPO
-from test_sandbox import PROBE, survivors
+from conftest import REPO, SANDBOX_PROBE
+from test_sandbox import survivors
 
 from nimllm.sandbox import Limits, Result, Sandbox, hierarchies
 
-pytestmark = pytest.mark.skipif(not PROBE.active, reason=f"no sandbox here: {PROBE.reason}")
+pytestmark = pytest.mark.skipif(not SANDBOX_PROBE.active, reason=f"no sandbox here: {SANDBOX_PROBE.reason}")
 CGROUPS = bool(hierarchies())
 MIB = 1 << 20
 # small caps, so that hogs hit them at once: the suite must stay quick on 2 shared cores
