@@ -23,7 +23,7 @@ from nimllm.generate import generate
 from nimllm.lessons import conversation_messages
 from nimllm.memory import Memory
 from nimllm.sandbox import Limits, Sandbox, trim
-from nimllm.turns import Sampling, Turn, context_budget, fit_prompt, read_turn, turn_stops
+from nimllm.turns import Sampling, Turn, agent_mode, context_budget, fit_prompt, read_turn, turn_stops
 
 PROMPT, REPLY, PLAN = "you> ", "nimllm> ", "nimllm plans: "
 SANDBOXED = "(sandboxed: it can change files in this folder, not .git nor anything outside)"
@@ -95,9 +95,9 @@ class Agent:
     def next_turn(self, messages: list[tuple[str, str]]) -> Turn:
         """The model's next turn; a malformed one is asked again with more randomness, a few times."""
         tok, first = self.tokenizer, self.sampling
-        # the request stays (messages[0]), and the latest steps; generate slides past the rest
-        prompt = fit_prompt(tok, messages, context_budget(self.mem.model.cfg.block_size, first.max_tokens),
-                            keep_first=True)
+        # the mode and the request stay, and the latest steps; generate slides past the rest
+        budget = context_budget(self.mem.model.cfg.block_size, first.max_tokens)
+        prompt = fit_prompt(tok, agent_mode(messages), budget, keep=2)
         stops = turn_stops(tok, calls=True)
         for attempt in range(self.retries + 1):
             s = first if attempt == 0 else replace(first, temperature=max(first.temperature, 0.8),

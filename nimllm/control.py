@@ -20,7 +20,7 @@ from nimllm.generate import Decoder, generate_batch
 from nimllm.lessons import batch
 from nimllm.model import GPT
 from nimllm.tokenizer import Tokenizer
-from nimllm.turns import turn_stops
+from nimllm.turns import agent_mode, turn_stops
 
 CHAT_PROMPTS = [
     "hello", "Hi, how are you today?", "What can you do?", "thank you", "good night",
@@ -45,8 +45,8 @@ MIN_MARGIN = 0.05   # logits: a first choice closer to the second than this is a
 def make_control(model: GPT, tokenizer: Tokenizer) -> dict:
     """The model's greedy answers to the control prompts, each cut at its first near-tie (where the
     decoder and a check could already disagree), so that the base model keeps all of them."""
-    prompts = [tokenizer.render_conversation([("user", p)], add_generation_prompt=True)[0]
-               for p in CHAT_PROMPTS + AGENT_PROMPTS]
+    conversations = [[("user", p)] for p in CHAT_PROMPTS] + [agent_mode([("user", p)]) for p in AGENT_PROMPTS]
+    prompts = [tokenizer.render_conversation(c, add_generation_prompt=True)[0] for c in conversations]
     stops = turn_stops(tokenizer, calls=True)
     answers = [[] for _ in prompts]
     was_training = model.training

@@ -26,6 +26,7 @@ import re
 import torch
 
 from nimllm.tokenizer import Tokenizer
+from nimllm.turns import agent_mode
 
 Lesson = list[tuple[str, str]]   # a small conversation, trained on its own
 
@@ -64,7 +65,7 @@ def lessons_for(messages) -> list[Lesson]:
     """Everything one stored conversation teaches, each piece trained alone."""
     if is_agent_task(messages):
         kept = conversation_messages(messages)
-        return [kept] if kept else []
+        return [agent_mode(kept)] if kept else []
     lessons = [lesson for m in messages if m.role == "user" for s in statements(m.content)
                for lesson in statement_lessons(s)]
     return lessons + approved_exchanges(messages)
@@ -324,7 +325,7 @@ def training_windows(tokenizer: Tokenizer, lessons: list[Lesson], block_size: in
     tasks' commands: bench/agent.py, README); a command's output is never the model's to predict."""
     windows = []
     for lesson in lessons:
-        ids, mask = tokenizer.render_conversation(lesson, context_roles=("tool", "user"))
+        ids, mask = tokenizer.render_conversation(lesson, context_roles=("system", "tool", "user"))
         targets = [t if m else -1 for t, m in zip(ids[1:], mask[1:])]
         inputs = ids[:-1]
         windows += [(inputs[i:i + block_size], targets[i:i + block_size]) for i in range(0, len(inputs), block_size)

@@ -28,6 +28,7 @@ from pathlib import Path
 from nimllm.fileio import write_jsonl_once
 from nimllm.sandbox import Limits, Sandbox
 from nimllm.tasks import KINDS, Request
+from nimllm.turns import agent_mode
 
 WORDS = ("apple river stone garden window light paper music table winter summer coffee bread letter market "
          "morning evening cloud forest bridge train ticket yellow green silver quiet simple small large happy "
@@ -274,8 +275,8 @@ def episode(request: Request, sandbox: Sandbox, s: Scratch, rng: random.Random) 
     answer = request.answer(result.output)
     if answer is None or request.verify and not request.verify(s.root):
         return None
-    return {"kind": request.kind, "messages": [{"role": "user", "content": request.text}, *turns,
-                                               {"role": "assistant", "content": answer}]}
+    opening = [{"role": role, "content": content} for role, content in agent_mode([("user", request.text)])]
+    return {"kind": request.kind, "messages": [*opening, *turns, {"role": "assistant", "content": answer}]}
 
 
 def folder_episodes(seed: int, parent: str, per_folder: int = 6) -> list[dict]:
@@ -311,6 +312,10 @@ def write_corpus(path: Path, n: int, seed: int = 0, log=print) -> Path:
                             f"{n:,} agent-skill episodes (real commands in scratch folders)", log)
 
 
+EPISODES_FORMAT = 2   # 2: each episode opens with the agent's mode (turns.agent_mode)
+
+
 def corpus_for(model_root: Path, n: int, seed: int = 0, log=print) -> Path:
     """The agent-skill corpus of a model folder (`nimllm train --agent-skills N`), made on first use."""
-    return write_corpus(Path(model_root) / "agent-skills" / f"episodes-{n}-seed{seed}.jsonl", n, seed, log)
+    name = f"episodes-{n}-seed{seed}-v{EPISODES_FORMAT}.jsonl"
+    return write_corpus(Path(model_root) / "agent-skills" / name, n, seed, log)

@@ -3,6 +3,7 @@
 - `Sampling`: how the tokens are drawn (max_tokens, temperature, top_k, top_p, seed);
 - the stop ids: where a turn ends (`turn_stops`), or where plain text ends (`text_stops`), and what a
   turn may not write (`turn_bans`);
+- the agent's mode, a system turn before its tasks (`agent_mode`);
 - fitting a conversation to the context (`context_budget`, `fit_context`, `fit_prompt`);
 - decoding tokens to text as they arrive without cutting a UTF-8 character (`TextStream`);
 - reading a turn: its content, or the call it makes, `<|tool_call|>command<|/tool_call|>` (`TurnReader`).
@@ -54,6 +55,19 @@ def text_stops(tokenizer: Tokenizer) -> frozenset[int]:
     return frozenset({tokenizer.eot_id})
 
 
+# ---- the agent's mode ---------------------------------------------------------------------------
+
+AGENT_MODE = "You can run shell commands to do what the user asks."
+
+
+def agent_mode(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """An agent's task as the model sees it, in its training episodes, in use, in what it learns and in
+    the control set: after a system turn that names the mode. A chat has none, so what a chat teaches
+    is learned in a context the agent's tasks do not share (10 unrelated chats had cost the agent 5 of
+    its 18 solved tasks, bench/memory.py --agent)."""
+    return [("system", AGENT_MODE), *messages]
+
+
 # ---- fitting a conversation to the context -----------------------------------------------------
 
 def context_budget(block_size: int, max_tokens: int) -> int:
@@ -67,15 +81,18 @@ def _tail(ids: list[int], n: int) -> list[int]:
     return ids if len(ids) <= n else ids[:1] + ids[len(ids) - n + 1:]
 
 
-def fit_context(turns: list[list[int]], budget: int, keep_first: bool = False) -> list[int]:
+def fit_context(turns: list[list[int]], budget: int, keep: int = 0) -> list[int]:
     """The most recent of the rendered messages `turns` (oldest first) that fit in `budget` tokens,
     joined. Older messages drop out whole; when even the newest alone is too long, it keeps its role
-    token and its last tokens, so a talk that outgrows the context never stops the chat. With
-    `keep_first` (an agent's request: its task means nothing without it) the first message stays, in at
-    most half the budget, and the most recent of the others fill the rest."""
-    if keep_first and len(turns) > 1 and sum(map(len, turns)) > budget:
-        first = _tail(turns[0], budget // 2)
-        return first + fit_context(turns[1:], budget - len(first))
+    token and its last tokens, so a talk that outgrows the context never stops the chat. The first
+    `keep` messages stay (an agent's mode and request: its task means nothing without them), in at most
+    half the budget (the last of them shortened to its tail if need be), and the most recent of the
+    others fill the rest."""
+    if keep and len(turns) > keep and sum(map(len, turns)) > budget:
+        *whole, last = turns[:keep]
+        first = [t for ids in whole for t in ids]
+        first += _tail(last, budget // 2 - len(first))
+        return first + fit_context(turns[keep:], budget - len(first))
     kept, used = [], 0
     for ids in reversed(turns):
         if used + len(ids) > budget:
@@ -87,12 +104,11 @@ def fit_context(turns: list[list[int]], budget: int, keep_first: bool = False) -
     return [t for ids in reversed(kept) for t in ids]
 
 
-def fit_prompt(tokenizer: Tokenizer, messages: list[tuple[str, str]], budget: int,
-               keep_first: bool = False) -> list[int]:
+def fit_prompt(tokenizer: Tokenizer, messages: list[tuple[str, str]], budget: int, keep: int = 0) -> list[int]:
     """The chat template of the most recent messages that fit in `budget` tokens (fit_context), then
     `<|assistant|>` for the model's turn."""
     turns = [tokenizer.render_conversation([message])[0] for message in messages]
-    return fit_context(turns, budget - 1, keep_first) + [tokenizer.special("<|assistant|>")]   # -1: that last token
+    return fit_context(turns, budget - 1, keep) + [tokenizer.special("<|assistant|>")]   # -1: that last token
 
 
 # ---- text as tokens arrive ----------------------------------------------------------------------

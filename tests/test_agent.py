@@ -18,7 +18,7 @@ from nimllm.lessons import conversation_messages
 from nimllm.memory import Memory
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
-from nimllm.turns import Sampling
+from nimllm.turns import AGENT_MODE, Sampling
 
 pytestmark = pytest.mark.slow   # every test here needs the session's trained model
 
@@ -85,6 +85,8 @@ def test_a_task_runs_its_command_answers_from_the_output_and_is_learned_when_goo
     out = session(folder, work, "how many python files are in this folder?\ny\n/good\n/quit\n")
     assert f"nimllm plans: find . -name '*.py' | wc -l\nrun it? {SANDBOXED} [y/n/e(dit)/a(lways for read-only)] y\n  2\n" in out
     assert "nimllm> There are 2 Python files.\n" in out and "learning this task... updated" in out
+    assert prompts[0] == (f"<|system|>{AGENT_MODE}<|end|><|user|>how many python files are in this folder?<|end|>"
+                          "<|assistant|>")   # the agent's mode first, as in its training episodes
     assert prompts[1].endswith("<|assistant|><|tool_call|>find . -name '*.py' | wc -l<|/tool_call|>"
                                "<|tool_result|>[exit 0]\n2<|end|><|assistant|>")
     [(task, messages)] = tasks(folder)

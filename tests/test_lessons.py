@@ -5,6 +5,7 @@ import pytest
 from nimllm.lessons import conversation_messages, lessons_for, statement_lessons, statements, training_windows
 from nimllm.store import Message
 from nimllm.tokenizer import Tokenizer
+from nimllm.turns import AGENT_MODE
 
 # Statements the rule has never seen (nothing in nimllm/ names these people, things or verbs' objects),
 # with a question a person would ask later and the word its answer must carry.
@@ -75,7 +76,7 @@ def test_feedback_shapes_an_agent_task():
             message("assistant", "There are 3.", feedback="good")]
     assert conversation_messages(task) == [("user", "count the .txt files"), ("tool_call", "ls *.txt | wc -l"),
                                            ("tool", "3"), ("assistant", "There are 3.")]
-    assert lessons_for(task) == [conversation_messages(task)]
+    assert lessons_for(task) == [[("system", AGENT_MODE), *conversation_messages(task)]]   # in the agent's mode
     unapproved = [message("user", "count", meta={"agent": True}), message("tool_call", "ls")]
     assert lessons_for(unapproved) == []
 
@@ -90,9 +91,9 @@ def test_only_answers_are_targets(tmp_path):
 
     qa = learned_text([("user", "What is Wendeline's goat called?"), ("assistant", "Parsnip.")])
     assert qa == "Parsnip.<|end|>"
-    task = learned_text([("user", "count the .txt files"), ("tool_call", "ls *.txt | wc -l"), ("tool", "3"),
-                         ("assistant", "There are 3.")])
-    assert "count the" not in task and "ls *.txt | wc -l" in task and "There are 3." in task and "3<|end|>" not in task
+    task = learned_text([("system", AGENT_MODE), ("user", "count the .txt files"), ("tool_call", "ls *.txt | wc -l"),
+                         ("tool", "3"), ("assistant", "There are 3.")])
+    assert "shell commands" not in task and "count the" not in task and "ls *.txt | wc -l" in task and "There are 3." in task and "3<|end|>" not in task
 
 
 def test_requests_state_nothing():

@@ -155,12 +155,17 @@ def test_the_warm_up_is_a_dry_update_that_changes_nothing(folder, tmp_path):
 
 def test_the_control_check_keeps_an_update_that_leaves_its_answers_and_not_one_that_changes_them(folder):
     from nimllm.config import MemoryConfig
+    from nimllm.control import AGENT_PROMPTS, CHAT_PROMPTS
+    from nimllm.turns import AGENT_MODE
     from nimllm.memory import Memory
     from nimllm.store import Store
     mem = Memory(folder, "cpu", MemoryConfig(steps=1, lr=1e-6))
     base = weights(mem.model)
     gentle = mem.learn([have_conversation(mem.store, ("user", "Ilse lives in Tromso"))], log=lambda *_: None)
     assert gentle.scale == 1.0 and gentle.n_weights > 0 and gentle.control == (len(mem.control["answers"]),) * 2
+    prompts = [mem.tokenizer.decode(ids) for ids in mem.control["ids"]]   # the agent's in its mode, as it is asked
+    assert [p.startswith(f"<|system|>{AGENT_MODE}<|end|><|user|>") for p in prompts] == \
+        [False] * len(CHAT_PROMPTS) + [True] * len(AGENT_PROMPTS)
     # lessons that rewrite the answers to control prompts (the user "fixes" them), not held back by
     # rehearsing the control answers: only the check stands in their way
     mem.mcfg = MemoryConfig(mask_fraction=0.02, steps=60, lr=1e-2, replay_sequences=0, rehearse_control=False)

@@ -15,6 +15,7 @@ from conftest import real_text
 from nimllm import skills
 from nimllm.data import TokenShards, prepare_corpus
 from nimllm.tokenizer import Tokenizer
+from nimllm.turns import AGENT_MODE
 
 
 @pytest.mark.slow
@@ -27,8 +28,9 @@ def test_episodes_run_their_commands_and_answer_from_what_they_printed(tmp_path)
     detours = 0
     for e in episodes:
         roles = [m["role"] for m in e["messages"]]
-        calls = len(roles[1:-1]) // 2
-        assert roles == ["user"] + ["tool_call", "tool"] * calls + ["assistant"] and 1 <= calls <= 3
+        calls = len(roles[2:-1]) // 2
+        assert roles == ["system", "user"] + ["tool_call", "tool"] * calls + ["assistant"] and 1 <= calls <= 3
+        assert e["messages"][0]["content"] == AGENT_MODE   # the agent's mode, as the agent shows it in use
         tools = [m["content"] for m in e["messages"] if m["role"] == "tool"]
         assert tools[-1].startswith("[exit 0]") or e["kind"] == "diff_files"
         if calls > 1:
@@ -88,8 +90,9 @@ def test_a_mixed_corpus_becomes_shards_with_tool_calls(tmp_path):
     assert TokenShards(tmp_path / "data", "val").num_tokens > 0
     first = json.loads(lines[0])["messages"]
     ids, mask = tokenizer.render_conversation([(m["role"], m["content"]) for m in first])
-    assert tokenizer.decode(ids).startswith(f"<|user|>{first[0]['content']}<|end|><|assistant|><|tool_call|>")
-    output = tokenizer.encode(first[2]["content"])
+    assert tokenizer.decode(ids).startswith(f"<|system|>{AGENT_MODE}<|end|><|user|>{first[1]['content']}<|end|>"
+                                            "<|assistant|><|tool_call|>")
+    output = tokenizer.encode(first[3]["content"])
     start = next(i for i in range(len(ids)) if ids[i:i + len(output)] == output)
     assert not any(mask[start:start + len(output) + 1]) and all(mask[start + len(output) + 2:])  # output not learned
 

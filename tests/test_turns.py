@@ -7,7 +7,7 @@ import pytest
 
 from nimllm.api import ChatRequest, CompletionRequest, Reply
 from nimllm.tokenizer import SPECIAL_TOKENS
-from nimllm.turns import (Sampling, TextStream, TurnReader, context_budget, decode_stream, fit_context, fit_prompt,
+from nimllm.turns import (AGENT_MODE, Sampling, TextStream, TurnReader, context_budget, decode_stream, fit_context, fit_prompt,
                           read_turn, text_stops, turn_bans, turn_stops)
 
 # characters of two to four bytes, rare enough in the training text that byte-level BPE keeps them in pieces
@@ -61,27 +61,29 @@ def test_fit_context_keeps_the_most_recent_messages_that_fit():
     assert fit_context([], 10) == []
 
 
-def test_fit_context_can_keep_the_first_message_in_half_the_budget():
-    request, steps = [3, 10, 11, 5], [[4, 20 + i, 5] for i in range(10)]
+def test_fit_context_can_keep_the_first_messages_in_half_the_budget():
+    mode, request, steps = [2, 7, 5], [3, 10, 11, 5], [[4, 20 + i, 5] for i in range(10)]
     turns = [request] + steps
-    assert fit_context(turns, 100, keep_first=True) == fit_context(turns, 100)     # all fits: the same
-    assert fit_context(turns, 10, keep_first=True) == request + [4, 28, 5, 4, 29, 5]   # the request, the latest
+    assert fit_context(turns, 100, keep=1) == fit_context(turns, 100)     # all fits: the same
+    assert fit_context(turns, 10, keep=1) == request + [4, 28, 5, 4, 29, 5]   # the request, the latest
+    assert fit_context([mode] + turns, 14, keep=2) == mode + request + [4, 28, 5, 4, 29, 5]   # both stay
     long_request = [3, *range(100, 120), 5]
-    assert fit_context([long_request] + steps, 10, keep_first=True) == [3, 117, 118, 119, 5, 4, 29, 5]   # its end
-    assert fit_context([long_request], 10, keep_first=True) == fit_context([long_request], 10)
+    assert fit_context([long_request] + steps, 10, keep=1) == [3, 117, 118, 119, 5, 4, 29, 5]   # its end
+    assert fit_context([mode, long_request] + steps, 16, keep=2) == mode + [3, 117, 118, 119, 5, 4, 28, 5, 4, 29, 5]
+    assert fit_context([long_request], 10, keep=1) == fit_context([long_request], 10)
 
 
-def test_fit_prompt_is_the_template_when_it_fits_and_keeps_the_request_when_asked(tok):
-    talk = [("user", "how many files are here?"), ("tool_call", "ls | wc -l"), ("tool", "[exit 0]\n3"),
+def test_fit_prompt_is_the_template_when_it_fits_and_keeps_the_mode_and_request_when_asked(tok):
+    talk = [("system", AGENT_MODE), ("user", "how many files are here?"), ("tool_call", "ls | wc -l"), ("tool", "[exit 0]\n3"),
             ("assistant", f"There are 3. {WIDE}")]
     whole = tok.render_conversation(talk, add_generation_prompt=True)[0]
-    assert fit_prompt(tok, talk, len(whole)) == fit_prompt(tok, talk, len(whole), keep_first=True) == whole
-    long_talk = talk[:1] + [m for i in range(20) for m in [("tool_call", f"cat notes{i}.txt"), ("tool", f"note {i}")]]
-    budget = context_budget(128, 64)
-    kept = fit_prompt(tok, long_talk, budget, keep_first=True)
-    assert len(kept) <= budget and tok.decode(kept).startswith("<|user|>how many files are here?<|end|>")
+    assert fit_prompt(tok, talk, len(whole)) == fit_prompt(tok, talk, len(whole), keep=2) == whole
+    long_talk = talk[:2] + [m for i in range(20) for m in [("tool_call", f"cat notes{i}.txt"), ("tool", f"note {i}")]]
+    budget = context_budget(256, 64)
+    kept = fit_prompt(tok, long_talk, budget, keep=2)
+    assert len(kept) <= budget and tok.decode(kept).startswith(f"<|system|>{AGENT_MODE}<|end|><|user|>how many files are here?<|end|>")
     assert tok.decode(kept).endswith("<|tool_result|>note 19<|end|><|assistant|>")
-    assert not tok.decode(fit_prompt(tok, long_talk, budget)).startswith("<|user|>")   # without: it drops out
+    assert "<|user|>" not in tok.decode(fit_prompt(tok, long_talk, budget))   # without: it drops out
     assert context_budget(128, 16) == 112 and context_budget(128, 1000) == 64
 
 
