@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SHAKESPEARE, sandboxed
+from conftest import REPO, sandboxed
 
 from nimllm.config import ModelFolder
 from nimllm.memory import Memory
@@ -31,13 +31,26 @@ def test_train_speed_bench_writes_rows_and_ratios(tmp_path):
     assert rows["nimllm"]["tokens_per_s"] > 0 and rows["reference eager"]["vs_reference"] == 1.0
 
 
-def test_quality_bench_scores_the_shakespeare_split(tmp_path):
-    if not SHAKESPEARE.exists():
-        pytest.skip("needs ../shared/data/tinyshakespeare.txt")
+def test_quality_bench_cuts_a_text_where_nanogpt_does_and_trains_on_the_files_before_the_cut(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    from quality import split
+    docs = [("a.md", "# a\n" + "alpha " * 30), ("b.md", "# b\n" + "beta " * 30), ("c.md", "# c\nend\n")]
+    train, heldout, whole = split(docs, tmp_path)
+    cut = int(len(whole) * 0.9)   # nanoGPT's prepare.py: data[:int(n*0.9)], data[int(n*0.9):]
+    assert train.is_dir() and sorted(p.name for p in train.iterdir()) == ["a.md", "b.md"]
+    assert (train / "a.md").read_text() == docs[0][1] and (train / "b.md").read_text() == whole[len(docs[0][1]):cut]
+    assert heldout.read_text() == whole[cut:] and whole == "".join(text for _, text in docs)
+    one_file, _, _ = split(docs[:1], tmp_path / "one")
+    assert one_file.is_file() and one_file.name == "a.md"
+
+
+def test_quality_bench_trains_and_scores_through_the_commands(tmp_path):
     out = tmp_path / "quality.json"
-    run_bench("bench/quality.py", "--preset", "tiny", "--steps", "10", "--vocab-size", "300", "--out", out)
-    row = json.loads(out.read_text())["rows"][0]
-    assert row["val_chars"] == 111540 and 0 < row["val_bits_per_char"] < 8
+    run_bench("bench/quality.py", "--texts", "notes", "--seconds", "25", "--device", "cpu", "--out", out)
+    [row] = json.loads(out.read_text())["rows"]   # no --nanogpt: NimLLM's row alone
+    assert row["text"] == "notes" and row["row"] == "nimllm --time 25s" and 0 < row["bits_per_byte"] < 8
+    assert 0.09 * row["bytes"] < row["held_out_bytes"] < 0.11 * row["bytes"]   # the last 10% of the characters
+    assert row["params"] > 0 and any(line.startswith("--time 0m25s:") for line in row["said"])
 
 
 def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path, tiny_copy):
