@@ -41,9 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.table import Table
-from safetensors import safe_open
 
 import common  # bench/common.py
+from nimllm import checkpoint
+from nimllm.config import ModelFolder
+from nimllm.model import GPT
 
 REPO = common.REPO
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -101,7 +103,7 @@ def split(docs: list[tuple[str, str]], work: Path) -> tuple[Path, Path, str]:
 
 # ---- nanoGPT ----------------------------------------------------------------------------------
 
-def run_nanogpt(nanogpt: Path, whole: str, work: Path, device: str, options: str = "") -> dict:
+def run_nanogpt(nanogpt: Path, whole: str, held_out_bytes: int, work: Path, device: str, options: str = "") -> dict:
     """nanoGPT's recipe on the text, in a copy of its checkout: its wall clock and its held-out score."""
     copy = work / "nanogpt"
     shutil.copytree(nanogpt, copy, ignore=shutil.ignore_patterns(".git", "out-*", "*.bin", "*.pkl", "input.txt"))
@@ -117,7 +119,6 @@ def run_nanogpt(nanogpt: Path, whole: str, work: Path, device: str, options: str
     seconds = time.time() - start
     if train.returncode:
         sys.exit(f"bench/quality.py: nanoGPT's train.py failed:\n{train.stdout[-2000:]}{train.stderr[-2000:]}")
-    held_out_bytes = len(whole[int(len(whole) * 0.9):].encode())
     return {"row": "nanoGPT char recipe", "seconds": round(seconds, 1),
             **score_nanogpt(copy, data / "val.bin", held_out_bytes, device)}
 
@@ -135,15 +136,16 @@ def score_nanogpt(copy: Path, val_bin: Path, held_out_bytes: int, device: str) -
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
     model.to(device).eval()
     ids = torch.from_numpy(np.fromfile(val_bin, dtype=np.uint16).astype(np.int64))
-    T = model.config.block_size
+    T, B = model.config.block_size, 64
+    n = (len(ids) - 1) // T * T   # whole windows, then the rest as one shorter window
+    x, y = ids[:n].view(-1, T), ids[1:n + 1].view(-1, T)                       # (windows, T)
+    batches = [(x[i:i + B], y[i:i + B]) for i in range(0, len(x), B)] + [(ids[n:-1][None], ids[n + 1:][None])]
     nats, scored = 0.0, 0
-    for start in range(0, len(ids) - 1, T):
-        x = ids[start:start + T][None].to(device)                     # (1, T)
-        y = ids[start + 1:start + T + 1][None].to(device)
-        x = x[:, :y.size(1)]
-        _, loss = model(x, y)
-        nats += loss.item() * y.numel()
-        scored += y.numel()
+    for xb, yb in batches:
+        if yb.numel():
+            _, loss = model(xb.to(device), yb.to(device))
+            nats += loss.item() * yb.numel()
+            scored += yb.numel()
     return {"bits_per_byte": nats / math.log(2) / held_out_bytes, "params": model.get_num_params(),
             "iterations": ckpt["iter_num"], "best_val_loss": float(ckpt["best_val_loss"]), "scored": scored}
 
@@ -154,9 +156,8 @@ def nimllm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nimllm.cli", *args], cwd=REPO, capture_output=True, text=True)
 
 
-def run_nimllm(train: Path, heldout: Path, seconds: float, variant: str, device: str | None, work: Path) -> dict:
+def run_nimllm(train: Path, heldout: Path, seconds: float, variant: str, device: str | None, model: Path) -> dict:
     """`nimllm --train TRAIN --time S` and `nimllm eval HELDOUT`, each a new process, as a user runs them."""
-    model = work / f"nimllm-{len(list(work.glob('nimllm-*')))}"
     devices = ["--device", device] if device else []
     start = time.time()
     trained = nimllm("train", str(train), "--model", str(model), "--time", f"{seconds:.0f}s", *devices,
@@ -168,8 +169,8 @@ def run_nimllm(train: Path, heldout: Path, seconds: float, variant: str, device:
     if scored.returncode:
         sys.exit(f"bench/quality.py: nimllm eval failed:\n{scored.stderr[-2000:]}")
     figures = json.loads(scored.stdout)
-    with safe_open(str(model / "model.safetensors"), "pt") as weights:
-        params = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
+    with torch.device("meta"):
+        params = GPT(checkpoint.load_config(ModelFolder(model))["model"]).num_params()
     said = [line for line in trained.stdout.replace("\r", "\n").splitlines() if line.startswith(("training ", "--time"))]
     return {"row": f"nimllm --time {seconds:.0f}s {variant}".strip(), "seconds": round(wall, 1),
             "bits_per_byte": figures["bpb"], "params": params, "said": said}
@@ -197,12 +198,14 @@ def main():
             found = {"text": name, "bytes": len(whole.encode()), "held_out_bytes": heldout.stat().st_size}
             budget = args.seconds
             if args.nanogpt:
-                rows.append({**found, **run_nanogpt(args.nanogpt.expanduser().resolve(), whole, work, device,
-                                                     args.nanogpt_options)})
+                nanogpt = args.nanogpt.expanduser().resolve()
+                rows.append({**found, **run_nanogpt(nanogpt, whole, found["held_out_bytes"], work, device,
+                                                    args.nanogpt_options)})
                 budget = rows[-1]["seconds"]
                 print(json.dumps(rows[-1]), flush=True)
-            for variant in args.variant:
-                rows.append({**found, **run_nimllm(train, heldout, budget, variant, args.device, work)})
+            for i, variant in enumerate(args.variant):
+                rows.append({**found, **run_nimllm(train, heldout, budget, variant, args.device,
+                                                   work / f"nimllm-{i}")})
                 print(json.dumps(rows[-1]), flush=True)
 
     table = Table(title=f"held-out bits per byte at equal wall clock ({device})")
