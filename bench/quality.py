@@ -189,6 +189,8 @@ def main():
                     help="options of another `nimllm --train` row, e.g. \"--preset 10m\" (repeatable)")
     common.device_and_out(ap, "quality")
     args = ap.parse_args()
+    if args.nanogpt and not (args.nanogpt.expanduser() / "train.py").exists():
+        sys.exit(f"bench/quality.py: {args.nanogpt} is not a nanoGPT checkout (no train.py there)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for name in args.texts:
