@@ -193,6 +193,12 @@ def main():
         sys.exit(f"bench/quality.py: {args.nanogpt} is not a nanoGPT checkout (no train.py there)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
+
+    def save(rows: list[dict]) -> None:
+        """Each row as it comes, printed and in --out (a run cut short keeps what it measured)."""
+        print(json.dumps(rows[-1]), flush=True)
+        common.write_result(args.out, common.header(device, nanogpt=str(args.nanogpt) if args.nanogpt else None,
+                                                    rows=rows, finished=False))
     for name in args.texts:
         with tempfile.TemporaryDirectory(prefix=f"nimllm-quality-{name}-") as tmp:
             work = Path(tmp)
@@ -204,11 +210,11 @@ def main():
                 rows.append({**found, **run_nanogpt(nanogpt, whole, found["held_out_bytes"], work, device,
                                                     args.nanogpt_options)})
                 budget = rows[-1]["seconds"]
-                print(json.dumps(rows[-1]), flush=True)
+                save(rows)
             for i, variant in enumerate(args.variant):
                 rows.append({**found, **run_nimllm(train, heldout, budget, variant, args.device,
                                                    work / f"nimllm-{i}")})
-                print(json.dumps(rows[-1]), flush=True)
+                save(rows)
 
     table = Table(title=f"held-out bits per byte at equal wall clock ({device})")
     for col in ("text", "run", "wall s", "params", "bits/byte"):
@@ -218,7 +224,7 @@ def main():
                       f"{r['bits_per_byte']:.3f}")
     common.console().print(table)
     common.write_result(args.out, common.header(device, nanogpt=str(args.nanogpt) if args.nanogpt else None,
-                                                rows=rows))
+                                                rows=rows, finished=True))
 
 
 if __name__ == "__main__":

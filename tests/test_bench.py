@@ -47,7 +47,9 @@ def test_quality_bench_cuts_a_text_where_nanogpt_does_and_trains_on_the_files_be
 def test_quality_bench_trains_and_scores_through_the_commands(tmp_path):
     out = tmp_path / "quality.json"
     run_bench("bench/quality.py", "--texts", "notes", "--seconds", "25", "--device", "cpu", "--out", out)
-    [row] = json.loads(out.read_text())["rows"]   # no --nanogpt: NimLLM's row alone
+    result = json.loads(out.read_text())
+    [row] = result["rows"]   # no --nanogpt: NimLLM's row alone
+    assert result["finished"] is True   # (written after each row with False, in case the run is cut short)
     assert row["text"] == "notes" and row["row"] == "nimllm --time 25s" and 0 < row["bits_per_byte"] < 8
     assert 0.09 * row["bytes"] < row["held_out_bytes"] < 0.11 * row["bytes"]   # the last 10% of the characters
     assert row["params"] > 0 and any(line.startswith("--time 0m25s:") for line in row["said"])
