@@ -75,12 +75,14 @@ def train_options(train: argparse.ArgumentParser) -> None:
     """The options of `nimllm train`."""
     train.add_argument("corpus", nargs="?", help="a file or folder of text (.txt, .md, code, .jsonl with a text "
                                                  "field); default: the Python standard library's source")
-    train.add_argument("--preset", help="tiny, 10m or 103m (default: 103m on a GPU, tiny on a CPU)")
+    train.add_argument("--preset", help="tiny, 10m or 103m (default: chosen by the corpus's size and the device, "
+                                        "and said in one line)")
     train.add_argument("--steps", type=int, help="optimizer steps (default: a length that suits the corpus)")
     train.add_argument("--time", type=_duration, help="wall-clock budget of the whole command, e.g. 30m or 2h: "
                                                       "the steps and the schedule are fitted to it (with --steps, "
                                                       "the fewer wins)")
-    train.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size for a new model (default 8192)")
+    train.add_argument("--vocab-size", type=int, help="BPE vocabulary size for a new model (default: chosen by the "
+                                                      "corpus's size, or 8192 with --preset)")
     train.add_argument("--batch-size", type=int, dest="micro_batch", help="sequences per micro-batch")
     train.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 8)")
     train.add_argument("--lr", type=float, help="peak learning rate")
@@ -97,11 +99,10 @@ def train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--agent-skills", nargs="?", type=int, const=5000, metavar="N",
                        help="mix N episodes of everyday shell tasks, run for real, into the corpus (default 5000), "
                             "so that the model learns to use tools in `nimllm --agent`")
-    from nimllm.dialogues import DEFAULT_DIALOGUES
-    train.add_argument("--chat-skills", type=int, default=DEFAULT_DIALOGUES, metavar="N",
-                       help=f"mix N made-up chat dialogues into the corpus (on by default, {DEFAULT_DIALOGUES}), so "
-                            "that the model learns to converse: acknowledge, answer from what was said, say when it "
-                            "does not know")
+    train.add_argument("--chat-skills", type=int, metavar="N",
+                       help="mix N made-up chat dialogues into the corpus (on by default: 20,000, or 2,000 for the "
+                            "tiny model a CPU picks), so that the model learns to converse: acknowledge, answer from "
+                            "what was said, say when it does not know")
     train.add_argument("--no-chat-skills", dest="chat_skills", action="store_const", const=0,
                        help="mix in no dialogues: a plain language model of the corpus")
 
@@ -169,21 +170,25 @@ def cmd_train(args) -> int:
     from nimllm import dialogues, memory, skills
     from nimllm.config import ModelFolder
     from nimllm.data import default_corpus
-    from nimllm.train import run_training
+    from nimllm.train import choose_defaults, run_training
     corpus = Path(args.corpus) if args.corpus else default_corpus()
     folder = ModelFolder.resolve(args.model)
+    chosen = choose_defaults(
+        corpus, folder, args.device, args.fresh, args.preset, args.vocab_size, args.chat_skills,
+        model_flags={"activation": args.activation, "dropout": args.dropout},
+        train_flags={"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "lr": args.lr,
+                     "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
+                     "low_memory": args.low_memory, "seed": args.seed})
     mix_in = []
     if corpus.expanduser().exists():   # (if not, run_training says so before anything is written)
+        if chosen.why:
+            print(chosen.why)
         mix_in += [skills.corpus_for(folder.root, args.agent_skills)] if args.agent_skills else []
-        mix_in += [dialogues.corpus_for(folder.root, args.chat_skills)] if args.chat_skills else []
+        mix_in += [dialogues.corpus_for(folder.root, chosen.chat_skills)] if chosen.chat_skills else []
     summary = run_training(
-        corpus, folder, preset=args.preset, mix_in=mix_in, steps=args.steps, time_budget=args.time,
-        model_overrides={"activation": args.activation, "dropout": args.dropout},
-        train_overrides={"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "lr": args.lr,
-                         "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
-                         "low_memory": args.low_memory, "seed": args.seed},
-        vocab_size=args.vocab_size, fresh=args.fresh, device=args.device,
-        started=STARTED, after_training=memory.estimated_prepare_seconds)
+        corpus, folder, preset=chosen.preset or None, mix_in=mix_in, steps=args.steps, time_budget=args.time,
+        model_overrides=chosen.model, train_overrides=chosen.train, vocab_size=chosen.vocab_size, fresh=args.fresh,
+        device=args.device, started=STARTED, after_training=memory.estimated_prepare_seconds)
     if summary.get("interrupted"):
         return 130
     if summary["action"] != "done":

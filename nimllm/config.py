@@ -6,7 +6,7 @@ described by what `config.json` in its model folder says.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 
@@ -117,6 +117,40 @@ PRESETS: dict[str, Preset] = {
 
 def default_preset_name(device: str) -> str:
     return "103m" if device == "cuda" else "tiny"
+
+
+@dataclass
+class DefaultChoice:
+    """What `nimllm --train` picks where no flag says: a preset, what it changes of it, the vocabulary and
+    the number of made-up dialogues mixed in, and why, in one line."""
+    preset: str
+    vocab_size: int = 8192
+    chat_skills: int = 20000
+    model: dict = field(default_factory=dict)   # changes to the preset's ModelConfig
+    train: dict = field(default_factory=dict)   # and to its TrainConfig
+    why: str = ""
+
+
+GPU_SMALL_CORPUS = 10_000_000   # bytes under which a GPU trains 10m rather than 103m
+
+
+def default_choice(corpus_bytes: int, device: str) -> DefaultChoice:
+    """The model a corpus of this size gets on this device, as measured by bench/quality.py (README,
+    "Quality"). A vocabulary of 2048 tokens under 16 MB: on 1 MB on a CPU it beat 512, 1024 and 8192 (the
+    output layer of 8192 is also most of tiny's compute). A CPU trains `tiny` in steps of 512 tokens (many
+    more updates in a short run than 4096) with 2,000 dialogues (20,000 took three quarters of a short run's
+    tokens). A GPU trains 10m with dropout under GPU_SMALL_CORPUS (on 1 to 4 MB a 10M model beat 103m by 0.3
+    to 0.7 bits per byte at equal wall clock) and 103m above it."""
+    size = f"{corpus_bytes / 1e6:.1f} MB"
+    vocab = 2048 if corpus_bytes < 16e6 or device != "cuda" else 8192
+    if device != "cuda":
+        return DefaultChoice("tiny", vocab, 2000, train={"micro_batch": 4, "grad_accum": 1, "max_steps": 4800},
+                             why=f"{size} of text on a CPU: the tiny preset, {vocab} tokens, steps of 512 tokens")
+    if corpus_bytes < GPU_SMALL_CORPUS:
+        return DefaultChoice("10m", vocab, model={"dropout": 0.2},
+                             why=f"{size} of text (under {GPU_SMALL_CORPUS / 1e6:.0f} MB) on a GPU: the 10m preset, "
+                                 f"{vocab} tokens, dropout 0.2 (--preset 103m for the large model)")
+    return DefaultChoice("103m", vocab, why=f"{size} of text on a GPU: the 103m preset, {vocab} tokens")
 
 
 def dataclass_from_dict(cls, values: dict):

@@ -153,6 +153,11 @@ def walk_corpus(root: Path) -> list[tuple[Path, str]]:
     return found
 
 
+def corpus_bytes(path: Path) -> int:
+    """The size of a corpus's text files, read from the file system alone."""
+    return sum(file.stat().st_size for file, _ in walk_corpus(path) if not named_like_binary(file))
+
+
 def corpus_fingerprint(path: str | Path) -> str:
     """A short hash of the corpus files' names, sizes and modification times: it changes when the
     corpus does, without reading a byte of it. Of several corpora, a hash of theirs."""

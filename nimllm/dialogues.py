@@ -32,7 +32,6 @@ from typing import Callable
 
 from nimllm.fileio import write_jsonl_once
 
-DEFAULT_DIALOGUES = 20000        # mixed into training unless --no-chat-skills; to be tuned by measurement
 PEOPLE_PER_WORLD_PERSON = 40     # one invented person of the `known` world per this many dialogues
 TELLS_PER_FACT = 2               # statement records per world fact, each in another phrasing
 BIOGRAPHIES = 2                  # "Tell me about X." records per world person
@@ -609,6 +608,12 @@ def world_questions(n: int, seed: int = 0) -> list[dict]:
     return [{"question": f.question(rng), "answer": f.said(rng, "assistant"), "value": f.value, "trained": trained,
              "relation": f.relation.name, "name": f.who.name}
             for facts, trained in build(n, seed).world for f in facts]
+
+
+def count_in(path: str | Path) -> int | None:
+    """N of a corpus file that corpus_for wrote; None for any other file."""
+    found = re.fullmatch(r"dialogues-(\d+)-seed\d+\.jsonl", Path(path).name)
+    return int(found[1]) if found else None
 
 
 def corpus_for(model_root: Path, n: int, seed: int = 0, log=print) -> Path:

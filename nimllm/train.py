@@ -28,10 +28,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from nimllm import checkpoint
-from nimllm.config import PRESETS, ModelConfig, ModelFolder, TrainConfig, UserError, default_preset_name, override
-from nimllm.data import (CorpusInfo, TokenShards, corpus_fingerprint, iter_texts_for_tokenizer, prepare_corpus,
-                         prepared_with)
+from nimllm import checkpoint, dialogues
+from nimllm.config import (PRESETS, DefaultChoice, ModelConfig, ModelFolder, TrainConfig, UserError, default_choice,
+                           default_preset_name, override)
+from nimllm.data import (CorpusInfo, TokenShards, corpus_bytes, corpus_fingerprint, iter_texts_for_tokenizer,
+                         prepare_corpus, prepared_with)
 from nimllm.evaluate import evaluate
 from nimllm.fileio import remove_stale_temps
 from nimllm.metrics import MetricsLog, plot_losses, pyplot
@@ -237,6 +238,27 @@ class TrainingRun:
         return self.tcfg.micro_batch * self.tcfg.grad_accum * self.model_cfg.block_size
 
 
+def choose_defaults(corpus: Path, folder: ModelFolder, device: str | None, fresh: bool, preset: str | None,
+                    vocab_size: int | None, chat_skills: int | None, model_flags: dict,
+                    train_flags: dict) -> DefaultChoice:
+    """What a run takes where its flags say nothing. A named preset is taken as it is (8192 tokens, 20,000
+    dialogues); a folder trained before keeps the dialogues it was trained with, so that a resume reads the
+    same corpus; a new model without a preset is chosen by the corpus's size and the device
+    (config.default_choice). Flags given win over all of these."""
+    if folder.config.exists() and not fresh:
+        mixed = [dialogues.count_in(path) for c in checkpoint.load_config(folder)["corpora"][-1:]
+                 for path in c.get("mixed_in", [])]
+        choice = DefaultChoice(preset or "", chat_skills=max([n for n in mixed if n] or [0]))
+    elif preset:
+        choice = DefaultChoice(preset)
+    else:
+        choice = default_choice(corpus_bytes(corpus.expanduser()), pick_device(device))
+    given = lambda flags: {k: v for k, v in flags.items() if v is not None}   # noqa: E731
+    return replace(choice, vocab_size=vocab_size or choice.vocab_size,
+                   chat_skills=choice.chat_skills if chat_skills is None else chat_skills,
+                   model={**choice.model, **given(model_flags)}, train={**choice.train, **given(train_flags)})
+
+
 def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, model_overrides: dict | None = None,
                  train_overrides: dict | None = None, steps: int | None = None, time_budget: float | None = None,
                  vocab_size: int = 8192, fresh: bool = False, device: str | None = None,
@@ -366,10 +388,10 @@ def build_model(run: TrainingRun) -> None:
 
 
 def schedule(run: TrainingRun, steps: int | None, time_budget: float | None,
-             time_fit: Callable[[float, int | None], TimeFit]) -> None:
+             time_fit: Callable[[float, tuple[int, str] | None], TimeFit]) -> None:
     """How long the run is: the schedule of the run being resumed (a --time run's fitted one too), or
     the steps asked for, or a length that suits the corpus; with a time budget not fitted yet, the
-    TimeFit that fits the length to it as the run goes (--steps then caps it)."""
+    TimeFit that fits the length to it as the run goes (under --steps, or max_epochs passes)."""
     tcfg, rt = run.tcfg, run.rt
     micro_per_rank = tcfg.grad_accum // rt.world_size
     if micro_per_rank * rt.world_size != tcfg.grad_accum:
@@ -380,9 +402,18 @@ def schedule(run: TrainingRun, steps: int | None, time_budget: float | None,
         run.schedule = Schedule.planned(steps or run.progress.get("total_steps") or default_steps(
             run.train_shards.num_tokens, run.model.num_params(), run.tokens_per_step, tcfg), tcfg)
     time_budget = time_budget or run.progress.get("time_budget_s")
-    run.fit = time_fit(time_budget, steps) if time_budget and not run.schedule.fitted else None
+    run.fit = time_fit(time_budget, time_cap(run, steps)) if time_budget and not run.schedule.fitted else None
     run.progress.update(corpus=run.fingerprint, schedule=asdict(run.schedule), time_budget_s=time_budget,
                         finished=False)
+
+
+def time_cap(run: TrainingRun, steps: int | None) -> tuple[int, str]:
+    """The most steps a --time run takes however many fit, and why: --steps, or else max_epochs passes over
+    the corpus (more than that learns a small corpus by heart, and the held-out text gets worse)."""
+    if steps:
+        return steps, f"--steps {steps} is fewer"
+    passes = max(1, int(run.tcfg.max_epochs * run.train_shards.num_tokens // run.tokens_per_step))
+    return passes, f"{run.tcfg.max_epochs:g} passes over the corpus are {passes} steps"
 
 
 def score_previous_corpora(run: TrainingRun) -> tuple[list[dict], dict]:
@@ -536,22 +567,33 @@ class TimeFit:
     step it fits again with the throughput measured so far, so that the run ends on time even when the
     machine slows down, and the schedule (see Schedule.replanned) still ends at its final learning rate."""
 
-    def __init__(self, budget: float, steps_cap: int | None, started: float,
+    def __init__(self, budget: float, cap: tuple[int, str] | None, started: float,
                  after_training: Callable[[GPT], float] | None, to_exit: bool):
-        self.budget, self.steps_cap, self.started = budget, steps_cap, started
+        self.budget, self.cap, self.started = budget, cap, started   # cap: (steps, why) the run stays under
         self.after_training, self.to_exit = after_training, to_exit
         self.first_step, self.setup_s = 0, 0.0   # where this process's steps begin, and the seconds before them
         self.timed_from: tuple[int, float] | None = None   # (step, elapsed) where the timed steps begin
         self.finishing_s = 0.0   # the final validation and checkpoint, and what follows training
 
-    def begin(self, step: int) -> None:
+    def begin(self, step: int, elapsed: float) -> None:
         self.first_step, self.setup_s = step, time.time() - self.started
+        self.previous = (step, elapsed)   # the step before the one refit is called after, and its clock
 
     def rate(self, step: int, elapsed: float) -> float:
         """Optimizer steps per second since the pilot, the periodic validations and checkpoints included
         (they recur)."""
         timed_step, timed_elapsed = self.timed_from
         return (step - timed_step) / max(elapsed - timed_elapsed, 1e-9)
+
+    def pilot_goes_on(self, step: int, elapsed: float, since_started: float) -> bool:
+        """Whether the pilot runs another step. A budget too short for the whole pilot ends it early: once
+        it is spent, or once the pilot's remaining steps, each as long as the last (from the second on: the
+        first may have compiled), would not fit in what is left of it."""
+        done = step - self.first_step
+        if done >= PILOT_SKIPPED + PILOT_TIMED or since_started >= self.budget:
+            return False
+        last_step_s = elapsed - self.previous[1]
+        return done < 2 or since_started + (PILOT_SKIPPED + PILOT_TIMED - done) * last_step_s < self.budget
 
     def measure_finishing(self, run: TrainingRun) -> float:
         """Seconds the end of the run will take: its validation, timed on one batch; its checkpoint, timed by
@@ -571,10 +613,13 @@ class TimeFit:
     def refit(self, run: TrainingRun, step: int, elapsed: float, since_started: float) -> Schedule:
         """The run's schedule fitted to the time left after `step` (steps done); unchanged during the
         pilot. The end of the run is measured once, by the first process, when the pilot ends."""
+        previous, self.previous = self.previous, (step, elapsed)
         if step - self.first_step == PILOT_SKIPPED:
             self.timed_from = (step, elapsed)
-        if step - self.first_step < PILOT_SKIPPED + PILOT_TIMED:
+        if not run.schedule.fitted and self.pilot_goes_on(step, elapsed, since_started):
             return run.schedule
+        if step - self.first_step <= PILOT_SKIPPED:   # the pilot cut short: the last step is all that was timed
+            self.timed_from = previous
         rate = self.rate(step, elapsed)
         if not run.schedule.fitted:
             begun = time.time()
@@ -584,7 +629,7 @@ class TimeFit:
             self.timed_from = (self.timed_from[0], self.timed_from[1] + paused)   # (a one-off: not in the rate)
         left = self.budget - since_started - self.finishing_s
         fits = step + max(1, round(left * rate))   # at least one more step: the one at the final lr
-        total = min(fits, self.steps_cap or fits)
+        total = min(fits, self.cap[0]) if self.cap else fits
         schedule = run.schedule
         fitted = replace(schedule.replanned(step, total, run.tcfg) if total != schedule.total_steps else schedule,
                          fitted=True)
@@ -597,7 +642,7 @@ class TimeFit:
                 f"{rate:.2f} opt/s; {self.setup_s:.1f} s before the first step, {self.finishing_s:.1f} s kept "
                 f"for the last validation, save and what follows)")
         if schedule.total_steps < fits:
-            plan += f"; --steps {schedule.total_steps} is fewer, so {schedule.total_steps} steps"
+            plan += f"; {self.cap[1]}, so {schedule.total_steps} steps"
         return plan
 
 
@@ -621,7 +666,7 @@ def train_loop(run: TrainingRun, metrics) -> dict:
     last_ckpt, last_log, last_log_step = run_start, run_start, step
     progress["finished"] = step >= run.schedule.total_steps
     if fit:
-        fit.begin(step)
+        fit.begin(step, elapsed)
     stopping, val = False, None
     if progress["finished"]:   # resumed a run whose last checkpoint came at its very end
         save_checkpoint(run.folder, run.model, run.optimizer, progress, rt)

@@ -138,7 +138,7 @@ def test_the_dialogues_become_chat_template_shards(tmp_path):
 
 @pytest.mark.slow
 def test_train_mixes_them_in_unless_told_not_to(tmp_path):
-    assert build_parser().parse_args(["train"]).chat_skills == dialogues.DEFAULT_DIALOGUES
+    assert build_parser().parse_args(["train"]).chat_skills is None   # the default is chosen (test_train.py)
     assert build_parser().parse_args(["train", "--no-chat-skills"]).chat_skills == 0
     (tmp_path / "on").mkdir()
     (tmp_path / "off").mkdir()

@@ -21,7 +21,7 @@ from nimllm.model import GPT
 from nimllm.runtime import Runtime
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
-from nimllm.train import Schedule, build_optimizer, default_steps, run_training
+from nimllm.train import Schedule, TimeFit, build_optimizer, default_steps, run_training
 
 TINY = ["--preset", "tiny", "--vocab-size", "512"]
 
@@ -250,6 +250,33 @@ def test_a_time_run_ends_on_its_budget_with_its_schedule_finished(corpus, tmp_pa
     assert lr_rows(folder)[-1] == pytest.approx(2e-4)
 
 
+def test_a_budget_too_short_for_the_pilot_ends_it_early():
+    """The pilot runs five steps before the first fit; a budget that cannot hold them ends it sooner: once the
+    budget is spent, or once the rest of the pilot, each step as long as the last one, would not fit."""
+    fit = TimeFit(budget=10.0, cap=None, started=time.time(), after_training=None, to_exit=False)
+    fit.begin(0, 0.0)
+    assert fit.pilot_goes_on(1, 3.0, since_started=6.0)       # the first step may have compiled: not judged
+    assert not fit.pilot_goes_on(1, 3.0, since_started=10.5)  # the budget is spent
+    fit.previous = (1, 3.0)
+    assert fit.pilot_goes_on(2, 3.5, since_started=7.0)       # 3 more steps of 0.5 s fit in the 3 s left
+    assert not fit.pilot_goes_on(2, 4.0, since_started=7.5)   # 3 more of 1 s do not fit in 2.5 s
+    assert not fit.pilot_goes_on(5, 6.0, since_started=8.0)   # the whole pilot is done
+
+
+@pytest.mark.slow
+def test_a_time_run_whose_budget_is_gone_before_training_takes_two_steps(corpus, home, one_thread):
+    """--time counts from the process's start; when the set-up has used it all, the run trains the least it can
+    (a step, then the one at the final learning rate) rather than the whole pilot."""
+    folder, lines = ModelFolder.resolve("late"), []
+    summary = run_training(corpus, folder, preset="tiny", time_budget=2, train_overrides=SMALL_STEPS,
+                           vocab_size=300, log=lines.append, started=time.time() - 5)
+    assert summary["step"] == 2 and not summary["interrupted"]
+    assert any(line.startswith("--time 0m02s: 2 steps fit") for line in lines), lines
+    progress = checkpoint.read_progress(folder)
+    assert progress["finished"] and progress["schedule"]["total_steps"] == 2
+    assert lr_rows(folder)[-1] == pytest.approx(2e-4)
+
+
 @pytest.mark.slow
 def test_a_resumed_time_run_keeps_its_fitted_schedule(corpus, home, one_thread):
     folder, lines = ModelFolder.resolve("resumed"), []
@@ -429,3 +456,44 @@ def test_fresh_moves_what_the_old_model_learned_aside(tmp_path):
         assert [m.content for m in old.messages(cid)] == ["my boat is called Blue Heron"] and len(old.deltas()) == 1
     assert (aside / "memory" / "fisher.safetensors").read_bytes() == b"of the old base"
     assert (aside / "memory" / "delta-1.safetensors").read_bytes() == b"an old delta"
+
+
+def test_the_default_model_is_chosen_by_the_corpus_size_and_the_device():
+    """Smaller corpora get smaller models on a GPU; a CPU trains tiny in small steps; and each choice says why."""
+    from nimllm.config import default_choice
+    sizes = [200_000, 1_100_000, 4_000_000, 30_000_000, 300_000_000]
+    gpu = [default_choice(size, "cuda") for size in sizes]
+    params = [PRESETS_PARAMS[c.preset] for c in gpu]
+    assert params == sorted(params) and params[0] < params[-1]
+    assert [c.vocab_size for c in gpu] == sorted(c.vocab_size for c in gpu)
+    assert gpu[1].preset == "10m" and gpu[1].model["dropout"] == 0.2 and gpu[-1].preset == "103m"
+    for choice in map(default_choice, sizes, ["cpu"] * len(sizes)):
+        assert choice.preset == "tiny" and choice.vocab_size == 2048 and choice.chat_skills == 2000
+        assert choice.train["micro_batch"] * choice.train["grad_accum"] * 128 == 512
+    assert all(c.why for c in gpu) and "1.1 MB of text" in gpu[1].why
+
+
+PRESETS_PARAMS = {"tiny": 1, "10m": 10, "103m": 103}
+
+
+def test_flags_a_named_preset_and_a_trained_folder_each_win_over_the_chosen_default(tmp_path):
+    from nimllm.train import choose_defaults
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("x" * 5000)
+    folder = ModelFolder(tmp_path / "m")
+    no_flags = {"model_flags": {"dropout": None}, "train_flags": {"lr": None}}
+    chosen = choose_defaults(corpus, folder, "cpu", False, None, None, None, **no_flags)
+    assert (chosen.preset, chosen.vocab_size, chosen.chat_skills) == ("tiny", 2048, 2000) and chosen.why
+    flagged = choose_defaults(corpus, folder, "cpu", False, None, 512, 0, model_flags={"dropout": 0.3},
+                              train_flags={"micro_batch": 2, "lr": None})
+    assert (flagged.vocab_size, flagged.chat_skills, flagged.model) == (512, 0, {"dropout": 0.3})
+    assert flagged.train == {"micro_batch": 2, "grad_accum": 1, "max_steps": 4800}
+    named = choose_defaults(corpus, folder, "cpu", False, "tiny", None, None, **no_flags)
+    assert (named.preset, named.vocab_size, named.chat_skills, named.train, named.why) == ("tiny", 8192, 20000, {}, "")
+    # a folder trained before keeps the dialogues it was trained with (a resume reads the same corpus)
+    cfg = ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    mixed = str(folder.root / "chat-skills" / "dialogues-20000-seed0.jsonl")
+    checkpoint.save_config(folder, cfg, TrainConfig(), "tiny", [{"path": str(corpus), "mixed_in": [mixed]}])
+    again = choose_defaults(corpus, folder, "cpu", False, None, None, None, **no_flags)
+    assert again.chat_skills == 20000 and not again.why
+    assert choose_defaults(corpus, folder, "cpu", True, None, None, None, **no_flags).chat_skills == 2000  # --fresh
