@@ -439,8 +439,6 @@ def announce(run: TrainingRun) -> dict:
         f"{f' x{rt.world_size}' if rt.world_size > 1 else ''} | {length}")
     log(f"nimllm {info['nimllm']} (commit {info['git_commit'] or 'unknown'}) | python {info['python']} | "
         f"torch {info['torch']}{' | ' + info['gpu'] if info['gpu'] else ''} | config and log in {run.folder.metrics}")
-    if rt.device_type == "cpu" and run.preset == "tiny" and run.action == "new":
-        log("note: on a CPU the default is the tiny preset; a GPU trains the full 103m model (--preset 103m)")
     return info
 
 
