@@ -464,7 +464,8 @@ class Sandbox:
             ready, _, _ = select.select([fd], [], [], max(0.0, min(deadline - time.monotonic(), 0.05)))
             if ready:
                 data = os.read(fd, 65536)
-                if not data:
+                if not data:   # the output is closed, and the command is about to end: let it (else its
+                    wait_a_moment(proc, deadline)   # exit status is the kill's, -9, however it ended)
                     break
                 chunks.append(data[:self.limits.output_bytes - size])
                 size += len(data)
@@ -477,6 +478,14 @@ class Sandbox:
         if killed is None and growth.exceeded(now_or_never=True):   # a burst that ended between two checks
             killed = "folder size"
         return b"".join(chunks), killed
+
+
+def wait_a_moment(proc: subprocess.Popen, deadline: float) -> None:
+    """Give the command up to 0.2 s (never past its deadline) to exit by itself."""
+    try:
+        proc.wait(timeout=max(0.0, min(deadline - time.monotonic(), 0.2)))
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def kill_group(proc: subprocess.Popen) -> None:

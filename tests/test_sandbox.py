@@ -100,3 +100,14 @@ def test_the_folder_is_never_home_nor_inside_a_hidden_model_folder(base, monkeyp
     with pytest.raises(UserError, match="commands may not see"):
         Sandbox(base / "home" / "project", hide=[base / "home"])
     assert Sandbox(base / "home" / "project", use_bwrap=False).folder == (base / "home" / "project").resolve()
+
+
+def test_a_command_that_ends_right_after_its_output_keeps_its_exit_status(work):
+    """The output closes a moment before the command exits; the command is let go, not killed (a killed one
+    reads as exit -9 whatever it did). Without the sandbox too, where the race showed."""
+    (work / "a.py").write_text("print(1)\n")
+    sandbox = Sandbox(work)
+    for sandboxed_now in {False, sandbox.active}:
+        codes = [sandbox.execute(command, sandboxed_now).exit_code
+                 for _ in range(100) for command in ("tail -n 1 a.py", "exit 3")]
+        assert codes == [0, 3] * 100, (sandboxed_now, codes)
