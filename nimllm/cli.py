@@ -186,7 +186,7 @@ def cmd_train(args) -> int:
         mix_in += [skills.corpus_for(folder.root, args.agent_skills)] if args.agent_skills else []
         mix_in += [dialogues.corpus_for(folder.root, chosen.chat_skills)] if chosen.chat_skills else []
     summary = run_training(
-        corpus, folder, preset=chosen.preset or None, mix_in=mix_in, steps=args.steps, time_budget=args.time,
+        corpus, folder, preset=chosen.preset, mix_in=mix_in, steps=args.steps, time_budget=args.time,
         model_overrides=chosen.model, train_overrides=chosen.train, vocab_size=chosen.vocab_size, fresh=args.fresh,
         device=args.device, started=STARTED, after_training=memory.estimated_prepare_seconds)
     if summary.get("interrupted"):

@@ -123,7 +123,7 @@ def default_preset_name(device: str) -> str:
 class DefaultChoice:
     """What `nimllm --train` picks where no flag says: a preset, what it changes of it, the vocabulary and
     the number of made-up dialogues mixed in, and why, in one line."""
-    preset: str
+    preset: str | None   # None: the one the model folder was trained with
     vocab_size: int = 8192
     chat_skills: int = 20000
     model: dict = field(default_factory=dict)   # changes to the preset's ModelConfig

@@ -140,11 +140,17 @@ class Schedule:
                        anchor_progress=self.progress(step))   # (0 where the warm-up ends: the decay starts)
 
 
+def max_epochs_steps(train_tokens: int, tokens_per_step: int, tcfg: TrainConfig) -> int:
+    """The steps of max_epochs passes over the corpus: more learns a small corpus by heart."""
+    return int(tcfg.max_epochs * train_tokens // tokens_per_step)
+
+
 def default_steps(train_tokens: int, n_params: int, tokens_per_step: int, tcfg: TrainConfig) -> int:
     """Chinchilla's 20 tokens per parameter, but no more than max_epochs passes over a small
     corpus and no more than the preset's max_steps."""
-    budget = min(tcfg.tokens_per_param * n_params, tcfg.max_epochs * train_tokens)
-    return int(max(min(100, tcfg.max_steps), min(tcfg.max_steps, budget // tokens_per_step)))
+    chinchilla = int(tcfg.tokens_per_param * n_params // tokens_per_step)
+    return max(min(100, tcfg.max_steps),
+               min(tcfg.max_steps, chinchilla, max_epochs_steps(train_tokens, tokens_per_step, tcfg)))
 
 
 def batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -248,7 +254,7 @@ def choose_defaults(corpus: Path, folder: ModelFolder, device: str | None, fresh
     if folder.config.exists() and not fresh:
         mixed = [dialogues.count_in(path) for c in checkpoint.load_config(folder)["corpora"][-1:]
                  for path in c.get("mixed_in", [])]
-        choice = DefaultChoice(preset or "", chat_skills=max([n for n in mixed if n] or [0]))
+        choice = DefaultChoice(preset, chat_skills=max([n for n in mixed if n] or [0]))
     elif preset:
         choice = DefaultChoice(preset)
     else:
@@ -412,7 +418,7 @@ def time_cap(run: TrainingRun, steps: int | None) -> tuple[int, str]:
     the corpus (more than that learns a small corpus by heart, and the held-out text gets worse)."""
     if steps:
         return steps, f"--steps {steps} is fewer"
-    passes = max(1, int(run.tcfg.max_epochs * run.train_shards.num_tokens // run.tokens_per_step))
+    passes = max(1, max_epochs_steps(run.train_shards.num_tokens, run.tokens_per_step, run.tcfg))
     return passes, f"{run.tcfg.max_epochs:g} passes over the corpus are {passes} steps"
 
 
