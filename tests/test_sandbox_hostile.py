@@ -247,7 +247,7 @@ ATTEMPTS = {
     "ssh-key-tilde": Attempt("cat ~/.ssh/id_ed25519", printed("SECRET-SSH")),
     "ssh-key-path": Attempt("cat {h.home}/.ssh/id_ed25519", printed("SECRET-SSH"), control=True),
     "ssh-copy": Attempt("cp -r {h.home}/.ssh stolen", made("{h.work}/stolen/id_ed25519"), control=True),
-    "find-keys": Attempt("find {h.home} /root /run /home -path '*nimllm-hostile*' -name 'id_*' -exec cat {{}} +",
+    "find-keys": Attempt("find {h.home} /root /run /home -path '*nimllm-hostile*' -name 'id_*' -exec cat {{}} ';'",
                          printed("SECRET-SSH"),
                          control=True),
     "nimllm-home": Attempt("cat {h.nimllm_home}/models/default/conversations.sqlite", printed("SECRET-HOME-STORE"),
