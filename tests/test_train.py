@@ -23,7 +23,10 @@ from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
 from nimllm.train import Schedule, TimeFit, build_optimizer, default_steps, run_training
 
-TINY = ["--preset", "tiny", "--vocab-size", "512"]
+# steps of 4 sequences (512 tokens), an eighth of the tiny preset's, and no dialogues: what these tests
+# check needs no more
+SMALL_STEPS = {"micro_batch": 4, "grad_accum": 1}
+TINY = ["--preset", "tiny", "--vocab-size", "512", "--batch-size", "4", "--grad-accum", "1", "--no-chat-skills"]
 
 
 def losses(folder: ModelFolder) -> dict[int, float]:
@@ -33,7 +36,8 @@ def losses(folder: ModelFolder) -> dict[int, float]:
 @pytest.mark.slow
 def test_training_lowers_validation_loss_and_writes_the_model_folder(corpus, home):
     folder = ModelFolder.resolve("shakes")
-    summary = run_training(corpus, folder, preset="tiny", steps=150, vocab_size=512, log=lambda *a: None)
+    summary = run_training(corpus, folder, preset="tiny", steps=150, vocab_size=512,
+                           train_overrides=SMALL_STEPS, log=lambda *a: None)
     assert summary["action"] == "new" and not summary["interrupted"]
     for path in (folder.config, folder.tokenizer, folder.weights, folder.train_state, folder.metrics, folder.loss_plot):
         assert path.exists(), path
@@ -149,7 +153,8 @@ def test_continued_training_reports_what_was_forgotten(tmp_path, home):
     code = "".join(p.read_text() for p in sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("[a-c]*.py")))
     book2.write_text(code[:200_000])
     folder = ModelFolder.resolve("books")
-    run_training(book1, folder, preset="tiny", steps=80, vocab_size=512, log=lambda *a: None)
+    run_training(book1, folder, preset="tiny", steps=80, vocab_size=512, train_overrides=SMALL_STEPS,
+                 log=lambda *a: None)
     lines = []
     summary = run_training(book2, folder, steps=80, log=lines.append)
     assert summary["action"] == "continue"
@@ -197,7 +202,6 @@ def test_replanning_never_steps_back_and_ends_at_the_final_lr():
     assert max(lrs) == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
 
 
-SMALL_STEPS = {"micro_batch": 4, "grad_accum": 1}   # a tenth of a second a step, for the tests that time a run
 
 
 @pytest.fixture
