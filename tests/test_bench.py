@@ -69,11 +69,13 @@ def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path, tiny_cop
     out, work = tmp_path / "memory.json", tmp_path / "work"
     run_bench("bench/memory.py", "--model", model, "--k", "2", "--facts", facts, "--no-paraphrase", "--jobs", "2",
               "--threads", "1", "--work", work, "--out", out,   # 1 thread: a shared CI CPU stays quick
-              "--in-process", "default", "keep_answers=False,learned_loss=0.3")
+              # two designs of two updates each: what the rows say, not what they learn (2 steps, not 32)
+              "--in-process", "steps=2", "keep_answers=False,learned_loss=0.3,steps=2")
     result = json.loads(out.read_text())
     designs = result["in_process"]["rows"]   # the same facts learned in one process, once per setting
     assert [(r["k"], r["memory"]["keep_answers"], r["memory"]["learned_loss"]) for r in designs] == \
         [(2, True, MemoryConfig().learned_loss), (2, False, 0.3)]
+    assert all(r["memory"]["steps"] == 2 and max(r["steps"]) <= 2 for r in designs)
     for r in designs:
         assert r["recall"][1] == 2 and r["sampled"][1] == 6 and r["paraphrase"][1] == 2 and r["control_kept"][1] == 40
         assert len(r["steps"]) == 2 and r["update_s_median"] > 0
@@ -145,7 +147,7 @@ def test_agent_bench_runs_end_to_end(tiny_copy, tmp_path):
     Memory(ModelFolder(tiny_copy), "cpu").fisher   # estimated before, as for the agent's own tests
     out = tmp_path / "agent.json"
     run = subprocess.run([sys.executable, "bench/agent.py", "--model", str(tiny_copy), "--limit", "6", "--generated", "2",
-                          "--learn", "3", "--max-steps", "2", "--memory", "default", "agent_lr=1e-4,steps=2", "--fix",
+                          "--learn", "3", "--max-steps", "2", "--memory", "steps=2", "agent_lr=1e-4,steps=2", "--fix",
                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(out.read_text())
@@ -155,7 +157,7 @@ def test_agent_bench_runs_end_to_end(tiny_copy, tmp_path):
     for s in result["before"].values():
         assert {"success", "within_3", "first_right", "carries", "well_formed", "answered_without_command",
                 "failed_command", "recovered"} <= set(s)
-    assert [(v["memory"]["agent_lr"], v["memory"]["steps"]) for v in result["variants"]] == [(1e-5, 32), (1e-4, 2)]
+    assert [(v["memory"]["agent_lr"], v["memory"]["steps"]) for v in result["variants"]] == [(1e-5, 2), (1e-4, 2)]
     learning = result["tasks"]["variants"][0]["learning"]   # every task of the learning set approved or corrected
     assert sum(len(rows) for rows in learning.values()) == 3
     assert all(r["success"] != r["fixed"] for rows in learning.values() for r in rows)
