@@ -87,6 +87,16 @@ def train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 8)")
     train.add_argument("--lr", type=float, help="peak learning rate")
     train.add_argument("--activation", choices=["gelu", "relu2"], help="MLP activation of a new model")
+    train.add_argument("--optimizer", choices=["adamw", "muon"],
+                       help="adamw (default), or muon: Muon for the blocks' matrices and AdamW for the rest "
+                            "(--low-memory keeps AdamW)")
+    train.add_argument("--schedule", choices=["cosine", "wsd"],
+                       help="after the warm-up: cosine decay (default), or wsd: the peak held, then a linear fall "
+                            "over the last 40%% of the steps")
+    train.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=None,
+                       help="RMS-normalise each head's queries and keys (a new model; it cannot be exported)")
+    train.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=None,
+                       help="the residual projections of a new model start at zero")
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile on CUDA")
     train.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                        help="recompute activations in backward to save memory")
@@ -175,8 +185,10 @@ def cmd_train(args) -> int:
     folder = ModelFolder.resolve(args.model)
     chosen = choose_defaults(
         corpus, folder, args.device, args.fresh, args.preset, args.vocab_size, args.chat_skills,
-        model_flags={"activation": args.activation, "dropout": args.dropout},
+        model_flags={"activation": args.activation, "dropout": args.dropout, "qk_norm": args.qk_norm,
+                     "zero_init": args.zero_init},
         train_flags={"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "lr": args.lr,
+                     "optimizer": args.optimizer, "schedule": args.schedule,
                      "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
                      "low_memory": args.low_memory, "seed": args.seed})
     mix_in = []

@@ -22,6 +22,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     dropout: float = 0.0
+    qk_norm: bool = False          # RMS-normalise each head's queries and keys before attention
+    zero_init: bool = False        # the residual projections (attention out, MLP down) start at zero
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -45,6 +47,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    optimizer: str = "adamw"       # "adamw", or "muon": Muon for the blocks' matrices, AdamW for the rest
+    schedule: str = "cosine"       # "cosine" decay after the warm-up, or "wsd": flat, then linear over the
+    cooldown_share: float = 0.4    # last cooldown_share of the steps after the warm-up
     max_steps: int = 25000         # cap on the default training length
     max_epochs: float = 10.0       # small corpora: stop before seeing the data more often than this
     tokens_per_param: float = 20.0  # default budget (Chinchilla), capped by the two above

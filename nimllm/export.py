@@ -65,6 +65,9 @@ def layer_tensors(model: GPT) -> list[tuple[str, str, torch.Tensor]]:
 
 def load_for_export(folder: ModelFolder) -> tuple[GPT, Tokenizer]:
     model, _ = load_remembered(folder, "cpu")
+    if model.cfg.qk_norm:
+        raise UserError("this model normalises its queries and keys (--qk-norm), which the Arcee architecture of "
+                        "transformers and llama.cpp does not: it cannot be exported")
     return model, Tokenizer.load(folder.tokenizer)
 
 

@@ -36,7 +36,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.head_dim, cfg.dropout
+        self.n_head, self.head_dim, self.dropout, self.qk_norm = cfg.n_head, cfg.head_dim, cfg.dropout, cfg.qk_norm
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
@@ -45,6 +45,8 @@ class Attention(nn.Module):
         (causal attention); a cache stores this layer's new keys and values and attends over its own."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
@@ -103,8 +105,9 @@ class GPT(nn.Module):
             if p.dim() == 1:
                 nn.init.ones_(p)
             else:
-                std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
+                residual = name.endswith(("proj.weight", "down.weight"))
+                std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if residual else 0.02
+                nn.init.normal_(p, mean=0.0, std=0.0 if residual and self.cfg.zero_init else std)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

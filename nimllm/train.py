@@ -44,24 +44,77 @@ from nimllm.tokenizer import Tokenizer
 # ---- optimizer and schedule --------------------------------------------------------------------
 
 def build_optimizer(model: GPT, tcfg: TrainConfig, device_type: str):
-    """AdamW with weight decay on matrices only (norm gains are left alone); fused on CUDA."""
+    """AdamW with weight decay on matrices only (norm gains are left alone), fused on CUDA; or, with
+    tcfg.optimizer "muon", Muon for the blocks' matrices and that AdamW for the embedding and the gains."""
+    fused = device_type == "cuda"
     if tcfg.low_memory:
-        return OptimizerInBackward(model, tcfg, fused=device_type == "cuda")
-    decay = [p for p in model.parameters() if p.dim() >= 2]
+        return OptimizerInBackward(model, tcfg, fused)
+    matrices = [p for p in model.blocks.parameters() if p.dim() == 2] if tcfg.optimizer == "muon" else []
+    taken = {id(p) for p in matrices}
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in taken]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), fused=device_type == "cuda")
+    adamw = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), fused=fused)
+    if not matrices:
+        return adamw
+    # match_rms_adamw scales each matrix's orthogonalised update to AdamW's typical size (Moonlight), so
+    # the one learning rate and its schedule serve both
+    muon = torch.optim.Muon(matrices, lr=tcfg.lr, weight_decay=tcfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+    return Optimizers([muon, adamw])
 
 
-class OptimizerInBackward:
+class Optimizers:
+    """Several optimizers stepped as one, over disjoint parameters. The training state reads and writes
+    them as one optimizer whose parameters are theirs in order (checkpoint.save_train_state)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:   # fresh each time: load_state_dict replaces the group dicts
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self) -> dict:
+        return {p: st for opt in self.optimizers for p, st in opt.state.items()}
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        groups, first = [], 0
+        for group in self.param_groups:
+            groups.append({**group, "params": list(range(first, first + len(group["params"])))})
+            first += len(group["params"])
+        return {"state": {}, "param_groups": groups}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """sd's state and groups numbered across all the optimizers, as state_dict numbers them."""
+        groups, first = iter(sd["param_groups"]), 0
+        for opt in self.optimizers:
+            own = opt.state_dict()
+            count = sum(len(g["params"]) for g in own["param_groups"])
+            saved = [next(groups) for _ in own["param_groups"]]
+            own["param_groups"] = [{**g, "params": mine["params"]} for g, mine in zip(saved, own["param_groups"])]
+            own["state"] = {i - first: st for i, st in sd["state"].items() if first <= i < first + count}
+            opt.load_state_dict(own)
+            first += count
+
+
+class OptimizerInBackward(Optimizers):
     """One AdamW per parameter, stepped by a hook as soon as backward has produced that parameter's
     gradient, which is then freed: the gradients (4 bytes a parameter) never all exist at once.
     The price: no clipping (it needs every gradient's norm first) and no accumulation."""
 
     def __init__(self, model: GPT, tcfg: TrainConfig, fused: bool):
-        self.optimizers = [torch.optim.AdamW([p], lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), fused=fused,
-                                             weight_decay=tcfg.weight_decay if p.dim() >= 2 else 0.0)
-                           for p in model.parameters()]
+        super().__init__([torch.optim.AdamW([p], lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), fused=fused,
+                                            weight_decay=tcfg.weight_decay if p.dim() >= 2 else 0.0)
+                          for p in model.parameters()])
         for p, opt in zip(model.parameters(), self.optimizers):
             # a weak reference: parameter -> hook -> optimizer -> parameter would be a cycle through
             # C++ that the garbage collector cannot see, keeping the model alive forever
@@ -72,22 +125,6 @@ class OptimizerInBackward:
         opt = opt_ref()
         opt.step()
         opt.zero_grad(set_to_none=True)
-
-    @property
-    def param_groups(self) -> list[dict]:   # fresh each time: load_state_dict replaces the group dicts
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    @property
-    def state(self) -> dict:
-        return {p: st for opt in self.optimizers for p, st in opt.state.items()}
-
-    def state_dict(self) -> dict:
-        return {"state": {}, "param_groups": [{**g, "params": [i]} for i, g in enumerate(self.param_groups)]}
-
-    def load_state_dict(self, sd: dict) -> None:
-        for i, opt in enumerate(self.optimizers):
-            group = {**sd["param_groups"][i], "params": [0]}
-            opt.load_state_dict({"state": {0: sd["state"][i]} if i in sd["state"] else {}, "param_groups": [group]})
 
 
 WARMUP_SHARE = 0.05   # a short run warms up over this share of its steps at most, so it peaks and decays
@@ -126,8 +163,12 @@ class Schedule:
     def lr(self, step: int, tcfg: TrainConfig) -> float:
         if step < self.warmup:
             return tcfg.lr * (step + 1) / self.warmup
-        cosine = 0.5 * (1 + math.cos(math.pi * self.progress(step)))
-        return tcfg.lr * (tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * cosine)
+        progress = self.progress(step)
+        if tcfg.schedule == "wsd":
+            decay = min(1.0, (1 - progress) / tcfg.cooldown_share)
+        else:
+            decay = 0.5 * (1 + math.cos(math.pi * progress))
+        return tcfg.lr * (tcfg.min_lr_ratio + (1 - tcfg.min_lr_ratio) * decay)
 
     def replanned(self, step: int, total_steps: int, tcfg: TrainConfig) -> "Schedule":
         """The same schedule from `step` (the next step to run) on, ending at total_steps instead. A

@@ -26,13 +26,14 @@ def tokenizer() -> Tokenizer:
     return Tokenizer.train([real_text(100_000)], vocab_size=400)
 
 
-def model_folder(root, tokenizer, activation: str) -> ModelFolder:
+def model_folder(root, tokenizer, activation: str, **changes) -> ModelFolder:
     """A model folder with a real tokenizer and random weights, scaled up so that greedy choices
     are not near-ties. The vocabulary (400) is padded to 448 rows, as training pads it."""
     folder = ModelFolder(root)
     root.mkdir(parents=True)
     tokenizer.save(folder.tokenizer)
-    cfg = ModelConfig(vocab_size=448, n_layer=2, n_embd=64, n_head=4, block_size=64, activation=activation)
+    cfg = ModelConfig(vocab_size=448, n_layer=2, n_embd=64, n_head=4, block_size=64, activation=activation,
+                      **changes)
     torch.manual_seed(0)
     model = GPT(cfg)
     with torch.no_grad():
@@ -132,3 +133,8 @@ def test_export_command_and_its_refusals(tmp_path, tokenizer):
     with pytest.raises(UserError, match="no model in"):
         export_hf(ModelFolder(tmp_path / "nothing"), tmp_path / "hf2")
     assert not (tmp_path / "m.gguf").exists() and not (tmp_path / "hf2").exists()
+    qk_norm = model_folder(tmp_path / "qk", tokenizer, "relu2", qk_norm=True)
+    for fmt, dest in (("hf", tmp_path / "hf3"), ("gguf", tmp_path / "qk.gguf")):
+        out = run_cli("export", "--model", qk_norm.root, "--format", fmt, dest)
+        assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "--qk-norm" in out.stderr
+        assert not dest.exists()

@@ -7,9 +7,9 @@ from nimllm.generate import (BatchScheduler, Decoder, KVCache, Request, generate
 from nimllm.model import GPT
 
 
-def small_model(seed=0, block_size=24) -> GPT:
+def small_model(seed=0, block_size=24, **changes) -> GPT:
     torch.manual_seed(seed)
-    model = GPT(ModelConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=4, block_size=block_size)).eval()
+    model = GPT(ModelConfig(vocab_size=40, n_layer=2, n_embd=32, n_head=4, block_size=block_size, **changes)).eval()
     # larger weights than the init so the distribution is peaked and greedy choices are not ties
     with torch.no_grad():
         for p in model.parameters():
@@ -18,8 +18,9 @@ def small_model(seed=0, block_size=24) -> GPT:
 
 
 @torch.no_grad()
-def test_cached_forward_matches_full_forward_in_chunks():
-    model = small_model()
+@pytest.mark.parametrize("changes", [{}, {"qk_norm": True, "activation": "relu2"}])
+def test_cached_forward_matches_full_forward_in_chunks(changes):
+    model = small_model(**changes)
     idx = torch.randint(0, 40, (3, 20))
     full = model(idx)
     cache = KVCache(model, batch_size=3)

@@ -14,10 +14,10 @@ def tiny_config(**changes) -> ModelConfig:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("activation", ["gelu", "relu2"])
-def test_gradients_match_finite_differences_float64(activation):
+@pytest.mark.parametrize("changes", [{"activation": "gelu"}, {"activation": "relu2"}, {"qk_norm": True}])
+def test_gradients_match_finite_differences_float64(changes):
     torch.manual_seed(0)
-    model = GPT(tiny_config(activation=activation)).double()
+    model = GPT(tiny_config(**changes)).double()
     idx = torch.randint(0, 16, (2, 6))
     targets = torch.randint(0, 16, (2, 6))
     targets[0, 2] = -1  # ignored positions must not contribute
@@ -74,6 +74,13 @@ def test_causality_future_tokens_do_not_change_past_logits():
     b[0, 8:] = (b[0, 8:] + 1) % 16
     assert torch.allclose(model(a)[0, :8], model(b)[0, :8], atol=1e-6)
     assert not torch.allclose(model(a)[0, 8:], model(b)[0, 8:], atol=1e-6)
+
+
+def test_zero_init_starts_the_residual_projections_at_zero_and_nothing_else():
+    model = GPT(tiny_config(n_layer=2, zero_init=True))
+    zero = {n for n, p in model.named_parameters() if not p.any()}
+    assert zero == {f"blocks.{i}.{m}.weight" for i in range(2) for m in ("attn.proj", "mlp.down")}
+    assert not any(not p.any() for p in GPT(tiny_config(n_layer=2)).parameters())
 
 
 def test_tied_embeddings_and_no_biases():

@@ -176,9 +176,20 @@ def test_schedule_warms_up_then_decays_to_its_final_value_at_the_last_step():
     assert default_steps(10**12, 10**8, 2**17, tcfg) == 20 * 10**8 // 2**17   # large corpus: Chinchilla
 
 
+def test_warmup_stable_decay_holds_the_peak_then_falls_linearly_over_its_cooldown():
+    tcfg = TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1, schedule="wsd", cooldown_share=0.4)
+    schedule = Schedule.planned(1000, tcfg)
+    lrs = [schedule.lr(step, tcfg) for step in range(1000)]
+    cooldown = math.ceil(10 + 0.6 * 989)   # the first step past 60% of the way from the warm-up to the end
+    assert lrs[0] == pytest.approx(1e-4) and all(lr == pytest.approx(1e-3) for lr in lrs[9:cooldown])
+    falls = [a - b for a, b in zip(lrs[cooldown:], lrs[cooldown + 1:])]
+    assert lrs[-1] == pytest.approx(1e-4) and all(f == pytest.approx(falls[0]) and f > 0 for f in falls)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
 @pytest.mark.parametrize("total", [1, 2, 3, 10, 20, 50, 100, 412, 4000, 25000])
-def test_warm_up_is_a_share_of_the_run_and_never_all_of_it(total):
-    tcfg = TrainConfig(lr=6e-4, warmup_steps=200, min_lr_ratio=0.1)   # the 103m preset's
+def test_warm_up_is_a_share_of_the_run_and_never_all_of_it(total, schedule):
+    tcfg = TrainConfig(lr=6e-4, warmup_steps=200, min_lr_ratio=0.1, schedule=schedule)   # the 103m preset's
     schedule = Schedule.planned(total, tcfg)
     assert schedule.warmup == min(200, round(0.05 * total)) < total
     lrs = [schedule.lr(step, tcfg) for step in range(total)]
@@ -186,10 +197,11 @@ def test_warm_up_is_a_share_of_the_run_and_never_all_of_it(total):
     assert max(lrs) == pytest.approx(6e-4) or total == 1
 
 
-def test_replanning_never_steps_back_and_ends_at_the_final_lr():
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_replanning_never_steps_back_and_ends_at_the_final_lr(schedule):
     """A --time run refits its length after every step, longer or shorter: the learning rate only ever moves
     forward along warm-up then decay, and the last step is at the final value."""
-    tcfg = TrainConfig(lr=1e-3, warmup_steps=30, min_lr_ratio=0.1)
+    tcfg = TrainConfig(lr=1e-3, warmup_steps=30, min_lr_ratio=0.1, schedule=schedule)
     schedule, lrs, step, rng = Schedule.planned(100, tcfg), [], 0, random.Random(0)
     while step < schedule.total_steps:
         lrs.append(schedule.lr(step, tcfg))
@@ -324,6 +336,40 @@ def test_two_gloo_processes_stay_in_sync_and_match_one_process(corpus, tmp_path)
     wb, _ = checkpoint.load_model(ModelFolder(two))
     for (name, pa), pb in zip(wa.state_dict().items(), wb.state_dict().values()):
         assert torch.allclose(pa, pb, atol=1e-4), name
+
+
+def take_steps(model: GPT, optimizer, steps: range) -> None:
+    for step in steps:
+        idx = torch.randint(0, model.cfg.vocab_size, (2, model.cfg.block_size),
+                            generator=torch.Generator().manual_seed(step))
+        model(idx, idx).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def test_muon_takes_the_blocks_matrices_and_resumes_from_the_training_state_exactly(tmp_path):
+    """Muon moves the blocks' matrices, AdamW the embedding and the gains; the training state holds both
+    optimizers' moments, so a run saved at step 3 and resumed in a new model ends where the whole run does."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=96, n_layer=2, n_embd=32, n_head=4, block_size=16)
+    tcfg = TrainConfig(lr=1e-2, optimizer="muon")
+    whole = GPT(cfg)
+    split = copy.deepcopy(whole)
+    optimizer = build_optimizer(whole, tcfg, "cpu")
+    muon, adamw = optimizer.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert [id(p) for g in muon.param_groups for p in g["params"]] == \
+        [id(p) for p in whole.blocks.parameters() if p.dim() == 2]
+    take_steps(whole, optimizer, range(6))
+
+    take_steps(split, first := build_optimizer(split, tcfg, "cpu"), range(3))
+    checkpoint.save_train_state(ModelFolder(tmp_path), split, first, {"step": 3})
+    resumed = GPT(cfg)
+    second = build_optimizer(resumed, tcfg, "cpu")
+    assert checkpoint.load_train_state(ModelFolder(tmp_path), resumed, second) == {"step": 3}
+    take_steps(resumed, second, range(3, 6))
+    for (name, a), b in zip(whole.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), name
 
 
 def test_optimizer_in_backward_makes_the_normal_update_and_frees_gradients():
