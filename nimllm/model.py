@@ -113,9 +113,10 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, where: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids. Returns logits (B, T, V), or (B, 1, V) of the last position alone (all
-        that decoding reads), or with targets (B, T) the mean cross-entropy over positions whose target
+        that decoding reads), or (N, V) of the N positions a (B, T) mask `where` picks (the answers an
+        update scores), or with targets (B, T) the mean cross-entropy over positions whose target
         is not -1. With a cache (nimllm/generate.py), idx continues the sequences the cache holds: the
         cache gives idx's positions (`rotary`) and keeps every layer's keys and values (`attend`)."""
         B, T = idx.shape
@@ -131,7 +132,11 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin, cache, i)
-        x = self.norm(x[:, -1:] if last_only else x)
+        if last_only:
+            x = x[:, -1:]                                                               # (B, 1, C)
+        elif where is not None:
+            x = x[where]                                                                # (N, C)
+        x = self.norm(x)
         logits = F.linear(x, self.wte.weight) if self.output_layer is None else self.output_layer(x)  # (B, T, V)
         if targets is None:
             return logits

@@ -74,24 +74,6 @@ def scaled(delta: Delta, scale: float) -> Delta:
     return {n: (i, v * scale) for n, (i, v) in delta.items()}
 
 
-def answer_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean loss on the answers of a batch (targets -1 elsewhere), and which answer tokens the
-    logits rank first (B, T)."""
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-1)
-    return loss, (logits.argmax(-1) == y) & (y >= 0)
-
-
-def lesson_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, learned_loss: float) -> tuple[torch.Tensor, bool]:
-    """The mean loss on the answers, and whether they are learned: every answer token the model's
-    first choice and the mean loss under learned_loss (a sampled answer then says it too)."""
-    loss, right = answer_loss(model(x), y)
-    return loss, all_right(right, y) and loss.item() <= learned_loss
-
-
-def all_right(right: torch.Tensor, y: torch.Tensor) -> bool:
-    return bool(right.sum() == (y >= 0).sum())
-
-
 # Attention in the update, cuDNN's left out: it builds a plan for every new (B, T), every update brings
 # new ones (its lessons' lengths), and a profile of the update showed about 200 us of CPU per cuDNN call.
 UPDATE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -153,17 +135,52 @@ class UpdateReport:
                 "control": list(self.control) if self.control else None, "timings": self.timings}
 
 
-def stacked(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
-    """Several (B, T) batches as one, right-padded to the longest (inputs 0, targets -1: causal attention
-    leaves the real positions as they were), and the rows of each: one forward pass instead of many."""
-    T = max(x.size(1) for x, _ in batches)
-    xs = [F.pad(x, (0, T - x.size(1)), value=0) for x, _ in batches]
-    ys = [F.pad(y, (0, T - y.size(1)), value=-1) for _, y in batches]
-    rows, start = [], 0
-    for x in xs:
-        rows.append(slice(start, start + x.size(0)))
-        start += x.size(0)
-    return torch.cat(xs), torch.cat(ys), rows
+@dataclass
+class AnswerBatches:
+    """Batches of answers (targets -1 elsewhere) regrouped for scoring in as few padded tokens as may be:
+    every row cut after its last answer token (causal attention: what follows cannot change the answers
+    before it), the rows sorted by length and batched with rows of about their length, and for each
+    answer token, in the order `scored` gives them, which of the given batches it came from."""
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    source: torch.Tensor   # (N,)
+    n_given: int
+
+    @classmethod
+    def of(cls, given: list[tuple[torch.Tensor, torch.Tensor]], shrink: float = 0.6) -> "AnswerBatches":
+        """A new batch starts where the rows get shorter than `shrink` times its first (longest) row,
+        so at most 1 - shrink of it is padding, in a few batches."""
+        rows = []
+        for i, (x, y) in enumerate(given):
+            for x_row, y_row in zip(x, y):
+                answered = (y_row >= 0).nonzero()
+                if len(answered):
+                    end = int(answered[-1]) + 1
+                    rows.append((x_row[:end], y_row[:end], i))
+        rows.sort(key=lambda row: -len(row[0]))
+        groups: list[list] = []
+        for row in rows:
+            if not groups or len(row[0]) < shrink * len(groups[-1][0][0]):
+                groups.append([])
+            groups[-1].append(row)
+        batches, source = [], []
+        for group in groups:
+            T = len(group[0][0])
+            x = torch.stack([F.pad(r[0], (0, T - len(r[0])), value=0) for r in group])      # (B, T)
+            y = torch.stack([F.pad(r[1], (0, T - len(r[1])), value=-1) for r in group])     # (B, T)
+            batches.append((x, y))
+            source.append(torch.tensor([r[2] for r in group]).repeat_interleave((y >= 0).sum(1)))
+        return cls(batches, torch.cat(source).to(given[0][0].device), len(given))
+
+    def scored(self, model: GPT) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each given batch's mean loss on its answers, and which of its answer tokens the model ranks
+        first: logits only where there is an answer, one forward pass per regrouped batch."""
+        logits = torch.cat([model(x, where=y >= 0) for x, y in self.batches])            # (N, V)
+        targets = torch.cat([y[y >= 0] for _, y in self.batches])                       # (N,)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # bf16 on a GPU: scored in fp32
+        losses = F.cross_entropy(logits, targets, reduction="none")
+        right = logits.argmax(-1) == targets
+        picked = [self.source == i for i in range(self.n_given)]
+        return [losses[p].sum() / p.sum().clamp(min=1) for p in picked], [right[p] for p in picked]
 
 
 def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict, fisher: dict,
@@ -210,20 +227,20 @@ def lessons_objective(model: GPT, x: torch.Tensor, y: torch.Tensor, mcfg: Memory
     the lessons' loss, and whether they are learned with the kept answers right again (the answer
     tokens of `keep` ranked first at the first call)."""
     matmuls = Runtime(x.device.type).autocast()   # bf16 on a GPU, as the chat's decoder answers there
-    # the lessons and the answers to keep are short: one forward pass for all of them
-    short_x, short_y, rows = stacked([(x, y), *keep])
+    # the lessons and the answers to keep are short: scored together, on a CPU in batches of rows of like
+    # length (it computes every padded token); on a GPU in one batch (padding is cheap there, passes are not)
+    answers = AnswerBatches.of([(x, y), *keep], shrink=0.6 if x.device.type == "cpu" else 0.0)
     right_before = None
 
     def objective() -> tuple[torch.Tensor, float, bool]:
         nonlocal right_before
         with matmuls, sdpa_kernel(UPDATE_ATTENTION):
-            logits = model(short_x)                                          # (B, T, V)
-            losses, right = zip(*(answer_loss(logits[r], short_y[r]) for r in rows))
+            losses, right = answers.scored(model)
             total = sum(losses) + sum(model(*xy) for xy in extra)
         if right_before is None:
             right_before = right[1:]
         lesson = losses[0].item()
-        learned = (all_right(right[0], y) and lesson <= mcfg.learned_loss
+        learned = (bool(right[0].all()) and lesson <= mcfg.learned_loss
                    and all(bool(now[before].all()) for now, before in zip(right[1:], right_before)))
         return total, lesson, learned
     return objective

@@ -148,3 +148,5 @@ def test_training_loss_is_the_stored_reference():
     assert logits.sum().item() == pytest.approx(29.25375445966741, abs=1e-10)
     assert logits.square().sum().item() == pytest.approx(53.41798155106284, abs=1e-10)
     assert torch.allclose(model(x, last_only=True), logits[:, -1:], atol=1e-12)
+    where = torch.rand(x.shape) < 0.3
+    assert torch.allclose(model(x, where=where), logits[where], atol=1e-12)

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from nimllm.config import MemoryConfig, ModelConfig
-from nimllm.update import apply_delta, apply_top_k_mask, ewc_penalty, fisher_diagonal, lesson_loss, selective_update
+import torch.nn.functional as F
+
+from nimllm.update import (AnswerBatches, apply_delta, apply_top_k_mask, ewc_penalty, fisher_diagonal,
+                           selective_update)
 from nimllm.model import GPT
 
 CFG = ModelConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=4, block_size=16)
@@ -87,23 +90,26 @@ def test_an_update_stops_once_its_lessons_are_learned():
     mcfg = MemoryConfig(mask_fraction=0.05, steps=200, lr=1e-2, learned_loss=0.3)
     delta, report = selective_update(model, x, y, anchor, fisher, mcfg)
     assert report.learned and 0 < report.steps < 200
-    loss, learned = lesson_loss(model, x, y, 0.3)
-    assert learned and loss.item() <= 0.3
+    with torch.no_grad():
+        (loss,), (right,) = AnswerBatches.of([(x, y)]).scored(model)
+    assert right.all() and loss.item() <= 0.3
     # learned once more, it takes no step and changes nothing
     again, report = selective_update(model, x, y, anchor, fisher, mcfg)
     assert report.steps == 0 and report.learned and again == {} and report.n_weights == 0
 
 
-def test_lesson_loss_is_learned_only_when_every_answer_token_is_first():
+def test_answers_are_right_only_where_every_answer_token_is_first():
     model = GPT(CFG).eval()
     x = torch.randint(0, 64, (1, 16))
     with torch.no_grad():
         best = model(x).argmax(-1)
     y = torch.full((1, 16), -1)
     y[0, 8:] = best[0, 8:]
-    assert lesson_loss(model, x, y, learned_loss=100.0)[1]
-    y[0, 12] = (best[0, 12] + 1) % 64
-    assert not lesson_loss(model, x, y, learned_loss=100.0)[1]
+    answers = AnswerBatches.of([(x, y)])
+    with torch.no_grad():
+        assert answers.scored(model)[1][0].all()
+        y[0, 12] = (best[0, 12] + 1) % 64
+        assert not AnswerBatches.of([(x, y)]).scored(model)[1][0].all()
 
 
 @pytest.mark.slow
@@ -126,16 +132,37 @@ def test_an_update_is_learned_only_once_the_kept_answers_are_right_again():
     assert report.steps >= alone.steps
 
 
-def test_stacked_batches_score_as_each_batch_alone():
-    from nimllm.update import answer_loss, stacked
+def plain_answer_scores(model: GPT, batches: list) -> tuple[list, list]:
+    """Each batch as it is, padded and whole: the mean loss on its answers and which are ranked first."""
+    losses, right = [], []
+    for x, y in batches:
+        logits = model(x)                                                               # (B, T, V)
+        losses.append(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1))
+        right.append((logits.argmax(-1) == y)[y >= 0])
+    return losses, right
+
+
+def test_answer_batches_score_and_differentiate_as_each_batch_alone():
     torch.manual_seed(0)
-    model = GPT(CFG).eval()
-    batches = [(torch.randint(0, 64, (b, t)), torch.randint(-1, 64, (b, t))) for b, t in ((2, 5), (3, 16), (1, 9))]
-    x, y, rows = stacked(batches)
-    with torch.no_grad():
-        together = model(x)
-        for (bx, by), r in zip(batches, rows):
-            alone_loss, alone_right = answer_loss(model(bx), by)
-            loss, right = answer_loss(together[r], y[r])
-            assert torch.allclose(loss, alone_loss, atol=1e-5)
-            assert torch.equal(right[:, :bx.size(1)], alone_right) and not right[:, bx.size(1):].any()
+    model = GPT(CFG).double().eval()
+    batches = []
+    for b, t in ((2, 5), (3, 16), (4, 9)):   # answers at random places, some rows with none, padding after
+        x, y = torch.randint(0, 64, (b, t)), torch.randint(0, 64, (b, t))
+        y[torch.rand(b, t) < 0.5] = -1
+        y[0, :] = -1
+        y[1, :2], y[1, -1] = 1, -1
+        batches.append((x, y))
+    answers = AnswerBatches.of(batches)
+    assert len(answers.batches) > 1 and sum(x.numel() for x, _ in answers.batches) < sum(x.numel() for x, _ in batches)
+
+    def scores_and_gradients(score):
+        model.zero_grad()
+        losses, right = score()
+        sum(losses).backward()
+        return losses, right, [p.grad.clone() for p in model.parameters()]
+    losses, right, grads = scores_and_gradients(lambda: answers.scored(model))
+    plain_losses, plain_right, plain_grads = scores_and_gradients(lambda: plain_answer_scores(model, batches))
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(losses, plain_losses))
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(grads, plain_grads))
+    # the same answer tokens ranked first, in the regrouped order (rows sorted by length)
+    assert [r.sort().values.tolist() for r in right] == [r.sort().values.tolist() for r in plain_right]
