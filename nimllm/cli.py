@@ -103,6 +103,8 @@ def train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--low-memory", action="store_true", default=None,
                        help="fit the 103m model in under 2 GB of GPU memory: the optimizer steps inside backward "
                             "(no clipping, no accumulation) and activations are recomputed; slower")
+    train.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
+                       help="the blocks' matmuls in FP8 on a GPU that has them (H100, H200, Ada); elsewhere a note")
     train.add_argument("--dropout", type=float, help="dropout of a new model (default: the preset's)")
     train.add_argument("--seed", type=int)
     train.add_argument("--fresh", action="store_true", help="start over: discard this model and train a new one")
@@ -190,7 +192,7 @@ def cmd_train(args) -> int:
         train_flags={"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "lr": args.lr,
                      "optimizer": args.optimizer, "schedule": args.schedule,
                      "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
-                     "low_memory": args.low_memory, "seed": args.seed})
+                     "low_memory": args.low_memory, "fp8": args.fp8, "seed": args.seed})
     mix_in = []
     if corpus.expanduser().exists():   # (if not, run_training says so before anything is written)
         if chosen.why:

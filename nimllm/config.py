@@ -63,6 +63,7 @@ class TrainConfig:
     # Under 2 GB of GPU memory for the 103m preset: the optimizer steps inside backward so gradients
     # never all exist at once, activations are recomputed, and there is no clipping or accumulation.
     low_memory: bool = False
+    fp8: bool = False              # the blocks' matmuls in FP8 on GPUs that have them (nimllm/fp8.py)
 
 
 @dataclass

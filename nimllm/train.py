@@ -35,6 +35,7 @@ from nimllm.data import (CorpusInfo, TokenShards, corpus_bytes, corpus_fingerpri
                          prepare_corpus, prepared_with)
 from nimllm.evaluate import evaluate
 from nimllm.fileio import remove_stale_temps
+from nimllm.fp8 import use_fp8
 from nimllm.metrics import MetricsLog, plot_losses, pyplot
 from nimllm.model import GPT
 from nimllm.runtime import Runtime, exit_seconds, pick_device, run_info, setup_runtime, timed
@@ -705,6 +706,8 @@ def train_loop(run: TrainingRun, metrics) -> dict:
     """Optimizer steps until the schedule is done or Ctrl-C asks to stop, with the log, validation
     and checkpoints on the way; a --time run refits its schedule after every step."""
     tcfg, rt, progress, fit = run.tcfg, run.rt, run.progress, run.fit
+    if tcfg.fp8:
+        use_fp8(run.model.blocks, torch.device(rt.device), run.log)
     model = model_for_training(run.model, tcfg, rt)
     step, elapsed = progress["step"], progress["elapsed_s"]
     run_start, elapsed_at_start = time.time(), elapsed
