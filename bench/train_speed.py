@@ -27,6 +27,7 @@ from rich.table import Table  # noqa: E402
 
 import common  # noqa: E402  (bench/common.py)
 from nimllm.config import PRESETS, TrainConfig, default_preset_name  # noqa: E402
+from nimllm.fp8 import use_fp8  # noqa: E402
 from nimllm.model import GPT  # noqa: E402
 from nimllm.runtime import Runtime, pick_device  # noqa: E402
 from nimllm.train import Schedule, build_optimizer  # noqa: E402
@@ -45,6 +46,7 @@ class Variant:
     optimizer: str = "fused"     # "fused" (NimLLM's build_optimizer) or "foreach" (the reference's)
     low_memory: bool = False     # NimLLM's --low-memory: optimizer in backward, blocks compiled one by one
     compile_mode: str | None = None  # torch.compile's mode; None is its default
+    fp8: bool = False            # NimLLM's --fp8 (where the device has FP8 matmuls)
 
 
 def build(v: Variant, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool):
@@ -53,6 +55,8 @@ def build(v: Variant, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool):
     if v.model == "nimllm":
         model = GPT(cfg)
         model.activation_checkpointing = v.checkpointing or v.low_memory
+        if v.fp8 and not use_fp8(model.blocks, torch.device(rt.device), print):
+            raise RuntimeError(f"{rt.device} has no FP8 matmuls")   # the row says so; the others go on
     else:
         model = ReferenceGPT(cfg) if v.model == "reference" else ReferenceGPT(cfg, "layer", "learned")
     model = model.to(rt.device)
@@ -117,7 +121,8 @@ def variants(args) -> list[tuple[Variant, int]]:
         Variant("nimllm eager", "nimllm"),
         Variant("reference eager", "reference", optimizer="foreach"),
         Variant("nanogpt-shape compiled", "nanogpt", compile=True),
-        Variant("nimllm cuda graphs", "nimllm", compile=True, compile_mode="reduce-overhead"))]
+        Variant("nimllm cuda graphs", "nimllm", compile=True, compile_mode="reduce-overhead"),
+        Variant("nimllm --fp8", "nimllm", compile=True, fp8=True))]
     if args.low_memory:
         rows += [(v, mb) for mb in args.low_memory_batches for v in (
             Variant("nimllm ckpt", "nimllm", compile=True, checkpointing=True),

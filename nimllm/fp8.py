@@ -29,7 +29,7 @@ def to_float8(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.
 def float8_mm(a: torch.Tensor, b: torch.Tensor, a_dtype: torch.dtype, b_dtype: torch.dtype,
               out_dtype: torch.dtype) -> torch.Tensor:
     """a (M, K) @ b (K, N), each cast to its float8 format with its own scale."""
-    a8, a_scale = to_float8(a, a_dtype)
+    a8, a_scale = to_float8(a.contiguous(), a_dtype)   # and a row-major
     b8, b_scale = to_float8(b.t().contiguous(), b_dtype)   # the kernel takes b column-major
     return torch._scaled_mm(a8, b8.t(), scale_a=a_scale, scale_b=b_scale, out_dtype=out_dtype)
 

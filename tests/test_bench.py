@@ -24,11 +24,12 @@ def run_bench(*args):
 def test_train_speed_bench_writes_rows_and_ratios(tmp_path):
     out = tmp_path / "speed.json"
     run_bench("bench/train_speed.py", "--preset", "tiny", "--steps", "1", "--warmup", "1", "--micro-batch", "2",
-              "--only", "nimllm", "reference eager", "--out", out)
+              "--only", "nimllm", "reference eager", "nimllm --fp8", "--out", out)
     result = json.loads(out.read_text())
     rows = {r["config"]: r for r in result["rows"]}
-    assert set(rows) == {"nimllm", "reference eager"}
+    assert set(rows) == {"nimllm", "reference eager", "nimllm --fp8"}
     assert rows["nimllm"]["tokens_per_s"] > 0 and rows["reference eager"]["vs_reference"] == 1.0
+    assert "no FP8 matmuls" in rows["nimllm --fp8"]["error"]   # a CPU: the row says why it has no figure
 
 
 def test_quality_bench_cuts_a_text_where_nanogpt_does_and_trains_on_the_files_before_the_cut(tmp_path):

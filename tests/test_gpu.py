@@ -110,3 +110,33 @@ def test_compiled_cuda_graph_decoding_in_bf16_follows_the_bf16_plain_path():
     for prompt, tokens in zip(prompts, decoded):
         assert len(tokens) == 30
         assert_greedy(fast, prompt, tokens, tie=0.06 * scale)
+
+
+@pytest.mark.slow
+def test_fp8_training_follows_the_bf16_loss_curve():
+    """The same model, data and steps, compiled, in bf16 and with --fp8's matmuls: the loss curves agree."""
+    from nimllm.fp8 import fp8_available, use_fp8
+    if not fp8_available("cuda"):
+        pytest.skip("this GPU has no FP8 matmuls")
+    curves = []
+    for fp8 in (False, True):
+        torch.manual_seed(0)
+        model = GPT(CFG).cuda()
+        if fp8:
+            assert use_fp8(model.blocks, torch.device("cuda"), print)
+        optimizer = build_optimizer(model, TrainConfig(lr=1e-3), "cuda")
+        compiled, g = torch.compile(model), torch.Generator(device="cuda").manual_seed(1)
+        curve = []
+        for _ in range(60):   # a learnable pattern: each sequence counts up from a random start
+            start = torch.randint(0, 512, (16, 1), device="cuda", generator=g)
+            seq = (start + torch.arange(65, device="cuda")) % 512
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = compiled(seq[:, :-1], seq[:, 1:])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            curve.append(loss.item())
+        curves.append(torch.tensor(curve))
+    bf16, fp8 = curves
+    assert fp8[-10:].mean() < 0.5 * fp8[:5].mean()                  # it learns ...
+    assert (fp8[-10:].mean() - bf16[-10:].mean()).abs() < 0.1 * bf16[:5].mean()   # ... as bf16 does
