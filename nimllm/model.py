@@ -83,6 +83,22 @@ class Block(nn.Module):
         return x + F.dropout(self.mlp(self.mlp_norm(x)), self.dropout, self.training)
 
 
+def at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16 logits in fp32 for the loss (its log-sum-exp needs the precision); fp32 and fp64 as they are."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          rows: int = 2048) -> torch.Tensor:
+    """The mean cross-entropy of the logits x @ weight.T (x (N, C), targets (N,), -1 not scored), computed
+    `rows` positions at a time and recomputed in backward: the (N, V) logits never exist at once, which
+    at a vocabulary of 8192 is more memory than a block's activations."""
+    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(at_least_fp32(F.linear(h, weight)), t, ignore_index=-1, reduction="sum")
+    total = sum(checkpoint(chunk_loss, h, t, use_reentrant=False) for h, t in zip(x.split(rows), targets.split(rows)))
+    return total / (targets >= 0).sum()
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -137,6 +153,8 @@ class GPT(nn.Module):
         elif where is not None:
             x = x[where]                                                                # (N, C)
         x = self.norm(x)
+        if targets is not None and self.activation_checkpointing and self.training and self.output_layer is None:
+            return chunked_cross_entropy(x.flatten(0, 1), self.wte.weight, targets.flatten())
         logits = F.linear(x, self.wte.weight) if self.output_layer is None else self.output_layer(x)  # (B, T, V)
         if targets is None:
             return logits

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nimllm.config import MemoryConfig
-from nimllm.model import GPT
+from nimllm.model import GPT, at_least_fp32
 from nimllm.runtime import Runtime
 
 Delta = dict[str, tuple[torch.Tensor, torch.Tensor]]   # tensor name -> (flat indices, values)
@@ -176,7 +176,7 @@ class AnswerBatches:
         first: logits only where there is an answer, one forward pass per regrouped batch."""
         logits = torch.cat([model(x, where=y >= 0) for x, y in self.batches])            # (N, V)
         targets = torch.cat([y[y >= 0] for _, y in self.batches])                       # (N,)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # bf16 on a GPU: scored in fp32
+        logits = at_least_fp32(logits)
         losses = F.cross_entropy(logits, targets, reduction="none")
         right = logits.argmax(-1) == targets
         picked = [self.source == i for i in range(self.n_given)]

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from nimllm.config import PRESETS, ModelConfig
@@ -127,6 +128,21 @@ def test_activation_checkpointing_gives_same_gradients():
     model(idx, targets).backward()
     for g, p in zip(plain, model.parameters()):
         assert torch.allclose(g, p.grad, atol=1e-6)
+
+
+def test_chunked_cross_entropy_matches_the_whole_logits_in_float64():
+    from nimllm.model import chunked_cross_entropy
+    torch.manual_seed(0)
+    x = torch.randn(23, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(16, 8, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 16, (23,))
+    targets[[0, 7, 8, 22]] = -1
+    chunked = chunked_cross_entropy(x, weight, targets, rows=5)   # 5 chunks, the last of 3 rows
+    grads = torch.autograd.grad(chunked, (x, weight))
+    plain = F.cross_entropy(x @ weight.t(), targets, ignore_index=-1)
+    plain_grads = torch.autograd.grad(plain, (x, weight))
+    assert torch.allclose(chunked, plain, atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(grads, plain_grads))
 
 
 def test_too_long_sequence_is_refused():
