@@ -142,8 +142,7 @@ class AnswerBatches:
     before it), the rows sorted by length and batched with rows of about their length, and for each
     answer token, in the order `scored` gives them, which of the given batches it came from."""
     batches: list[tuple[torch.Tensor, torch.Tensor]]
-    source: torch.Tensor   # (N,)
-    n_given: int
+    picked: list[torch.Tensor]   # for each given batch, (N,): which answer tokens are its
 
     @classmethod
     def of(cls, given: list[tuple[torch.Tensor, torch.Tensor]], shrink: float = 0.6) -> "AnswerBatches":
@@ -169,7 +168,8 @@ class AnswerBatches:
             y = torch.stack([F.pad(r[1], (0, T - len(r[1])), value=-1) for r in group])     # (B, T)
             batches.append((x, y))
             source.append(torch.tensor([r[2] for r in group]).repeat_interleave((y >= 0).sum(1)))
-        return cls(batches, torch.cat(source).to(given[0][0].device), len(given))
+        source = torch.cat(source).to(given[0][0].device)
+        return cls(batches, [source == i for i in range(len(given))])
 
     def scored(self, model: GPT) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Each given batch's mean loss on its answers, and which of its answer tokens the model ranks
@@ -179,8 +179,7 @@ class AnswerBatches:
         logits = at_least_fp32(logits)
         losses = F.cross_entropy(logits, targets, reduction="none")
         right = logits.argmax(-1) == targets
-        picked = [self.source == i for i in range(self.n_given)]
-        return [losses[p].sum() / p.sum().clamp(min=1) for p in picked], [right[p] for p in picked]
+        return [losses[p].sum() / p.sum().clamp(min=1) for p in self.picked], [right[p] for p in self.picked]
 
 
 def selective_update(model: GPT, x: torch.Tensor, y: torch.Tensor, anchor: dict, fisher: dict,
