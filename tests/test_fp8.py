@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from nimllm.config import ModelConfig
-from nimllm.fp8 import E4M3, Float8Linear, Float8Matmul, to_float8, use_fp8
+from nimllm.fp8 import E4M3, Float8Matmul, to_float8, to_float8_linears, use_fp8
 from nimllm.model import GPT
 from conftest import run_cli
 
@@ -43,9 +43,8 @@ def test_the_swap_keeps_parameters_and_only_training_uses_fp8():
     model.eval()
     plain = model(x)
     assert use_fp8(model.blocks, torch.device("cpu"), print) is False        # a CPU has no FP8 matmuls
-    for module in model.blocks.modules():   # the swap use_fp8 makes where the device has them
-        if type(module) is nn.Linear:
-            module.__class__ = Float8Linear
+    to_float8_linears(model.blocks)                                           # what it does where they exist
+    assert all(type(m) is not nn.Linear for m in model.blocks.modules())
     assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
     assert torch.equal(model(x), plain)                                       # evaluation: the plain matmul
     model.train()

@@ -4,10 +4,9 @@ import copy
 
 import pytest
 import torch
-
-from nimllm.config import MemoryConfig, ModelConfig
 import torch.nn.functional as F
 
+from nimllm.config import MemoryConfig, ModelConfig
 from nimllm.update import (AnswerBatches, apply_delta, apply_top_k_mask, ewc_penalty, fisher_diagonal,
                            selective_update)
 from nimllm.model import GPT
