@@ -30,7 +30,8 @@ from nimllm.config import PRESETS, TrainConfig, default_preset_name  # noqa: E40
 from nimllm.fp8 import use_fp8  # noqa: E402
 from nimllm.model import GPT  # noqa: E402
 from nimllm.runtime import Runtime, pick_device  # noqa: E402
-from nimllm.train import Schedule, build_optimizer  # noqa: E402
+from nimllm.optim import build_optimizer  # noqa: E402
+from nimllm.train import Schedule  # noqa: E402
 from reference_gpt import ReferenceGPT, reference_optimizer  # noqa: E402
 
 H100_BF16_PEAK = 989.5e12    # dense bf16 FLOP/s of an H100 SXM
@@ -51,7 +52,7 @@ class Variant:
 
 def build(v: Variant, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool):
     torch.manual_seed(0)
-    tcfg = replace(tcfg, low_memory=v.low_memory)
+    tcfg = replace(tcfg, low_memory=v.low_memory, compile=v.compile and compile_ok)
     if v.model == "nimllm":
         model = GPT(cfg)
         model.activation_checkpointing = v.checkpointing or v.low_memory

@@ -101,7 +101,7 @@ def train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                        help="recompute activations in backward to save memory")
     train.add_argument("--low-memory", action="store_true", default=None,
-                       help="fit the 103m model in under 2 GB of GPU memory: the optimizer steps inside backward "
+                       help="fit the 103m model in under 1.8 GB of GPU memory: the optimizer steps inside backward "
                             "(no clipping, no accumulation) and activations are recomputed; slower")
     train.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
                        help="the blocks' matmuls in FP8 on a GPU that has them (H100, H200, Ada); elsewhere a note")

@@ -60,10 +60,14 @@ class TrainConfig:
     seed: int = 1337
     compile: bool = False
     activation_checkpointing: bool = False
-    # Under 2 GB of GPU memory for the 103m preset: the optimizer steps inside backward so gradients
-    # never all exist at once, activations are recomputed, and there is no clipping or accumulation.
+    # Under 1.8 GB of GPU memory for the 103m preset: the optimizer steps inside backward so gradients
+    # never all exist at once, its moments are bfloat16, activations are recomputed, micro-batches are
+    # LOW_MEMORY_MICRO_BATCH at most, and there is no clipping or accumulation (nimllm/optim.py).
     low_memory: bool = False
     fp8: bool = False              # the blocks' matmuls in FP8 on GPUs that have them (nimllm/fp8.py)
+
+
+LOW_MEMORY_MICRO_BATCH = 20   # 103m at 20 peaks at 1.797 GB on the H200 (README, "Training speed")
 
 
 @dataclass

@@ -17,7 +17,6 @@ import math
 import shutil
 import signal
 import time
-import weakref
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -29,8 +28,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from nimllm import checkpoint, dialogues
-from nimllm.config import (PRESETS, DefaultChoice, ModelConfig, ModelFolder, TrainConfig, UserError, default_choice,
-                           default_preset_name, override)
+from nimllm.config import (LOW_MEMORY_MICRO_BATCH, PRESETS, DefaultChoice, ModelConfig, ModelFolder, TrainConfig,
+                           UserError, default_choice, default_preset_name, override)
 from nimllm.data import (CorpusInfo, TokenShards, corpus_bytes, corpus_fingerprint, iter_texts_for_tokenizer,
                          prepare_corpus, prepared_with)
 from nimllm.evaluate import evaluate
@@ -38,95 +37,12 @@ from nimllm.fileio import remove_stale_temps
 from nimllm.fp8 import use_fp8
 from nimllm.metrics import MetricsLog, plot_losses, pyplot
 from nimllm.model import GPT
+from nimllm.optim import build_optimizer
 from nimllm.runtime import Runtime, exit_seconds, pick_device, run_info, setup_runtime, timed
 from nimllm.tokenizer import Tokenizer
 
 
-# ---- optimizer and schedule --------------------------------------------------------------------
-
-def build_optimizer(model: GPT, tcfg: TrainConfig, device_type: str):
-    """AdamW with weight decay on matrices only (norm gains are left alone), fused on CUDA; or, with
-    tcfg.optimizer "muon", Muon for the blocks' matrices and that AdamW for the embedding and the gains."""
-    fused = device_type == "cuda"
-    if tcfg.low_memory:
-        return OptimizerInBackward(model, tcfg, fused)
-    matrices = [p for p in model.blocks.parameters() if p.dim() == 2] if tcfg.optimizer == "muon" else []
-    taken = {id(p) for p in matrices}
-    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in taken]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    adamw = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), fused=fused)
-    if not matrices:
-        return adamw
-    # match_rms_adamw scales each matrix's orthogonalised update to AdamW's typical size (Moonlight), so
-    # the one learning rate and its schedule serve both
-    muon = torch.optim.Muon(matrices, lr=tcfg.lr, weight_decay=tcfg.weight_decay, adjust_lr_fn="match_rms_adamw")
-    return Optimizers([muon, adamw])
-
-
-class Optimizers:
-    """Several optimizers stepped as one, over disjoint parameters. The training state reads and writes
-    them as one optimizer whose parameters are theirs in order (checkpoint.save_train_state)."""
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self) -> list[dict]:   # fresh each time: load_state_dict replaces the group dicts
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    @property
-    def state(self) -> dict:
-        return {p: st for opt in self.optimizers for p, st in opt.state.items()}
-
-    def step(self) -> None:
-        for opt in self.optimizers:
-            opt.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        groups, first = [], 0
-        for group in self.param_groups:
-            groups.append({**group, "params": list(range(first, first + len(group["params"])))})
-            first += len(group["params"])
-        return {"state": {}, "param_groups": groups}
-
-    def load_state_dict(self, sd: dict) -> None:
-        """sd's state and groups numbered across all the optimizers, as state_dict numbers them."""
-        groups, first = iter(sd["param_groups"]), 0
-        for opt in self.optimizers:
-            own = opt.state_dict()
-            count = sum(len(g["params"]) for g in own["param_groups"])
-            saved = [next(groups) for _ in own["param_groups"]]
-            own["param_groups"] = [{**g, "params": mine["params"]} for g, mine in zip(saved, own["param_groups"])]
-            own["state"] = {i - first: st for i, st in sd["state"].items() if first <= i < first + count}
-            opt.load_state_dict(own)
-            first += count
-
-
-class OptimizerInBackward(Optimizers):
-    """One AdamW per parameter, stepped by a hook as soon as backward has produced that parameter's
-    gradient, which is then freed: the gradients (4 bytes a parameter) never all exist at once.
-    The price: no clipping (it needs every gradient's norm first) and no accumulation."""
-
-    def __init__(self, model: GPT, tcfg: TrainConfig, fused: bool):
-        super().__init__([torch.optim.AdamW([p], lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), fused=fused,
-                                            weight_decay=tcfg.weight_decay if p.dim() >= 2 else 0.0)
-                          for p in model.parameters()])
-        for p, opt in zip(model.parameters(), self.optimizers):
-            # a weak reference: parameter -> hook -> optimizer -> parameter would be a cycle through
-            # C++ that the garbage collector cannot see, keeping the model alive forever
-            p.register_post_accumulate_grad_hook(partial(self._step_one, weakref.ref(opt)))
-
-    @staticmethod
-    def _step_one(opt_ref, param):
-        opt = opt_ref()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+# ---- schedule ----------------------------------------------------------------------------------
 
 WARMUP_SHARE = 0.05   # a short run warms up over this share of its steps at most, so it peaks and decays
 
@@ -302,9 +218,12 @@ def choose_defaults(corpus: Path, folder: ModelFolder, device: str | None, fresh
     else:
         choice = default_choice(corpus_bytes(corpus.expanduser()), pick_device(device))
     given = lambda flags: {k: v for k, v in flags.items() if v is not None}   # noqa: E731
+    train = {**choice.train, **given(train_flags)}
+    if train.get("low_memory") and train_flags.get("micro_batch") is None:
+        train["micro_batch"] = min(train.get("micro_batch", LOW_MEMORY_MICRO_BATCH), LOW_MEMORY_MICRO_BATCH)
     return replace(choice, vocab_size=vocab_size or choice.vocab_size,
                    chat_skills=choice.chat_skills if chat_skills is None else chat_skills,
-                   model={**choice.model, **given(model_flags)}, train={**choice.train, **given(train_flags)})
+                   model={**choice.model, **given(model_flags)}, train=train)
 
 
 def run_training(corpus: Path, folder: ModelFolder, preset: str | None = None, model_overrides: dict | None = None,

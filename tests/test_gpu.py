@@ -9,7 +9,7 @@ from nimllm import checkpoint
 from nimllm.config import ModelConfig, ModelFolder, TrainConfig
 from nimllm.generate import Decoder, generate, generate_batch, with_weights
 from nimllm.model import GPT
-from nimllm.train import build_optimizer
+from nimllm.optim import build_optimizer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CFG = ModelConfig(vocab_size=512, n_layer=2, n_embd=128, n_head=4, block_size=64)
@@ -140,3 +140,42 @@ def test_fp8_training_follows_the_bf16_loss_curve():
     bf16, fp8 = curves
     assert fp8[-10:].mean() < 0.5 * fp8[:5].mean()                  # it learns ...
     assert (fp8[-10:].mean() - bf16[-10:].mean()).abs() < 0.1 * bf16[:5].mean()   # ... as bf16 does
+
+
+def test_low_memory_training_with_compiled_bf16_moments_follows_fused_adamw():
+    """--low-memory on CUDA: the compiled per-parameter step with fp32 moments is the eager one, and with
+    bfloat16 moments the loss curve is fused AdamW's."""
+    from nimllm.optim import AdamWBf16Moments
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(256, 128, device="cuda"))
+    q = torch.nn.Parameter(p.detach().clone())
+    eager, compiled = (AdamWBf16Moments([w], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, compiled=c,
+                                        moment_dtype=torch.float32) for w, c in ((p, False), (q, True)))
+    for _ in range(5):
+        grad = torch.randn_like(p)
+        p.grad, q.grad = grad.clone(), grad.clone()
+        eager.step()
+        compiled.step()
+    torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+    curves = []
+    for low_memory in (False, True):
+        torch.manual_seed(0)
+        model = GPT(CFG).cuda()
+        model.activation_checkpointing = low_memory
+        optimizer = build_optimizer(model, TrainConfig(lr=1e-3, low_memory=low_memory, compile=True), "cuda")
+        g, curve = torch.Generator(device="cuda").manual_seed(1), []
+        for _ in range(60):
+            start = torch.randint(0, 512, (16, 1), device="cuda", generator=g)
+            seq = (start + torch.arange(65, device="cuda")) % 512
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(seq[:, :-1], seq[:, 1:])
+            loss.backward()
+            if not low_memory:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            curve.append(loss.item())
+        curves.append(torch.tensor(curve))
+    fused, in_backward = curves
+    assert in_backward[-10:].mean() < 0.5 * in_backward[:5].mean()
+    assert (in_backward[-10:].mean() - fused[-10:].mean()).abs() < 0.1 * fused[:5].mean()

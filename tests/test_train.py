@@ -1,4 +1,3 @@
-import copy
 import math
 import os
 import random
@@ -7,13 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO, popen_cli, real_text, run_cli
 from nimllm import checkpoint
-from nimllm.config import ModelConfig, ModelFolder, TrainConfig
+from nimllm.config import PRESETS, ModelConfig, ModelFolder, TrainConfig
 from nimllm.data import CorpusInfo, TokenShards
 from nimllm.evaluate import evaluate
 from nimllm.metrics import read_metrics
@@ -21,7 +21,7 @@ from nimllm.model import GPT
 from nimllm.runtime import Runtime
 from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
-from nimllm.train import Schedule, TimeFit, build_optimizer, default_steps, run_training
+from nimllm.train import Schedule, TimeFit, default_steps, run_training
 
 # steps of 4 sequences (512 tokens), an eighth of the tiny preset's, and no dialogues: what these tests
 # check needs no more
@@ -101,7 +101,7 @@ from nimllm import checkpoint
 from nimllm.config import ModelConfig, ModelFolder, TrainConfig
 from nimllm.model import GPT
 from nimllm.store import Store
-from nimllm.train import build_optimizer
+from nimllm.optim import build_optimizer
 folder = ModelFolder(__import__('pathlib').Path(sys.argv[1]))
 model = GPT(ModelConfig(vocab_size=4096, n_layer=4, n_embd=256, n_head=4, block_size=64))
 opt = build_optimizer(model, TrainConfig(), "cpu")
@@ -338,59 +338,6 @@ def test_two_gloo_processes_stay_in_sync_and_match_one_process(corpus, tmp_path)
         assert torch.allclose(pa, pb, atol=1e-4), name
 
 
-def take_steps(model: GPT, optimizer, steps: range) -> None:
-    for step in steps:
-        idx = torch.randint(0, model.cfg.vocab_size, (2, model.cfg.block_size),
-                            generator=torch.Generator().manual_seed(step))
-        model(idx, idx).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-
-def test_muon_takes_the_blocks_matrices_and_resumes_from_the_training_state_exactly(tmp_path):
-    """Muon moves the blocks' matrices, AdamW the embedding and the gains; the training state holds both
-    optimizers' moments, so a run saved at step 3 and resumed in a new model ends where the whole run does."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=96, n_layer=2, n_embd=32, n_head=4, block_size=16)
-    tcfg = TrainConfig(lr=1e-2, optimizer="muon")
-    whole = GPT(cfg)
-    split = copy.deepcopy(whole)
-    optimizer = build_optimizer(whole, tcfg, "cpu")
-    muon, adamw = optimizer.optimizers
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
-    assert [id(p) for g in muon.param_groups for p in g["params"]] == \
-        [id(p) for p in whole.blocks.parameters() if p.dim() == 2]
-    take_steps(whole, optimizer, range(6))
-
-    take_steps(split, first := build_optimizer(split, tcfg, "cpu"), range(3))
-    checkpoint.save_train_state(ModelFolder(tmp_path), split, first, {"step": 3})
-    resumed = GPT(cfg)
-    second = build_optimizer(resumed, tcfg, "cpu")
-    assert checkpoint.load_train_state(ModelFolder(tmp_path), resumed, second) == {"step": 3}
-    take_steps(resumed, second, range(3, 6))
-    for (name, a), b in zip(whole.named_parameters(), resumed.parameters()):
-        assert torch.equal(a, b), name
-
-
-def test_optimizer_in_backward_makes_the_normal_update_and_frees_gradients():
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=96, n_layer=2, n_embd=32, n_head=4, block_size=16)
-    model = GPT(cfg)
-    hooked = copy.deepcopy(model)
-    hooked.activation_checkpointing = True  # recomputation in backward must still see the old weights
-    optimizer = build_optimizer(model, TrainConfig(lr=1e-2), "cpu")
-    in_backward = build_optimizer(hooked, TrainConfig(lr=1e-2, low_memory=True), "cpu")  # noqa: F841 (hooks hold it weakly)
-    for _ in range(3):
-        idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
-        model(idx, idx).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        hooked(idx, idx).backward()
-        assert all(p.grad is None for p in hooked.parameters())
-    for a, b in zip(model.parameters(), hooked.parameters()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-
-
 @pytest.mark.slow
 def test_low_memory_mode_trains_and_resumes_exactly(corpus, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
@@ -547,3 +494,16 @@ def test_flags_a_named_preset_and_a_trained_folder_each_win_over_the_chosen_defa
     again = choose_defaults(corpus, folder, "cpu", False, None, None, None, **no_flags)
     assert again.chat_skills == 20000 and not again.why
     assert choose_defaults(corpus, folder, "cpu", True, None, None, None, **no_flags).chat_skills == 2000  # --fresh
+
+
+def test_low_memory_takes_micro_batches_that_fit_unless_told():
+    from nimllm.config import LOW_MEMORY_MICRO_BATCH
+    from nimllm.train import choose_defaults
+    folder = ModelFolder(Path("/nonexistent/model"))
+    pick = lambda preset, **flags: choose_defaults(   # noqa: E731
+        Path("c.txt"), folder, "cuda", False, preset, None, None, model_flags={},
+        train_flags={"low_memory": True, "micro_batch": None, **flags}).train["micro_batch"]
+    assert pick("103m") == LOW_MEMORY_MICRO_BATCH < PRESETS["103m"].train.micro_batch
+    assert pick("103m", micro_batch=48) == 48                  # a --batch-size given wins
+    assert choose_defaults(Path("c.txt"), folder, "cuda", False, "103m", None, None, model_flags={},
+                           train_flags={"low_memory": None, "micro_batch": None}).train == {}
