@@ -45,7 +45,7 @@ import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint, skills  # noqa: E402
 from nimllm.agent import Agent  # noqa: E402
 from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
-from nimllm.memory import Memory  # noqa: E402
+from nimllm.memory import AGENT_KINDS, Memory  # noqa: E402
 from nimllm.sandbox import Sandbox  # noqa: E402
 from nimllm.tasks import KINDS  # noqa: E402
 from nimllm.turns import Sampling  # noqa: E402
@@ -254,7 +254,7 @@ def learn_and_ask_again(base: Path, folder: Path, mcfg: MemoryConfig, tasks: lis
     """A fresh copy of the base model (its Fisher too) works through the learning set with these
     settings, learning its successes (and with --fix its corrected failures), then is asked again."""
     shutil.copytree(base, folder, ignore=shutil.ignore_patterns("delta-*", "conversations.sqlite*"))
-    mem = Memory(ModelFolder(folder), args.device, mcfg)
+    mem = Memory(ModelFolder(folder), args.device, mcfg, kinds=AGENT_KINDS)
     start = time.time()
     learning = evaluate(mem, generated(args.learn, args.seed + 500_000), folder.parent / "work", args, learn=True)
     seconds = time.time() - start
@@ -302,7 +302,7 @@ def main() -> None:
         if not sandbox.active and not args.confirm_all:
             sys.exit(f"the agent bench runs model-written commands, so it needs the sandbox ({sandbox.reason}), "
                      "or --confirm-all on a machine you can lose")
-        mem = Memory(ModelFolder(tmp / "model"), args.device)
+        mem = Memory(ModelFolder(tmp / "model"), args.device, kinds=AGENT_KINDS)
         if args.learn:
             mem.fisher   # estimated now, into the folder that every learner copies
         (tmp / "work").mkdir()

@@ -48,6 +48,7 @@ import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint  # noqa: E402
 from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
 from nimllm.deltas import load_remembered  # noqa: E402
+from nimllm.memory import AGENT_KINDS  # noqa: E402
 from nimllm.store import Store  # noqa: E402
 from bench.agent import memory_settings  # noqa: E402
 
@@ -187,11 +188,12 @@ def copy_model(source: Path, dest: Path, ignore=NOT_COPIED) -> Path:
     return dest
 
 
-def weights_only(folder: Path, dest: Path, step: int) -> Path:
-    """A copy whose model.safetensors holds the memories (base weights plus every delta kept) and which
-    has no conversation store and no memory/ folder: what it recalls is in the weights alone."""
+def weights_only(folder: Path, dest: Path, step: int, kinds: tuple[str, ...] | None = None) -> Path:
+    """A copy whose model.safetensors holds the memories (base weights plus every delta kept; with kinds,
+    those a Memory of these kinds carries) and which has no conversation store and no memory/ folder:
+    what it recalls is in the weights alone."""
     copy_model(folder, dest, ignore=())
-    model, _ = load_remembered(ModelFolder(folder))
+    model, _ = load_remembered(ModelFolder(folder), kinds=kinds)
     checkpoint.save_weights(ModelFolder(dest), model, step)
     for path in dest.glob("conversations.sqlite*"):
         path.unlink()
@@ -311,14 +313,15 @@ def summary_line(r: dict) -> str:
 def agent_scores(source: Path, args, work: Path, console: Console) -> dict:
     """bench/agent.py on the base model, then on a copy that learned the unrelated chats of --unrelated
     (bench/unrelated_chats.txt; each its own chat process). agent.py copies its model leaving the
-    conversation store and the deltas behind, so it is given that copy with its memories in the weights."""
+    conversation store and the deltas behind, so it is given that copy with the memories `nimllm agent`
+    carries (AGENT_KINDS) in the weights."""
     base = copy_model(source, work / "agent-base")
     learner = copy_model(source, work / "unrelated")
     step = (checkpoint.read_progress(ModelFolder(source)) or {}).get("step", 0)
     lines = [line for line in args.unrelated.read_text().splitlines() if line.strip()]
     chats = [chat(learner, line, args.device, args.timeout) for line in lines]
     console.print(f"learned {sum(c['learned'] for c in chats)}/{len(chats)} unrelated chats")
-    baked = weights_only(learner, work / "unrelated-weights", step)
+    baked = weights_only(learner, work / "unrelated-weights", step, kinds=AGENT_KINDS)
     result = {"unrelated_chats": [{k: c[k] for k in ("message", "reply", "learned", "time_to_prompt_s", "exit_s",
                                                        "error")} for c in chats],
               "limit": args.agent_limit}

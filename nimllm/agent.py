@@ -21,7 +21,7 @@ from nimllm.console import line_reader, printable
 from nimllm.config import ModelFolder, UserError
 from nimllm.generate import generate
 from nimllm.lessons import conversation_messages
-from nimllm.memory import Memory
+from nimllm.memory import AGENT_KINDS, Memory
 from nimllm.sandbox import Limits, Sandbox, trim
 from nimllm.turns import Sampling, Turn, agent_mode, context_budget, fit_prompt, read_turn, turn_stops
 
@@ -255,7 +255,7 @@ def run_agent(folder: ModelFolder, workdir: Path, device: str | None, sampling: 
     if yes and not sandbox.active:
         raise UserError(f"--yes runs commands without asking, which needs the sandbox: {sandbox.reason}")
     say = partial(print, file=stdout, flush=True)
-    mem = Memory(folder, device)
+    mem = Memory(folder, device, kinds=AGENT_KINDS)
     mem.learn_pending(log=say)
     say(f"working in {sandbox.folder}")
     say(sandbox.reason if sandbox.active else

@@ -43,13 +43,15 @@ def load_delta(path: Path) -> Delta:
     return {n: (tensors[f"{n}.indices"], tensors[f"{n}.values"]) for n in sorted(names)}
 
 
-def load_remembered(folder: ModelFolder, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
-    """The model as the chat left it: the base weights plus every memory not forgotten. What
-    `nimllm generate`, `eval` and `export` use; nothing is written (no store is created)."""
+def load_remembered(folder: ModelFolder, device: str | torch.device = "cpu",
+                    kinds: tuple[str, ...] | None = None) -> tuple[GPT, dict]:
+    """The model as the chat left it: the base weights plus every memory not forgotten (with kinds, those
+    learned from conversations of these kinds: memory.Memory's kinds). What `nimllm generate`, `eval` and
+    `export` use; nothing is written (no store is created)."""
     model, config = checkpoint.load_model(folder, device)
     if folder.store.exists():
         with Store(folder.store) as store:
-            for d in store.deltas():
+            for d in store.deltas(kinds=kinds):
                 if d.n_weights:
                     apply_delta(model, load_delta(folder.root / d.file))
     return model, config

@@ -46,6 +46,7 @@ from nimllm.store import Store
 from nimllm.tokenizer import Tokenizer
 from nimllm.update import UpdateReport, fisher_diagonal, scaled, selective_update
 
+AGENT_KINDS = ("agent",)   # the memories the agent carries (Memory's kinds)
 CONTROL_SCALES = (1.0, 0.5, 0.25)   # what the control check tries before it keeps nothing
 OUT_OF_GPU_MEMORY = ("the GPU ran out of memory while learning (other programs may hold it): the weights are as "
                      "they were, and the next chat learns this conversation")
@@ -53,10 +54,15 @@ OUT_OF_GPU_MEMORY = ("the GPU ran out of memory while learning (other programs m
 
 class Memory:
     """A model folder's model with everything it has learned from conversations, its tokenizer and
-    its conversation store; `learn` and `forget` change the weights and keep the folder in step."""
+    its conversation store; `learn` and `forget` change the weights and keep the folder in step.
 
-    def __init__(self, folder: ModelFolder, device: str | None = None, mcfg: MemoryConfig | None = None):
-        self.folder, self.mcfg = folder, mcfg or MemoryConfig()
+    kinds: the kinds of conversation whose memories the model carries and learns; None, all of them.
+    The agent passes ("agent",): what chats teach (facts, talk) never moves the weights that plan its
+    commands, so no chat can lose it a task; chat and serve carry everything, the agent's lessons too."""
+
+    def __init__(self, folder: ModelFolder, device: str | None = None, mcfg: MemoryConfig | None = None,
+                 kinds: tuple[str, ...] | None = None):
+        self.folder, self.mcfg, self.kinds = folder, mcfg or MemoryConfig(), kinds
         self.device = pick_device(device)
         remove_stale_temps(folder.root)   # what killed writes left, quietly: the chat's screen is for the talk
         self.model, self.config = checkpoint.load_model(folder, self.device)
@@ -146,7 +152,7 @@ class Memory:
 
     def _catch_up(self) -> None:
         """Add the deltas this process has not added yet (another chat may have learned something)."""
-        active = self.store.deltas()
+        active = self.store.deltas(kinds=self.kinds)
         if [d.id for d in active[:len(self.applied)]] != self.applied:   # one was forgotten: rebuild
             self._rebuild()
             return
@@ -181,7 +187,7 @@ class Memory:
         and stays, a one-off fades as the others crowd it out) and the control answers. Drawn by the
         memory's place in line, so relearning repeats the draw exactly."""
         rng = random.Random(len(self.applied))
-        remembered = {d.id for d in self.store.deltas()}
+        remembered = {d.id for d in self.store.deltas(kinds=self.kinds)}
         earlier = [c.id for c in self.store.conversations()
                    if c.learned_delta in remembered and c.id not in learning]
         chosen = sorted(rng.sample(earlier, min(self.mcfg.rehearse_conversations, len(earlier))))
@@ -284,7 +290,7 @@ class Memory:
         """Conversations a killed chat left unlearned, claimed (no other process learns them too) and learned
         one by one."""
         reports = []
-        for cid in self.store.claim_unlearned():
+        for cid in self.store.claim_unlearned(self.kinds):
             if not self.lessons([cid]):
                 continue   # only questions, or an agent's task the user did not approve: nothing to learn
             log(f"remembering an earlier conversation ({cid})...")

@@ -71,11 +71,12 @@ class Delta:
     forgotten: float | None
 
 
-def _unlearned(db: sqlite3.Connection) -> list[int]:
-    rows = db.execute("""SELECT id, ended, pid FROM conversations c WHERE learned_delta IS NULL
+def _unlearned(db: sqlite3.Connection, kinds: tuple[str, ...] | None) -> list[int]:
+    rows = db.execute("""SELECT id, ended, pid, kind FROM conversations c WHERE learned_delta IS NULL
                          AND EXISTS (SELECT 1 FROM messages WHERE conversation_id = c.id AND role = 'user')
                          ORDER BY id""").fetchall()
-    return [cid for cid, ended, pid in rows if (pid == os.getpid() and ended is not None) or not process_alive(pid)]
+    return [cid for cid, ended, pid, kind in rows if (kinds is None or kind in kinds)
+            and ((pid == os.getpid() and ended is not None) or not process_alive(pid))]
 
 
 def _calls_as_a_role(db: sqlite3.Connection) -> None:
@@ -204,19 +205,20 @@ class Store:
     def messages(self, conversation_id: int) -> list[Message]:
         return self._select(Message, "messages", "WHERE conversation_id = ? ORDER BY id", (conversation_id,))
 
-    def unlearned(self) -> list[int]:
-        """Conversations with something the user said, not learned yet, and left to learn: by a process
-        that died (a killed chat, or one killed while learning), or ended by this one. Those another live
-        process has, it learns itself (a chat learns its conversation as it ends). Oldest first."""
+    def unlearned(self, kinds: tuple[str, ...] | None = None) -> list[int]:
+        """Conversations (of these kinds; None: any) with something the user said, not learned yet, and
+        left to learn: by a process that died (a killed chat, or one killed while learning), or ended by
+        this one. Those another live process has, it learns itself (a chat learns its conversation as it
+        ends). Oldest first."""
         with self._locked() as db:
-            return _unlearned(db)
+            return _unlearned(db, kinds)
 
-    def claim_unlearned(self) -> list[int]:
-        """unlearned(), each made this process's in the same transaction (the write lock is taken first),
-        so that of several chats started together exactly one learns a killed chat's conversation. A
-        claim dies with its process: a learner killed midway leaves the conversation to the next one."""
+    def claim_unlearned(self, kinds: tuple[str, ...] | None = None) -> list[int]:
+        """unlearned(kinds), each made this process's in the same transaction (the write lock is taken
+        first), so that of several chats started together exactly one learns a killed chat's conversation.
+        A claim dies with its process: a learner killed midway leaves the conversation to the next one."""
         with self._locked(write=True) as db:
-            claimed = _unlearned(db)
+            claimed = _unlearned(db, kinds)
             db.executemany("UPDATE conversations SET pid = ? WHERE id = ?", [(os.getpid(), cid) for cid in claimed])
         return claimed
 
@@ -233,9 +235,15 @@ class Store:
                            [(delta_id, cid) for cid in conversation_ids])
         return delta_id
 
-    def deltas(self, include_forgotten: bool = False) -> list[Delta]:
-        """In the order they were learned."""
-        return self._select(Delta, "deltas", "WHERE ? OR forgotten IS NULL ORDER BY id", (include_forgotten,))
+    def deltas(self, include_forgotten: bool = False, kinds: tuple[str, ...] | None = None) -> list[Delta]:
+        """In the order they were learned; with kinds, only those learned from conversations of these kinds."""
+        found = self._select(Delta, "deltas", "WHERE ? OR forgotten IS NULL ORDER BY id", (include_forgotten,))
+        if kinds is None:
+            return found
+        with self._locked() as db:
+            ids = {i for (i,) in db.execute(
+                f"SELECT learned_delta FROM conversations WHERE kind IN ({', '.join('?' * len(kinds))})", kinds)}
+        return [d for d in found if d.id in ids]
 
     def delta(self, delta_id: int) -> Delta:
         found = self._select(Delta, "deltas", "WHERE id = ?", (delta_id,))

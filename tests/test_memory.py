@@ -203,6 +203,41 @@ def test_updates_rehearse_earlier_conversations_but_never_forgotten_ones(folder)
     assert mem.store.delta(report_c.delta_id).stats["rehearsed"] == [b]   # kept for `nimllm memory show`
 
 
+def test_the_agent_carries_only_what_agent_tasks_taught_and_chat_carries_everything(folder):
+    """What a chat teaches never reaches the weights the agent plans commands with, so no chat can lose
+    it a task; what the agent learns reaches every chat. Neither claims the other's unlearned conversation
+    nor rehearses it."""
+    from nimllm.config import MemoryConfig
+    from nimllm.deltas import load_remembered
+    from nimllm.memory import AGENT_KINDS, Memory
+    mcfg = MemoryConfig(steps=1, **UNCHECKED)
+    chat, agent = Memory(folder, "cpu", mcfg), Memory(folder, "cpu", mcfg, kinds=AGENT_KINDS)
+    base = weights(agent.model)
+    told = have_conversation(chat.store, ("user", "the boat is called Blue Heron"))
+    chat.learn([told], log=lambda *_: None)
+    task = agent.store.start_conversation(kind="agent")
+    agent.store.add_message(task, "user", "how many lines are in notes.txt?", meta={"agent": True})
+    agent.store.add_message(task, "tool_call", "wc -l notes.txt")
+    agent.store.add_message(task, "tool", "3 notes.txt")
+    answer = agent.store.add_message(task, "assistant", "notes.txt has 3 lines.")
+    agent.store.set_feedback(answer, "good")
+    agent.store.end_conversation(task)
+    agent._catch_up()
+    assert same(weights(agent.model), base) and agent.applied == []      # the chat's delta is not the agent's
+    learned = agent.learn([task], log=lambda *_: None)
+    assert learned.rehearsed == []                                       # the chat's lessons are not rehearsed
+    after_task = weights(agent.model)
+    assert same(weights(Memory(folder, "cpu", kinds=AGENT_KINDS).model), after_task)
+    assert same(weights(load_remembered(folder, kinds=AGENT_KINDS)[0]), after_task)
+    assert not same(after_task, base)
+    everything = Memory(folder, "cpu")
+    assert everything.applied == [d.id for d in everything.store.deltas()] and len(everything.applied) == 2
+    assert same(weights(load_remembered(folder)[0]), weights(everything.model))
+    left = have_conversation(chat.store, ("user", "my sister Ilse lives in Tromso"))   # ended, never learned
+    assert agent.learn_pending(log=lambda *_: None) == [] and chat.store.unlearned() == [left]
+    assert [r.delta_id for r in everything.learn_pending(log=lambda *_: None)] == [everything.applied[-1]]
+
+
 def test_the_decoder_follows_the_weights_through_learning_and_forgetting(folder):
     from nimllm.generate import generate
     from nimllm.memory import Memory
