@@ -167,8 +167,8 @@ class AnswerBatches:
             x = torch.stack([F.pad(r[0], (0, T - len(r[0])), value=0) for r in group])      # (B, T)
             y = torch.stack([F.pad(r[1], (0, T - len(r[1])), value=-1) for r in group])     # (B, T)
             batches.append((x, y))
-            source.append(torch.tensor([r[2] for r in group]).repeat_interleave((y >= 0).sum(1)))
-        source = torch.cat(source).to(given[0][0].device)
+            source.append(torch.tensor([r[2] for r in group], device=y.device).repeat_interleave((y >= 0).sum(1)))
+        source = torch.cat(source)
         return cls(batches, [source == i for i in range(len(given))])
 
     def scored(self, model: GPT) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -76,6 +76,11 @@ def test_cuda_training_run_compiles_and_loads_on_cpu(corpus, home):
     assert list(generate(model, [1, 2, 3], 5, temperature=0))
     progress = checkpoint.read_progress(folder)
     assert progress["finished"] and progress["step"] == 60
+    # a chat on the GPU learns what it was told when its input ends (the update runs there, warm-up first)
+    told = run_cli("chat", input="My neighbour Tomas keeps a boat called the Seagull.\n")
+    assert told.returncode == 0, told.stdout + told.stderr
+    listed = run_cli("memory", "list")
+    assert listed.returncode == 0 and "Tomas" in listed.stdout, listed.stdout + listed.stderr
 
 
 def peaked_model() -> GPT:
@@ -179,3 +184,27 @@ def test_low_memory_training_with_compiled_bf16_moments_follows_fused_adamw():
     fused, in_backward = curves
     assert in_backward[-10:].mean() < 0.5 * in_backward[:5].mean()
     assert (in_backward[-10:].mean() - fused[-10:].mean()).abs() < 0.1 * fused[:5].mean()
+
+
+def test_a_selective_update_runs_on_cuda_as_on_the_cpu():
+    """The chat's update on the GPU (one batch of answers, bf16 matmuls): the answers' scores equal the
+    CPU's in float32, and the update learns its lessons there, with kept answers beside them."""
+    from nimllm.config import MemoryConfig
+    from nimllm.update import AnswerBatches, selective_update
+    torch.manual_seed(0)
+    model = GPT(CFG).eval()
+    x, y = torch.randint(0, 512, (2, 24)), torch.full((2, 24), -1)
+    y[:, 16:] = torch.randint(0, 512, (2, 8))
+    keep_x, keep_y = torch.randint(0, 512, (3, 12)), torch.randint(0, 512, (3, 12))
+    keep_y[:, :6] = -1
+    scores = {}
+    for device, shrink in (("cpu", 0.6), ("cuda", 0.0)):
+        answers = AnswerBatches.of([(x.to(device), y.to(device)), (keep_x.to(device), keep_y.to(device))], shrink)
+        with torch.no_grad():
+            scores[device] = [loss.item() for loss in answers.scored(model.to(device))[0]]
+    assert scores["cuda"] == pytest.approx(scores["cpu"], abs=1e-4)
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fisher = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    delta, report = selective_update(model, x.cuda(), y.cuda(), anchor, fisher, MemoryConfig(steps=32, lr=1e-2),
+                                     keep=[(keep_x.cuda(), keep_y.cuda())])
+    assert report.n_weights > 0 and report.loss_after < report.loss_before
