@@ -106,6 +106,10 @@ def train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
                        help="the blocks' matmuls in FP8 on a GPU that has them (H100, H200, Ada); elsewhere a note")
     train.add_argument("--dropout", type=float, help="dropout of a new model (default: the preset's)")
+    train.add_argument("--n-layer", type=int, help="blocks of a new model (default: the preset's)")
+    train.add_argument("--n-embd", type=int, help="width of a new model (default: the preset's)")
+    train.add_argument("--n-head", type=int, help="attention heads of a new model; they divide the width")
+    train.add_argument("--block-size", type=int, help="context of a new model, in tokens (default: the preset's)")
     train.add_argument("--seed", type=int)
     train.add_argument("--fresh", action="store_true", help="start over: discard this model and train a new one")
     train.add_argument("--agent-skills", nargs="?", type=int, const=5000, metavar="N",
@@ -188,7 +192,8 @@ def cmd_train(args) -> int:
     chosen = choose_defaults(
         corpus, folder, args.device, args.fresh, args.preset, args.vocab_size, args.chat_skills,
         model_flags={"activation": args.activation, "dropout": args.dropout, "qk_norm": args.qk_norm,
-                     "zero_init": args.zero_init},
+                     "zero_init": args.zero_init, "n_layer": args.n_layer, "n_embd": args.n_embd,
+                     "n_head": args.n_head, "block_size": args.block_size},
         train_flags={"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "lr": args.lr,
                      "optimizer": args.optimizer, "schedule": args.schedule,
                      "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,

@@ -26,6 +26,8 @@ class ModelConfig:
     zero_init: bool = False        # the residual projections (attention out, MLP down) start at zero
 
     def __post_init__(self):
+        if min(self.n_layer, self.n_embd, self.n_head, self.block_size) < 1:
+            raise ValueError("n_layer, n_embd, n_head and block_size must be 1 or more")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.activation not in ("gelu", "relu2"):
@@ -170,8 +172,12 @@ def dataclass_from_dict(cls, values: dict):
 
 
 def override(obj, **changes):
-    """`replace` that skips None values, so unset command-line options keep the preset's value."""
-    return replace(obj, **{k: v for k, v in changes.items() if v is not None})
+    """`replace` that skips None values, so unset command-line options keep the preset's value; settings
+    that do not go together (a width the heads do not divide) are the user's error."""
+    try:
+        return replace(obj, **{k: v for k, v in changes.items() if v is not None})
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def parse_duration(text: str) -> float:

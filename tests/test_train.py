@@ -57,9 +57,14 @@ def test_training_lowers_validation_loss_and_writes_the_model_folder(corpus, hom
 
 @pytest.mark.slow
 def test_cli_flag_form_trains_generates_and_describes(corpus, home):
-    out = run_cli("--train", corpus, *TINY, "--steps", "20")
+    bad = run_cli("--train", corpus, *TINY, "--n-embd", "100", "--n-head", "3")
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == \
+        ["nimllm: error: n_embd 100 is not divisible by n_head 3"], bad.stderr
+    out = run_cli("--train", corpus, *TINY, "--steps", "20", "--n-layer", "3", "--n-embd", "96", "--n-head", "3")
     assert out.returncode == 0, out.stderr
     assert "training " in out.stdout and "params on" in out.stdout
+    shape = checkpoint.load_config(ModelFolder.resolve("default"))["model"]
+    assert (shape.n_layer, shape.n_embd, shape.n_head, shape.block_size) == (3, 96, 3, 128)
     assert "step 20 / 20 | loss" in out.stdout and "opt/s" in out.stdout
     gen = run_cli("generate", "ROMEO:", "--max-tokens", "20", "--seed", "1")
     assert gen.returncode == 0, gen.stderr
