@@ -23,7 +23,7 @@ from nimllm.generate import generate
 from nimllm.lessons import conversation_messages
 from nimllm.memory import AGENT_KINDS, Memory
 from nimllm.sandbox import Limits, Sandbox, trim
-from nimllm.turns import Sampling, Turn, agent_mode, context_budget, fit_prompt, read_turn, turn_stops
+from nimllm.turns import CALL, Sampling, Turn, agent_mode, context_budget, fit_prompt, read_turn, turn_stops
 
 PROMPT, REPLY, PLAN = "you> ", "nimllm> ", "nimllm plans: "
 SANDBOXED = "(sandboxed: it can change files in this folder, not .git nor anything outside)"
@@ -99,12 +99,15 @@ class Agent:
         budget = context_budget(self.mem.model.cfg.block_size, first.max_tokens)
         prompt = fit_prompt(tok, agent_mode(messages), budget, keep=2)
         stops = turn_stops(tok, calls=True)
+        # a task's first turn is a command: the agent looks before it answers (an answer about the folder
+        # written before anything ran is made up, as small models did: "The first line of numbers.txt is 41")
+        opened = [] if any(role == "tool_call" for role, _ in messages) else [tok.special(CALL)]
         for attempt in range(self.retries + 1):
             s = first if attempt == 0 else replace(first, temperature=max(first.temperature, 0.8),
                                                    seed=None if first.seed is None else first.seed + attempt)
-            out = []
-            for token in generate(self.mem.model, prompt, s.max_tokens, s.temperature, s.top_k, s.top_p, s.seed,
-                                  decoder=self.mem.decoder()):
+            out = list(opened)
+            for token in generate(self.mem.model, prompt + opened, s.max_tokens, s.temperature, s.top_k, s.top_p,
+                                  s.seed, decoder=self.mem.decoder()):
                 out.append(token)   # the closing token too: it says what the turn was
                 if token in stops:
                     break

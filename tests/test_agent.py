@@ -50,8 +50,10 @@ def script(monkeypatch, tokenizer: Tokenizer, *turns: str) -> list[str]:
     def scripted_generate(model, prompt, *args, **kwargs):
         prompts.append(tokenizer.decode(prompt))
         turn = queue.pop(0)
-        if turn.startswith("$ "):
-            yield from [tokenizer.special("<|tool_call|>"), *tokenizer.encode(turn[2:]), tokenizer.special("<|/tool_call|>")]
+        call = tokenizer.special("<|tool_call|>")
+        if turn.startswith("$ "):   # (a task's first call the agent opens itself: then the prompt ends with it)
+            yield from [*([] if prompt[-1] == call else [call]), *tokenizer.encode(turn[2:]),
+                        tokenizer.special("<|/tool_call|>")]
         else:
             yield from [*tokenizer.encode(turn), tokenizer.special("<|end|>")]
         yield from tokenizer.encode(" and then the model rambles on")   # never read: the turn ended
@@ -88,7 +90,8 @@ def test_a_task_runs_its_command_answers_from_the_output_and_is_learned_when_goo
     assert f"nimllm plans: find . -name '*.py' | wc -l\nrun it? {asked} y\n  2\n" in out
     assert "nimllm> There are 2 Python files.\n" in out and "learning this task... updated" in out
     assert prompts[0] == (f"<|system|>{AGENT_MODE}<|end|><|user|>how many python files are in this folder?<|end|>"
-                          "<|assistant|>")   # the agent's mode first, as in its training episodes
+                          "<|assistant|><|tool_call|>")   # the agent's mode first, as in its training episodes,
+                                                          # and a task's first turn is a command
     assert prompts[1].endswith("<|assistant|><|tool_call|>find . -name '*.py' | wc -l<|/tool_call|>"
                                "<|tool_result|>[exit 0]\n2<|end|><|assistant|>")
     [(task, messages)] = tasks(folder)
