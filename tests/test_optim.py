@@ -136,3 +136,28 @@ def test_bfloat16_moments_are_saved_and_resumed_in_bfloat16(tmp_path):
             saved, loaded = optimizer.state[p][key], second.state[q][key]
             assert loaded.dtype == torch.bfloat16 and torch.equal(saved, loaded), key
         assert second.state[q]["step"].item() == 1
+
+
+def test_a_training_state_moves_between_adamw_and_low_memory_both_ways(tmp_path):
+    """A run saved with AdamW resumes with --low-memory (its moments made bfloat16) and back (fp32 again)."""
+    torch.manual_seed(0)
+    idx = torch.randint(0, CFG.vocab_size, (2, CFG.block_size))
+    model = GPT(CFG)
+    adamw = build_optimizer(model, TrainConfig(), "cpu")
+    model(idx, idx).backward()
+    adamw.step()
+    checkpoint.save_train_state(ModelFolder(tmp_path), model, adamw, {"step": 1})
+    low = GPT(CFG)
+    in_backward = build_optimizer(low, TrainConfig(low_memory=True), "cpu")
+    checkpoint.load_train_state(ModelFolder(tmp_path), low, in_backward)
+    for p, q in zip(model.parameters(), low.parameters()):
+        saved, loaded = adamw.state[p]["exp_avg_sq"], in_backward.state[q]["exp_avg_sq"]
+        assert loaded.dtype == torch.bfloat16 and torch.allclose(loaded.float(), saved, rtol=1e-2, atol=1e-12)
+    low(idx, idx).backward()                        # a step in backward from the loaded moments
+    checkpoint.save_train_state(ModelFolder(tmp_path), low, in_backward, {"step": 2})
+    back = GPT(CFG)
+    again = build_optimizer(back, TrainConfig(), "cpu")
+    checkpoint.load_train_state(ModelFolder(tmp_path), back, again)
+    assert all(st["exp_avg"].dtype == torch.float32 and st["step"].item() == 2 for st in again.state.values())
+    back(idx, idx).backward()
+    again.step()
