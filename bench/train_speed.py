@@ -1,5 +1,7 @@
 """Training speed: tokens per second, MFU and peak memory of full optimizer steps, NimLLM against a
-plain eager reference of the same architecture (bench/reference_gpt.py) and nanoGPT's shape.
+plain eager reference of the same architecture (bench/reference_gpt.py), nanoGPT's shape, and with
+--nanogpt DIR nanoGPT's own model.py (a checkout of github.com/karpathy/nanoGPT; none of it is in this
+repository) at the same size, compiled and with its own configure_optimizers, as its train.py runs it.
 
     python3 bench/train_speed.py --preset 103m --micro-batch 64 32 --out bench/results/train_speed_h100.json
     python3 bench/train_speed.py --preset tiny --steps 3 --warmup 1        # the CPU smoke test
@@ -13,6 +15,7 @@ the optimizer applied inside backward so that the gradients never all exist at o
 from __future__ import annotations
 
 import gc
+import importlib.util
 import resource
 import sys
 import time
@@ -41,7 +44,7 @@ LOW_MEMORY_TARGET = 1.8e9    # bytes
 @dataclass
 class Variant:
     config: str                  # the row's label
-    model: str                   # "nimllm", "reference" or "nanogpt"
+    model: str                   # "nimllm", "reference", "nanogpt" (its shape) or "nanogpt model.py" (its code)
     compile: bool = False        # on CUDA and without --no-compile only, as the trainer does
     checkpointing: bool = False  # NimLLM's activation checkpointing
     optimizer: str = "fused"     # "fused" (NimLLM's build_optimizer) or "foreach" (the reference's)
@@ -50,9 +53,34 @@ class Variant:
     fp8: bool = False            # NimLLM's --fp8 (where the device has FP8 matmuls)
 
 
-def build(v: Variant, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool):
+class LossOf(torch.nn.Module):
+    """nanoGPT's GPT returns (logits, loss); a step wants the loss."""
+
+    def __init__(self, gpt: torch.nn.Module):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, x, y):
+        return self.gpt(x, y)[1]
+
+
+def nanogpt_model(directory: Path, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool):
+    """nanoGPT's model.py from a checkout, at NimLLM's size (no bias, no dropout), on the device, with
+    the optimizer its configure_optimizers makes (fused AdamW on CUDA), compiled as its train.py does."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", directory / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gpt = module.GPT(module.GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
+                                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=False)).to(rt.device)
+    optimizer = gpt.configure_optimizers(tcfg.weight_decay, tcfg.lr, (tcfg.beta1, tcfg.beta2), rt.device_type)
+    return LossOf(gpt), LossOf(torch.compile(gpt) if compile_ok else gpt), optimizer
+
+
+def build(v: Variant, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool, nanogpt: Path | None = None):
     torch.manual_seed(0)
     tcfg = replace(tcfg, low_memory=v.low_memory, compile=v.compile and compile_ok)
+    if v.model == "nanogpt model.py":
+        return nanogpt_model(nanogpt, cfg, tcfg, rt, v.compile and compile_ok)
     if v.model == "nimllm":
         model = GPT(cfg)
         model.activation_checkpointing = v.checkpointing or v.low_memory
@@ -78,7 +106,7 @@ def peak_memory(rt: Runtime) -> float:
 
 
 def measure(v: Variant, micro_batch: int, grad_accum: int, cfg, tcfg: TrainConfig, rt: Runtime, args) -> dict:
-    model, train_model, optimizer = build(v, cfg, tcfg, rt, args.compile_ok)
+    model, train_model, optimizer = build(v, cfg, tcfg, rt, args.compile_ok, args.nanogpt)
     total = args.warmup + args.steps
     schedule = Schedule.planned(total, tcfg)
     sync = torch.cuda.synchronize if rt.device_type == "cuda" else (lambda: None)
@@ -122,6 +150,7 @@ def variants(args) -> list[tuple[Variant, int]]:
         Variant("nimllm eager", "nimllm"),
         Variant("reference eager", "reference", optimizer="foreach"),
         Variant("nanogpt-shape compiled", "nanogpt", compile=True),
+        *([Variant("nanogpt model.py compiled", "nanogpt model.py", compile=True)] if args.nanogpt else []),
         Variant("nimllm cuda graphs", "nimllm", compile=True, compile_mode="reduce-overhead"),
         Variant("nimllm --fp8", "nimllm", compile=True, fp8=True))]
     if args.low_memory:
@@ -161,6 +190,8 @@ def main():
     ap.add_argument("--peak-flops", type=float,
                     help=f"the device's peak FLOP/s for MFU (default on CUDA: an H100's bf16, {H100_BF16_PEAK:.4g})")
     ap.add_argument("--only", nargs="+", metavar="CONFIG", help="run only the rows with these labels")
+    ap.add_argument("--nanogpt", type=Path, metavar="DIR",
+                    help="a checkout of github.com/karpathy/nanoGPT: adds a row of its own model.py")
     common.device_and_out(ap, "train_speed")
     args = ap.parse_args()
 
@@ -217,7 +248,8 @@ def main():
 
     header = common.header(device_name, cuda=torch.version.cuda, preset=args.preset, model=asdict(cfg),
                            memory="cuda max_memory_allocated" if cuda else "process max RSS",
-                           args={k: v for k, v in vars(args).items() if k != "compile_ok"})
+                           args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                                 if k != "compile_ok"})
     console.print(f"wrote {common.write_result(args.out, {'header': header, 'rows': rows})}")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, sandboxed
 
-from nimllm.config import ModelFolder
+from nimllm.config import PRESETS, ModelFolder
 from nimllm.memory import Memory
 
 pytestmark = pytest.mark.slow   # each runs a benchmark (or its refusal) in a new process
@@ -21,15 +21,49 @@ def run_bench(*args):
     return out.stdout
 
 
+# nanoGPT's model.py API as bench/train_speed.py --nanogpt uses it (GPTConfig; GPT(config)(idx, targets) ->
+# (logits, loss); configure_optimizers), in a few lines: the real one is a checkout this repository has not
+NANOGPT_STAND_IN = """
+from dataclasses import dataclass
+import torch, torch.nn as nn, torch.nn.functional as F
+
+@dataclass
+class GPTConfig:
+    block_size: int = 8
+    vocab_size: int = 16
+    n_layer: int = 1
+    n_head: int = 1
+    n_embd: int = 8
+    dropout: float = 0.0
+    bias: bool = True
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.wte, self.seen = nn.Embedding(config.vocab_size, config.n_embd), config
+    def forward(self, idx, targets=None):
+        logits = self.wte(idx) @ self.wte.weight.T
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas, weight_decay=weight_decay)
+"""
+
+
 def test_train_speed_bench_writes_rows_and_ratios(tmp_path):
-    out = tmp_path / "speed.json"
+    out, nanogpt = tmp_path / "speed.json", tmp_path / "nanoGPT"
+    nanogpt.mkdir()
+    (nanogpt / "model.py").write_text(NANOGPT_STAND_IN)
     run_bench("bench/train_speed.py", "--preset", "tiny", "--steps", "1", "--warmup", "1", "--micro-batch", "2",
-              "--only", "nimllm", "reference eager", "nimllm --fp8", "--out", out)
+              "--nanogpt", nanogpt, "--only", "nimllm", "reference eager", "nimllm --fp8", "nanogpt model.py compiled",
+              "--out", out)
     result = json.loads(out.read_text())
     rows = {r["config"]: r for r in result["rows"]}
-    assert set(rows) == {"nimllm", "reference eager", "nimllm --fp8"}
+    assert set(rows) == {"nimllm", "reference eager", "nimllm --fp8", "nanogpt model.py compiled"}
     assert rows["nimllm"]["tokens_per_s"] > 0 and rows["reference eager"]["vs_reference"] == 1.0
     assert "no FP8 matmuls" in rows["nimllm --fp8"]["error"]   # a CPU: the row says why it has no figure
+    nano = rows["nanogpt model.py compiled"]   # the stand-in built at tiny's size: its embedding alone
+    tiny = PRESETS["tiny"].model
+    assert nano["tokens_per_s"] > 0 and nano["params"] == tiny.vocab_size * tiny.n_embd
 
 
 def test_quality_bench_cuts_a_text_where_nanogpt_does_and_trains_on_the_files_before_the_cut(tmp_path):
