@@ -76,8 +76,9 @@ class Optimizers:
 
 class OptimizerInBackward(Optimizers):
     """AdamW stepped inside backward: each block's parameters as soon as backward has produced all their
-    gradients, which are then freed, so only one block's gradients (4 bytes a parameter) exist at a time;
-    the moments take 2 bytes each instead of 4 (AdamWBf16Moments). One step a block, not one a parameter:
+    gradients, which are then freed, so one block's gradients (4 bytes a parameter) exist at a time,
+    beside those outside the blocks (the final norm's and the embedding's, stepped last); the moments take
+    2 bytes each instead of 4 (AdamWBf16Moments). One step a block, not one a parameter:
     a step costs the CPU a launch whatever its size, and these would outnumber the model's own. The price:
     no clipping (it needs every gradient's norm first) and no accumulation."""
 
