@@ -80,7 +80,7 @@ def build(v: Variant, cfg, tcfg: TrainConfig, rt: Runtime, compile_ok: bool, nan
     torch.manual_seed(0)
     tcfg = replace(tcfg, low_memory=v.low_memory, compile=v.compile and compile_ok)
     if v.model == "nanogpt model.py":
-        return nanogpt_model(nanogpt, cfg, tcfg, rt, v.compile and compile_ok)
+        return nanogpt_model(nanogpt, cfg, tcfg, rt, tcfg.compile)
     if v.model == "nimllm":
         model = GPT(cfg)
         model.activation_checkpointing = v.checkpointing or v.low_memory

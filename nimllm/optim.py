@@ -1,5 +1,5 @@
 """The optimizers training builds: AdamW (fused on CUDA), Muon beside it for the blocks' matrices, and
-for --low-memory an AdamW stepped inside backward, one parameter at a time, with its moments in bfloat16."""
+for --low-memory an AdamW stepped inside backward, a block at a time, with its moments in bfloat16."""
 from __future__ import annotations
 
 import weakref
@@ -90,7 +90,7 @@ class OptimizerInBackward(Optimizers):
                                            weight_decay=tcfg.weight_decay, moment_dtype=moment_dtype,
                                            compiled=compiled) for params in groups])
         for params, opt in zip(groups, self.optimizers):
-            opt.waiting = len(params)
+            opt.ready = 0   # gradients arrived in this backward
             for p in params:
                 # a weak reference: parameter -> hook -> optimizer -> parameter would be a cycle through
                 # C++ that the garbage collector cannot see, keeping the model alive forever
@@ -99,11 +99,11 @@ class OptimizerInBackward(Optimizers):
     @staticmethod
     def _gradient_ready(opt_ref, param):
         opt = opt_ref()
-        opt.waiting -= 1
-        if opt.waiting == 0:
+        opt.ready += 1
+        if opt.ready == len(opt.param_groups[0]["params"]):   # (one group: AdamWBf16Moments has no other)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            opt.waiting = sum(len(g["params"]) for g in opt.param_groups)
+            opt.ready = 0
 
 
 def round_stochastically(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

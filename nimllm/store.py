@@ -237,13 +237,10 @@ class Store:
 
     def deltas(self, include_forgotten: bool = False, kinds: tuple[str, ...] | None = None) -> list[Delta]:
         """In the order they were learned; with kinds, only those learned from conversations of these kinds."""
-        found = self._select(Delta, "deltas", "WHERE ? OR forgotten IS NULL ORDER BY id", (include_forgotten,))
-        if kinds is None:
-            return found
-        with self._locked() as db:
-            ids = {i for (i,) in db.execute(
-                f"SELECT learned_delta FROM conversations WHERE kind IN ({', '.join('?' * len(kinds))})", kinds)}
-        return [d for d in found if d.id in ids]
+        of_kinds = "" if kinds is None else \
+            f"AND id IN (SELECT learned_delta FROM conversations WHERE kind IN ({', '.join('?' * len(kinds))}))"
+        return self._select(Delta, "deltas", f"WHERE (? OR forgotten IS NULL) {of_kinds} ORDER BY id",
+                            (include_forgotten, *(kinds or ())))
 
     def delta(self, delta_id: int) -> Delta:
         found = self._select(Delta, "deltas", "WHERE id = ?", (delta_id,))
