@@ -50,15 +50,20 @@ def popen_cli(*args) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
 
 
+# the tiny preset's context (128 tokens, which the chat tests fill) at half its depth and width: a few steps
+# learn as little either way, and a chat's update (32 steps) takes 3 s on 2 CPU cores instead of 9
+SMALL_SHAPE = ("--n-layer", 2, "--n-embd", 64, "--n-head", 4)
+
+
 def train_tiny(root: Path, *options, n_bytes: int = 200_000, steps: int = 5) -> Path:
-    """A tiny model trained a few steps on real text by the real command, as a user would; its folder. With
-    200 conversation-skill dialogues mixed in unless the options say otherwise (the default 20,000 take a
-    minute to make and tokenize, and a few steps learn nothing from them)."""
+    """A tiny model (the tiny preset in SMALL_SHAPE) trained a few steps on real text by the real command, as a
+    user would; its folder. With 200 conversation-skill dialogues mixed in unless the options say otherwise (the
+    default 20,000 take a minute to make and tokenize, and a few steps learn nothing from them)."""
     (root / "corpus.txt").write_text(real_text(n_bytes))
     if not any(str(o).endswith("chat-skills") for o in options):
         options += ("--chat-skills", 200)
-    out = run_cli("train", root / "corpus.txt", "--model", root / "model", "--preset", "tiny", "--vocab-size", "300",
-                  "--steps", steps, *options)
+    out = run_cli("train", root / "corpus.txt", "--model", root / "model", "--preset", "tiny", *SMALL_SHAPE,
+                  "--vocab-size", "300", "--steps", steps, *options)
     assert out.returncode == 0, out.stderr
     return root / "model"
 

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO, sandboxed
 
+from nimllm.checkpoint import load_config
 from nimllm.config import PRESETS, ModelFolder
 from nimllm.memory import Memory
 
@@ -133,7 +134,8 @@ def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path, tiny_cop
     assert not list((work / "weights-only-k2" / "memory").glob("delta-*"))   # asked there, never taught there
     assert files() == before and not (model / "conversations.sqlite").exists()
     settings = result["settings"]
-    assert settings["model_config"]["n_layer"] == 4 and settings["memory_config"] == asdict(MemoryConfig())
+    assert settings["model_config"] == asdict(load_config(ModelFolder(model))["model"])
+    assert settings["memory_config"] == asdict(MemoryConfig())
     assert settings["git"]["commit"] and settings["torch"] and settings["device"] == "cpu"
 
 
