@@ -2,10 +2,11 @@
 import resource
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import real_text, run_cli
 from nimllm.cli import normalize_argv
 from nimllm.config import ModelFolder
 
@@ -62,9 +63,24 @@ def test_missing_model(home):
     assert_one_line_error(run_cli("info", "--model", "nothing-here"), "no model in")
 
 
+FIVE_STEPS = [*TINY, "--steps", "5", "--no-chat-skills"]   # (no dialogues to make, tokenize and train on)
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory) -> Path:
+    """A model `nimllm train CORPUS FIVE_STEPS` made, once for this module (tests change a copy); its folder,
+    beside the corpus.txt it was trained on."""
+    root = tmp_path_factory.mktemp("trained")
+    (root / "corpus.txt").write_text(real_text(200_000))
+    out = run_cli("train", root / "corpus.txt", "--model", root / "model", *FIVE_STEPS)
+    assert out.returncode == 0, out.stderr
+    return root / "model"
+
+
 @pytest.fixture
-def trained(corpus, home) -> ModelFolder:
-    assert run_cli("train", corpus, *TINY, "--steps", "5").returncode == 0
+def trained(trained_once, home) -> ModelFolder:
+    """This test's copy of it, where `nimllm` looks when no --model is given."""
+    shutil.copytree(trained_once, home / "models" / "default")
     return ModelFolder.resolve("default")
 
 
@@ -91,9 +107,10 @@ def test_corrupt_weights_and_config(default_model):
 
 
 @pytest.mark.slow
-def test_corrupt_training_state_when_resuming(trained, corpus):
+def test_corrupt_training_state_when_resuming(trained, trained_once):
     trained.train_state.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
-    assert_one_line_error(run_cli("train", corpus, *TINY, "--steps", "5"), "train_state.safetensors", "damaged")
+    corpus = trained_once.parent / "corpus.txt"
+    assert_one_line_error(run_cli("train", corpus, *FIVE_STEPS), "train_state.safetensors", "damaged")
 
 
 def limit_file_size():
