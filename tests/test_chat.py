@@ -141,20 +141,12 @@ def kill_chat_when(folder: ModelFolder, text: str, ready) -> None:
 
 
 @pytest.mark.slow
-def test_killed_mid_conversation_loses_nothing_and_is_learned_next_time(folder):
+def test_killed_mid_conversation_loses_nothing_and_one_of_two_chats_started_next_learns_it(folder):
+    """A chat killed mid-conversation has stored what was said; the next chat learns it, and of two chats
+    started together exactly one does."""
     kill_chat_when(folder, "the lighthouse is called Vess\n", lambda out: out.count("you> ") >= 2)
     [messages] = stored(folder)
     assert [m.content for m in messages][:1] == ["the lighthouse is called Vess"] and len(messages) == 2
-    out = chat(folder, "/quit\n")
-    assert "remembering an earlier conversation" in out and "updated" in out
-    with Store(folder.store) as store:
-        assert store.unlearned() == [] and len(store.deltas()) == 1
-
-
-
-@pytest.mark.slow
-def test_two_chats_started_together_learn_a_killed_chats_conversation_once(folder):
-    kill_chat_when(folder, "the lighthouse is called Vess\n", lambda out: out.count("you> ") >= 2)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     chats = [subprocess.Popen([sys.executable, "-m", "nimllm.cli", "chat", "--model", str(folder.root), "--max-tokens",
                                "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -162,7 +154,10 @@ def test_two_chats_started_together_learn_a_killed_chats_conversation_once(folde
     outs = [proc.communicate("/quit\n", timeout=120) for proc in chats]
     assert [proc.returncode for proc in chats] == [0, 0] and not any(err for _, err in outs), outs
     assert sum(out.count("remembering an earlier conversation") for out, _ in outs) == 1
+    [learner] = [out for out, _ in outs if "remembering an earlier conversation" in out]
+    assert "updated" in learner
     with Store(folder.store) as store:
+        assert store.unlearned() == []
         [delta] = store.deltas()
         [learned] = [c for c in store.conversations() if c.learned_delta is not None]
     assert learned.learned_delta == delta.id and learned.title == "the lighthouse is called Vess"
@@ -188,8 +183,7 @@ def test_killed_mid_update_keeps_the_weights_and_learns_again(folder):
 
 @pytest.mark.slow
 def test_memory_commands(folder):
-    chat(folder, "the boat is called Blue Heron\n/quit\n")
-    chat(folder, "the cat is called Miso\n/quit\n")
+    chat(folder, "the boat is called Blue Heron\n/remember\nthe cat is called Miso\n/quit\n")   # two memories
     listing = run_cli("memory", "list", "--model", folder.root)
     assert listing.returncode == 0 and "Blue Heron" in listing.stdout and "Miso" in listing.stdout
     shown = run_cli("memory", "show", "1", "--model", folder.root)
