@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, popen_cli, real_text, run_cli
+from conftest import REPO, SMALL_SHAPE, popen_cli, real_text, run_cli
 from nimllm import checkpoint
 from nimllm.config import PRESETS, ModelConfig, ModelFolder, TrainConfig
 from nimllm.data import CorpusInfo, TokenShards
@@ -24,9 +24,10 @@ from nimllm.tokenizer import Tokenizer
 from nimllm.train import Schedule, TimeFit, default_steps, run_training
 
 # steps of 4 sequences (512 tokens), an eighth of the tiny preset's, and no dialogues: what these tests
-# check needs no more
+# check needs no more (nor, in the commands, more than the preset at half its depth and width)
 SMALL_STEPS = {"micro_batch": 4, "grad_accum": 1}
-TINY = ["--preset", "tiny", "--vocab-size", "512", "--batch-size", "4", "--grad-accum", "1", "--no-chat-skills"]
+TINY = ["--preset", "tiny", *SMALL_SHAPE, "--vocab-size", "512", "--batch-size", "4", "--grad-accum", "1",
+        "--no-chat-skills"]
 
 
 def losses(folder: ModelFolder) -> dict[int, float]:
