@@ -54,12 +54,13 @@ def have_conversation(store, *turns) -> int:
 UNCHECKED = dict(control_share=1.0, keep_answers=False)
 NEVER_REFUSED = dict(control_share=1.0)   # checked and rehearsed as usual, but never scaled back: for the tests of
                                           # something else, which need an update kept (a tiny model's often is not)
+# (and steps=2, not 32, where how far an update gets does not matter: that it reloads, forgets or waits exactly)
 
 
 def test_learn_reload_and_forget_are_bit_exact(folder):
     from nimllm.config import MemoryConfig
     from nimllm.memory import Memory
-    mem = Memory(folder, "cpu", MemoryConfig(**UNCHECKED))
+    mem = Memory(folder, "cpu", MemoryConfig(steps=2, **UNCHECKED))
     base = weights(mem.model)
     a = have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"), ("assistant", "Ilse lives in Tromso."))
     report_a = mem.learn([a], log=lambda *_: None)
@@ -137,7 +138,7 @@ def test_the_warm_up_is_a_dry_update_that_changes_nothing(folder, tmp_path):
     from nimllm.config import MemoryConfig, ModelFolder
     from nimllm.deltas import load_delta
     from nimllm.memory import Memory
-    mem = Memory(folder, "cpu", MemoryConfig(**NEVER_REFUSED))
+    mem = Memory(folder, "cpu", MemoryConfig(steps=2, **NEVER_REFUSED))
     mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
     twin = ModelFolder(tmp_path / "twin")
     shutil.copytree(folder.root, twin.root)
@@ -146,7 +147,7 @@ def test_the_warm_up_is_a_dry_update_that_changes_nothing(folder, tmp_path):
     assert same(before, weights(mem.model)) and sorted(folder.memory.iterdir()) == files
     assert len(mem.store.deltas()) == 1 and all(p.grad is None for p in mem.model.parameters())
     deltas = []
-    for m in (mem, Memory(twin, "cpu", MemoryConfig(**NEVER_REFUSED))):
+    for m in (mem, Memory(twin, "cpu", MemoryConfig(steps=2, **NEVER_REFUSED))):
         report = m.learn([have_conversation(m.store, ("user", "the boat is called Blue Heron"))], log=lambda *_: None)
         deltas.append(load_delta(m.folder.root / m.store.deltas()[-1].file))
         assert report.n_weights
@@ -292,7 +293,7 @@ def test_an_update_the_gpu_has_no_room_for_says_so_and_loses_nothing(folder, mon
     import nimllm.memory
     from nimllm.config import MemoryConfig, UserError
     from nimllm.memory import Memory
-    mem = Memory(folder, "cpu", MemoryConfig(**NEVER_REFUSED))
+    mem = Memory(folder, "cpu", MemoryConfig(steps=2, **NEVER_REFUSED))
     base = weights(mem.model)
     cid = have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))
     monkeypatch.setattr(nimllm.memory, "selective_update", out_of_gpu_memory_midway)
@@ -323,7 +324,7 @@ def test_an_update_asked_for_while_the_warm_up_runs_waits_for_it(folder, monkeyp
     real_warm_up = Memory.warm_up
     monkeypatch.setattr(Memory, "needs_warm_up", property(lambda self: True))
     monkeypatch.setattr(Memory, "warm_up", lambda self: (time.sleep(0.5), events.append("warm up"), real_warm_up(self))[-1])
-    mem = Memory(folder, "cpu", MemoryConfig(**NEVER_REFUSED))
+    mem = Memory(folder, "cpu", MemoryConfig(steps=2, **NEVER_REFUSED))
     mem.warm_up_in_background()
     mem.warm_up_in_background()
     report = mem.learn([have_conversation(mem.store, ("user", "my sister Ilse lives in Tromso"))], log=lambda *_: None)
