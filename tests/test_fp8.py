@@ -1,5 +1,6 @@
 """FP8 matmuls: the float8 matmul and its gradients against float64 (torch._scaled_mm runs on a CPU too,
 slowly), the swap that keeps a model's parameters, and the one-line note where a device has none."""
+import pytest
 import torch
 import torch.nn as nn
 
@@ -54,6 +55,7 @@ def test_the_swap_keeps_parameters_and_only_training_uses_fp8():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.slow   # a training process
 def test_fp8_where_the_device_has_none_trains_on_with_a_one_line_note(tmp_path):
     corpus = tmp_path / "text.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 2000)

@@ -102,6 +102,7 @@ def test_the_folder_is_never_home_nor_inside_a_hidden_model_folder(base, monkeyp
     assert Sandbox(base / "home" / "project", use_bwrap=False).folder == (base / "home" / "project").resolve()
 
 
+@pytest.mark.slow   # 400 commands, half of them sandboxed
 def test_a_command_that_ends_right_after_its_output_keeps_its_exit_status(work):
     """The output closes a moment before the command exits; the command is let go, not killed (a killed one
     reads as exit -9 whatever it did). Without the sandbox too, where the race showed."""
