@@ -52,7 +52,8 @@ def popen_cli(*args) -> subprocess.Popen:
 
 # the tiny preset's context (128 tokens, which the chat tests fill) at half its depth and width: a few steps
 # learn as little either way, and a chat's update (32 steps) takes 3 s on 2 CPU cores instead of 9
-SMALL_SHAPE = ("--n-layer", 2, "--n-embd", 64, "--n-head", 4)
+SMALL_MODEL = {"n_layer": 2, "n_embd": 64, "n_head": 4}
+SMALL_SHAPE = ("--n-layer", 2, "--n-embd", 64, "--n-head", 4)   # the same, as `nimllm train` options
 
 
 def train_tiny(root: Path, *options, n_bytes: int = 200_000, steps: int = 5) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SMALL_SHAPE, popen_cli, real_text, run_cli
+from conftest import REPO, SMALL_MODEL, SMALL_SHAPE, popen_cli, real_text, run_cli
 from nimllm import checkpoint
 from nimllm.config import PRESETS, ModelConfig, ModelFolder, TrainConfig
 from nimllm.data import CorpusInfo, TokenShards
@@ -37,7 +37,7 @@ def losses(folder: ModelFolder) -> dict[int, float]:
 @pytest.mark.slow
 def test_training_lowers_validation_loss_and_writes_the_model_folder(corpus, home):
     folder = ModelFolder.resolve("shakes")
-    summary = run_training(corpus, folder, preset="tiny", steps=150, vocab_size=512,
+    summary = run_training(corpus, folder, preset="tiny", model_overrides=SMALL_MODEL, steps=150, vocab_size=512,
                            train_overrides=SMALL_STEPS, log=lambda *a: None)
     assert summary["action"] == "new" and not summary["interrupted"]
     for path in (folder.config, folder.tokenizer, folder.weights, folder.train_state, folder.metrics, folder.loss_plot):
@@ -159,8 +159,8 @@ def test_continued_training_reports_what_was_forgotten(tmp_path, home):
     code = "".join(p.read_text() for p in sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("[a-c]*.py")))
     book2.write_text(code[:200_000])
     folder = ModelFolder.resolve("books")
-    run_training(book1, folder, preset="tiny", steps=80, vocab_size=512, train_overrides=SMALL_STEPS,
-                 log=lambda *a: None)
+    run_training(book1, folder, preset="tiny", model_overrides=SMALL_MODEL, steps=80, vocab_size=512,
+                 train_overrides=SMALL_STEPS, log=lambda *a: None)
     lines = []
     summary = run_training(book2, folder, steps=80, log=lines.append)
     assert summary["action"] == "continue"
