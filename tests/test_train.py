@@ -236,8 +236,8 @@ def one_thread(monkeypatch):
 @pytest.mark.slow
 def test_steps_and_time_the_fewer_wins_and_a_short_run_still_peaks_and_decays(corpus, home, one_thread):
     lines = []
-    summary = run_training(corpus, ModelFolder.resolve("short"), preset="tiny", steps=40, time_budget=600,
-                           train_overrides=SMALL_STEPS, vocab_size=300, log=lines.append)
+    summary = run_training(corpus, ModelFolder.resolve("short"), preset="tiny", model_overrides=SMALL_MODEL, steps=40,
+                           time_budget=600, train_overrides=SMALL_STEPS, vocab_size=300, log=lines.append)
     assert summary["step"] == 40
     [plan] = [line for line in lines if line.startswith("--time 10m00s: ")]
     assert plan.endswith("; --steps 40 is fewer, so 40 steps")
@@ -366,7 +366,7 @@ def test_low_memory_mode_trains_and_resumes_exactly(corpus, tmp_path):
 
 def kill_before_first_checkpoint(corpus, folder: ModelFolder, *options) -> None:
     """Start `nimllm train` and SIGKILL it once its tokenizer and shards are made and its steps have begun."""
-    proc = popen_cli("train", corpus, "--model", folder.root, "--preset", "tiny", "--steps", 10_000,
+    proc = popen_cli("train", corpus, "--model", folder.root, "--preset", "tiny", *SMALL_SHAPE, "--steps", 10_000,
                      "--no-chat-skills", *options)
     for line in proc.stdout:
         if line.startswith("training ") and " params on " in line:
@@ -383,8 +383,8 @@ def test_a_run_killed_before_its_first_checkpoint_then_another_vocabulary(corpus
     (silently other text) or more (an IndexError). They are made again for the new tokenizer."""
     folder = ModelFolder(tmp_path / "m")
     kill_before_first_checkpoint(corpus, folder, "--vocab-size", first)
-    out = run_cli("train", corpus, "--model", folder.root, "--preset", "tiny", "--steps", 2, "--no-chat-skills",
-                  "--vocab-size", then)
+    out = run_cli("train", corpus, "--model", folder.root, "--preset", "tiny", *SMALL_SHAPE, "--steps", 2,
+                  "--no-chat-skills", "--vocab-size", then)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     tokenizer = Tokenizer.load(folder.tokenizer)
     [data] = folder.data.iterdir()
