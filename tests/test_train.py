@@ -422,8 +422,8 @@ def test_the_next_run_removes_what_killed_writes_left_and_only_that(tmp_path):
     temps = lambda: sorted(p.name for p in folder.root.rglob("*.tmp"))
     assert len(temps()) == 3
     (tmp_path / "corpus.txt").write_text(real_text(30_000))
-    out = run_cli("train", tmp_path / "corpus.txt", "--model", folder.root, "--preset", "tiny", "--vocab-size", 300,
-                  "--steps", 1, "--no-chat-skills")
+    out = run_cli("train", tmp_path / "corpus.txt", "--model", folder.root, "--preset", "tiny", *SMALL_SHAPE,
+                  "--vocab-size", 300, "--steps", 1, "--no-chat-skills")
     assert out.returncode == 0, out.stderr
     assert "removed 2.0 MB of temporary files that killed writes left" in out.stdout
     assert temps() == [p for p in temps() if f".{live.pid}." in p] != []   # the live write goes on
@@ -447,8 +447,8 @@ def test_fresh_moves_what_the_old_model_learned_aside(tmp_path):
         store.end_conversation(cid)
         store.record_delta([cid], "memory/delta-1.safetensors", 10, 0.5, {})
     (tmp_path / "corpus.txt").write_text(real_text(30_000))
-    out = run_cli("train", tmp_path / "corpus.txt", "--model", folder.root, "--preset", "tiny", "--vocab-size", 300,
-                  "--steps", 1, "--no-chat-skills", "--fresh")
+    out = run_cli("train", tmp_path / "corpus.txt", "--model", folder.root, "--preset", "tiny", *SMALL_SHAPE,
+                  "--vocab-size", 300, "--steps", 1, "--no-chat-skills", "--fresh")
     assert out.returncode == 0, out.stderr
     [aside] = folder.root.glob("previous-*")
     assert f"--fresh: the old model's memories and conversations are kept in {aside}\n" in out.stdout
