@@ -45,6 +45,7 @@ from rich.table import Table
 import common  # bench/common.py
 from nimllm import checkpoint
 from nimllm.config import ModelFolder
+from nimllm.metrics import read_metrics
 from nimllm.model import GPT
 
 REPO = common.REPO
@@ -172,8 +173,10 @@ def run_nimllm(train: Path, heldout: Path, seconds: float, variant: str, device:
     with torch.device("meta"):
         params = GPT(checkpoint.load_config(ModelFolder(model))["model"]).num_params()
     said = [line for line in trained.stdout.replace("\r", "\n").splitlines() if line.startswith(("training ", "--time"))]
+    # the run's own validations (its 10% of TRAIN): whether it was past its best when it ended
+    validation = [[r["step"], round(r["val_bpb"], 4)] for r in read_metrics(ModelFolder(model).metrics) if "val_bpb" in r]
     return {"row": f"nimllm --time {seconds:.0f}s {variant}".strip(), "seconds": round(wall, 1),
-            "bits_per_byte": figures["bpb"], "params": params, "said": said}
+            "bits_per_byte": figures["bpb"], "params": params, "said": said, "validation": validation}
 
 
 # ---- the run -----------------------------------------------------------------------------------

@@ -89,6 +89,8 @@ def test_quality_bench_trains_and_scores_through_the_commands(tmp_path):
     assert row["text"] == "notes" and row["row"] == "nimllm --time 8s" and 0 < row["bits_per_byte"] < 8
     assert 0.09 * row["bytes"] < row["held_out_bytes"] < 0.11 * row["bytes"]   # the last 10% of the characters
     assert row["params"] > 0 and any(line.startswith("--time 0m08s:") for line in row["said"])
+    steps = [step for step, _ in row["validation"]]   # the run's own validations, the last at its end
+    assert steps == sorted(steps) and steps[-1] > 0 and all(0 < bpb < 8 for _, bpb in row["validation"])
 
 
 def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path, tiny_copy):
