@@ -195,7 +195,7 @@ def test_warmup_stable_decay_holds_the_peak_then_falls_linearly_over_its_cooldow
 @pytest.mark.parametrize("schedule", ["cosine", "wsd"])
 @pytest.mark.parametrize("total", [1, 2, 3, 10, 20, 50, 100, 412, 4000, 25000])
 def test_warm_up_is_a_share_of_the_run_and_never_all_of_it(total, schedule):
-    tcfg = TrainConfig(lr=6e-4, warmup_steps=200, min_lr_ratio=0.1, schedule=schedule)   # the 103m preset's
+    tcfg = TrainConfig(lr=6e-4, warmup_steps=200, min_lr_ratio=0.1, schedule=schedule)   # GPT-2's 6e-4, 200 steps' warm-up
     schedule = Schedule.planned(total, tcfg)
     assert schedule.warmup == min(200, round(0.05 * total)) < total
     lrs = [schedule.lr(step, tcfg) for step in range(total)]
