@@ -106,6 +106,9 @@ def train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
                        help="the blocks' matmuls in FP8 on a GPU that has them (H100, H200, Ada); elsewhere a note")
     train.add_argument("--dropout", type=float, help="dropout of a new model (default: the preset's)")
+    train.add_argument("--bpe-dropout", type=_probability, metavar="P",
+                       help="also write the training text 7 more times, each tokenized with every merge skipped "
+                            "with probability P (BPE-dropout): one text, many spellings in tokens")
     train.add_argument("--n-layer", type=int, help="blocks of a new model (default: the preset's)")
     train.add_argument("--n-embd", type=int, help="width of a new model (default: the preset's)")
     train.add_argument("--n-head", type=int, help="attention heads of a new model; they divide the width")
@@ -168,6 +171,16 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _probability(text: str) -> float:
+    try:
+        p = float(text)
+    except ValueError:
+        p = float("nan")
+    if not 0 <= p < 1:   # (nan too)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability from 0 up to (not including) 1")
+    return p
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
     """`nimllm [options] --train [FILE] [options]` becomes `nimllm train [options] [FILE] [options]`."""
     for i, arg in enumerate(argv):
@@ -197,7 +210,8 @@ def cmd_train(args) -> int:
         train_flags={"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "lr": args.lr,
                      "optimizer": args.optimizer, "schedule": args.schedule,
                      "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
-                     "low_memory": args.low_memory, "fp8": args.fp8, "seed": args.seed})
+                     "low_memory": args.low_memory, "fp8": args.fp8, "seed": args.seed,
+                     "bpe_dropout": args.bpe_dropout})
     mix_in = []
     if corpus.expanduser().exists():   # (if not, run_training says so before anything is written)
         if chosen.why:

@@ -67,6 +67,7 @@ class TrainConfig:
     # LOW_MEMORY_MICRO_BATCH at most, and there is no clipping or accumulation (nimllm/optim.py).
     low_memory: bool = False
     fp8: bool = False              # the blocks' matmuls in FP8 on GPUs that have them (nimllm/fp8.py)
+    bpe_dropout: float = 0.0       # the training text also tokenized with merges dropped at this rate (data.py)
 
 
 LOW_MEMORY_MICRO_BATCH = 20   # 103m at 20 peaks at 1.797 GB on the H200 (README, "Training speed")

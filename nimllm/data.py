@@ -34,6 +34,9 @@ from nimllm.tokenizer import Tokenizer, json_messages
 BLOCK_BYTES = 1 << 20      # a file is read in pieces of about this size, cut after a newline
 SHARD_TOKENS = 1 << 28     # at most 256M tokens per shard file
 BATCH_CHARS = 8 << 20      # text handed to the tokenizer at once, spread over all cores
+# With BPE dropout the training split is written this many times, the first as the tokenizer spells it and
+# the others each with merges dropped at random, so a run of several passes seems to read new token sequences
+SEGMENTATIONS = 8
 SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "dist-packages"}
 BINARY_SUFFIXES = {
     ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".ico", ".webp", ".tif", ".tiff", ".psd",
@@ -362,6 +365,8 @@ class CorpusInfo:
     val: SplitInfo
     stats: CorpusStats
     tokenizer: str | None = None      # Tokenizer.fingerprint of the tokenizer the ids come from
+    bpe_dropout: float = 0.0          # of the training split's copies after the first (SEGMENTATIONS in all)
+    segmentations: int = 1            # copies of the training split: train.tokens counts them all
 
     @classmethod
     def load(cls, folder: str | Path) -> CorpusInfo:
@@ -370,12 +375,13 @@ class CorpusInfo:
                       "stats": CorpusStats(**meta["stats"])})
 
 
-def prepared_with(folder: str | Path, tokenizer: Tokenizer) -> bool:
-    """Whether `folder` holds complete shards made with this very tokenizer. A run killed before its first
-    checkpoint and started again with another --vocab-size has a new tokenizer beside the old shards,
-    whose ids would index past the model's embedding or silently mean other text."""
+def prepared_with(folder: str | Path, tokenizer: Tokenizer, bpe_dropout: float = 0.0) -> bool:
+    """Whether `folder` holds complete shards made with this very tokenizer and BPE dropout. A run killed
+    before its first checkpoint and started again with another --vocab-size has a new tokenizer beside the
+    old shards, whose ids would index past the model's embedding or silently mean other text."""
     try:
-        return CorpusInfo.load(folder).tokenizer == tokenizer.fingerprint
+        info = CorpusInfo.load(folder)
+        return info.tokenizer == tokenizer.fingerprint and info.bpe_dropout == bpe_dropout
     except (OSError, ValueError, TypeError, KeyError):   # missing, or damaged: made again
         return False
 
@@ -440,9 +446,11 @@ def tokenized(chunks: Iterator[Chunk], tokenizer: Tokenizer) -> Iterator[list[tu
 
 
 def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, val_fraction: float = 0.1,
-                   *, block_size: int, quiet: bool = False, shard_tokens: int = SHARD_TOKENS) -> CorpusInfo:
-    """Tokenize a corpus into train_*.bin and val_*.bin shards and meta.json in out_dir. The
-    folder appears complete or not at all: it is built beside out_dir and renamed into place."""
+                   *, block_size: int, bpe_dropout: float = 0.0, quiet: bool = False,
+                   shard_tokens: int = SHARD_TOKENS) -> CorpusInfo:
+    """Tokenize a corpus into train_*.bin and val_*.bin shards and meta.json in out_dir; with bpe_dropout,
+    SEGMENTATIONS - 1 more copies of the training split follow, tokenized with dropout. The folder
+    appears complete or not at all: it is built beside out_dir and renamed into place."""
     corpus = open_corpus(path, val_fraction)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -460,6 +468,11 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
                 show(corpus.stats.bytes_read)
         if not corpus.stats.documents:
             raise UserError(f"{path} has no text to train on")
+        segmentations, dropped = (SEGMENTATIONS, tokenizer.with_dropout(bpe_dropout)) if bpe_dropout else (1, None)
+        for _ in range(segmentations - 1):
+            train_chunks = (c for c in open_corpus(path, val_fraction).chunks() if c.split == "train")
+            for batch in tokenized(train_chunks, dropped):
+                writers["train"].write([i for _, ids in batch for i in ids])
         for writer in writers.values():
             writer.close()
         train, val = writers["train"].info, writers["val"].info
@@ -469,7 +482,8 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
         if val.tokens < 2:
             raise UserError(f"corpus too short: {val.tokens} validation tokens, need at least 2")
         info = CorpusInfo(str(corpus.root.resolve()), corpus_fingerprint(path), dtype.name,
-                          tokenizer.vocab_size, val_fraction, train, val, corpus.stats, tokenizer.fingerprint)
+                          tokenizer.vocab_size, val_fraction, train, val, corpus.stats, tokenizer.fingerprint,
+                          bpe_dropout, segmentations)
         atomic_write(build / "meta.json", json.dumps(asdict(info), indent=2).encode())
         if out_dir.exists():
             old = out_dir.with_name(f"{temp_prefix(out_dir)}old.tmp")
@@ -495,6 +509,8 @@ class TokenShards:
         self.starts = np.cumsum([0] + [len(s) for s in self.shards])  # where each shard begins in the split
         self.num_tokens = int(self.starts[-1])
         self.num_bytes = getattr(info, split).bytes
+        # tokens in one pass over the text: the training split may hold several segmentations of it
+        self.tokens_per_pass = self.num_tokens // (info.segmentations if split == "train" else 1)
 
     def get_batch(self, batch_size: int, block_size: int,
                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,6 +95,13 @@ class Tokenizer:
             raise UserError(f"cannot read the tokenizer {path}: {e}") from None
         return cls(hf)
 
+    def with_dropout(self, p: float) -> Tokenizer:
+        """A copy that skips each merge with probability p (BPE-dropout, Provilkov et al. 2020): the same
+        vocabulary, a text spelled in other tokens each time it is encoded. For training data only."""
+        hf = HFTokenizer.from_str(self.hf.to_str())
+        hf.model.dropout = p
+        return Tokenizer(hf)
+
     def save(self, path: str | Path) -> None:
         atomic_write(Path(path), self.hf.to_str().encode("utf-8"))
 

@@ -30,8 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from nimllm import checkpoint, dialogues
 from nimllm.config import (LOW_MEMORY_MICRO_BATCH, PRESETS, DefaultChoice, ModelConfig, ModelFolder, TrainConfig,
                            UserError, default_choice, default_preset_name, override)
-from nimllm.data import (CorpusInfo, TokenShards, corpus_bytes, corpus_fingerprint, iter_texts_for_tokenizer,
-                         prepare_corpus, prepared_with)
+from nimllm.data import (SEGMENTATIONS, CorpusInfo, TokenShards, corpus_bytes, corpus_fingerprint,
+                         iter_texts_for_tokenizer, prepare_corpus, prepared_with)
 from nimllm.evaluate import evaluate
 from nimllm.fileio import remove_stale_temps
 from nimllm.fp8 import use_fp8
@@ -313,11 +313,12 @@ def choose_settings(run: TrainingRun, preset: str | None, model_overrides: dict 
 def prepare_data(run: TrainingRun) -> None:
     """The corpus's token shards, made once per corpus and tokenizer (by the first process)."""
     run.data_dir = run.folder.data / run.fingerprint
-    if run.rt.is_main and not prepared_with(run.data_dir, run.tokenizer):
-        run.log(f"tokenizing {run.corpus} ...")
+    if run.rt.is_main and not prepared_with(run.data_dir, run.tokenizer, run.tcfg.bpe_dropout):
+        dropout = f" (and {SEGMENTATIONS - 1} times with BPE dropout {run.tcfg.bpe_dropout:g})" if run.tcfg.bpe_dropout else ""
+        run.log(f"tokenizing {run.corpus}{dropout} ...")
         begun = time.time()   # (said, since a --time budget pays for it)
-        report_corpus(prepare_corpus(run.sources, run.tokenizer, run.data_dir, block_size=run.model_cfg.block_size),
-                      run.log)
+        report_corpus(prepare_corpus(run.sources, run.tokenizer, run.data_dir, block_size=run.model_cfg.block_size,
+                                     bpe_dropout=run.tcfg.bpe_dropout), run.log)
         run.log(f"data: {time.time() - begun:.1f} s to tokenize and prepare the corpus")
     run.rt.barrier()
     run.train_shards, run.val_shards = TokenShards(run.data_dir, "train"), TokenShards(run.data_dir, "val")
@@ -329,7 +330,7 @@ def save_settings(run: TrainingRun) -> None:
     if run.action != "resume":
         run.corpora = [c for c in run.corpora if c["fingerprint"] != run.fingerprint]
         run.corpora.append({"path": str(run.corpus.resolve()), "fingerprint": run.fingerprint,
-                            "data": f"data/{run.fingerprint}", "tokens": run.train_shards.num_tokens,
+                            "data": f"data/{run.fingerprint}", "tokens": run.train_shards.tokens_per_pass,
                             **({"mixed_in": list(map(str, run.mix_in))} if run.mix_in else {})})
     if run.tcfg.low_memory:
         run.tcfg = replace(run.tcfg, grad_accum=1)
@@ -367,7 +368,7 @@ def schedule(run: TrainingRun, steps: int | None, time_budget: float | None,
         run.schedule = Schedule(**run.progress["schedule"])
     else:   # (a folder from before schedules were saved recorded its total_steps alone)
         run.schedule = Schedule.planned(steps or run.progress.get("total_steps") or default_steps(
-            run.train_shards.num_tokens, run.model.num_params(), run.tokens_per_step, tcfg), tcfg)
+            run.train_shards.tokens_per_pass, run.model.num_params(), run.tokens_per_step, tcfg), tcfg)
     time_budget = time_budget or run.progress.get("time_budget_s")
     run.fit = time_fit(time_budget, time_cap(run, steps)) if time_budget and not run.schedule.fitted else None
     run.progress.update(corpus=run.fingerprint, schedule=asdict(run.schedule), time_budget_s=time_budget,
@@ -379,7 +380,7 @@ def time_cap(run: TrainingRun, steps: int | None) -> tuple[int, str]:
     the corpus (more than that learns a small corpus by heart, and the held-out text gets worse)."""
     if steps:
         return steps, f"--steps {steps} is fewer"
-    passes = max(1, max_epochs_steps(run.train_shards.num_tokens, run.tokens_per_step, run.tcfg))
+    passes = max(1, max_epochs_steps(run.train_shards.tokens_per_pass, run.tokens_per_step, run.tcfg))
     return passes, f"{run.tcfg.max_epochs:g} passes over the corpus are {passes} steps"
 
 
@@ -397,12 +398,13 @@ def announce(run: TrainingRun) -> dict:
     """Say what is about to train, on what and where; the run's software, as run_info records it."""
     rt, log = run.rt, run.log
     info = run_info(rt)
-    n_docs = CorpusInfo.load(run.data_dir).train.documents
+    corpus = CorpusInfo.load(run.data_dir)
+    spellings = f", each in {corpus.segmentations} segmentations" if corpus.segmentations > 1 else ""
     length = (f"steps of {format_count(run.tokens_per_step)} tokens, as many as fit in --time "
               f"{format_eta(run.fit.budget)}" if run.fit
               else f"{run.schedule.total_steps} steps of {format_count(run.tokens_per_step)} tokens")
-    log(f"training {format_count(run.model.num_params())} params on {format_count(n_docs)} documents "
-        f"({format_count(run.train_shards.num_tokens)} tokens) | preset {run.preset} | {rt.device}"
+    log(f"training {format_count(run.model.num_params())} params on {format_count(corpus.train.documents)} documents "
+        f"({format_count(run.train_shards.tokens_per_pass)} tokens{spellings}) | preset {run.preset} | {rt.device}"
         f"{f' x{rt.world_size}' if rt.world_size > 1 else ''} | {length}")
     log(f"nimllm {info['nimllm']} (commit {info['git_commit'] or 'unknown'}) | python {info['python']} | "
         f"torch {info['torch']}{' | ' + info['gpu'] if info['gpu'] else ''} | config and log in {run.folder.metrics}")

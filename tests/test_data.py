@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nimllm.config import UserError
-from nimllm.data import (Corpus, CorpusInfo, CorpusStats, TokenShards, corpus_fingerprint,
-                         default_corpus, iter_texts_for_tokenizer, prepare_corpus, read_blocks)
+from nimllm.data import (SEGMENTATIONS, Corpus, CorpusInfo, CorpusStats, TokenShards, corpus_fingerprint,
+                         default_corpus, iter_texts_for_tokenizer, prepare_corpus, prepared_with, read_blocks)
 from nimllm.tokenizer import Tokenizer
 
 EOT = "<|endoftext|>"
@@ -52,6 +52,28 @@ def test_single_file_split_is_character_exact(tokenizer, tmp_path):
     assert info == CorpusInfo.load(tmp_path / "data")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["meta.json", "train_000.bin", "val_000.bin"]
     assert info.dtype == "uint16" and os.path.getsize(tmp_path / "data" / "train_000.bin") == 2 * info.train.tokens
+
+
+def test_bpe_dropout_adds_copies_of_the_training_text_in_other_segmentations(tokenizer, tmp_path):
+    text = SAMPLE * 3
+    (tmp_path / "book.txt").write_text(text, encoding="utf-8")
+    plain = prepare_corpus(tmp_path / "book.txt", tokenizer, tmp_path / "plain", block_size=32)
+    info = prepare_corpus(tmp_path / "book.txt", tokenizer, tmp_path / "dropped", block_size=32, bpe_dropout=0.2)
+    k = int(len(text) * 0.9)
+    assert tokens_text(tokenizer, tmp_path / "dropped", "train") == (text[:k] + EOT) * SEGMENTATIONS
+    train, plain_train = TokenShards(tmp_path / "dropped", "train"), TokenShards(tmp_path / "plain", "train")
+    ids = train.read(0, train.num_tokens)
+    copies = np.split(ids, np.flatnonzero(ids == tokenizer.eot_id)[:-1] + 1)
+    first = plain_train.read(0, plain_train.num_tokens)
+    assert len(copies) == SEGMENTATIONS and np.array_equal(copies[0], first)     # the first as the tokenizer spells it
+    assert all(len(c) > len(first) for c in copies[1:]) and len({c.tobytes() for c in copies}) == SEGMENTATIONS
+    val, plain_val = TokenShards(tmp_path / "dropped", "val"), TokenShards(tmp_path / "plain", "val")
+    assert np.array_equal(val.read(0, val.num_tokens), plain_val.read(0, plain_val.num_tokens))   # scored as used
+    assert (info.segmentations, info.bpe_dropout, info.train.bytes, info.val) == (SEGMENTATIONS, 0.2, plain.train.bytes,
+                                                                                  plain.val)
+    assert train.tokens_per_pass == info.train.tokens // SEGMENTATIONS and val.tokens_per_pass == val.num_tokens
+    assert prepared_with(tmp_path / "dropped", tokenizer, 0.2) and prepared_with(tmp_path / "plain", tokenizer)
+    assert not prepared_with(tmp_path / "dropped", tokenizer) and not prepared_with(tmp_path / "plain", tokenizer, 0.2)
 
 
 def test_folder_skips_binaries_hidden_and_caches(tokenizer, tmp_path):

@@ -75,6 +75,17 @@ def test_encode_batch_matches_encode(tokenizer):
     assert tokenizer.encode_batch(texts) == [tokenizer.encode(t) for t in texts]
 
 
+def test_with_dropout_spells_a_text_many_ways_and_leaves_the_tokenizer_as_it_was(tokenizer):
+    text = (STDLIB / "textwrap.py").read_text(encoding="utf-8")[:5000]
+    plain = tokenizer.encode(text)
+    dropped = tokenizer.with_dropout(0.2)
+    spellings = [dropped.encode(text) for _ in range(4)]
+    assert all(tokenizer.decode(ids) == text for ids in spellings)
+    assert all(len(ids) > len(plain) for ids in spellings) and len({tuple(ids) for ids in spellings}) == 4
+    assert tokenizer.encode(text) == plain and dropped.vocab_size == tokenizer.vocab_size
+    assert dropped.encode("<|endoftext|>") == tokenizer.encode("<|endoftext|>") != [tokenizer.eot_id]
+
+
 def test_save_and_load_give_identical_encodings(tokenizer, tmp_path):
     path = tmp_path / "tokenizer.json"
     tokenizer.save(path)

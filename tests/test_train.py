@@ -394,6 +394,23 @@ def test_a_run_killed_before_its_first_checkpoint_then_another_vocabulary(corpus
     assert shards.read(0, shards.num_tokens).max() < tokenizer.vocab_size == len(tokenizer.hf.get_vocab())
 
 
+@pytest.mark.slow
+def test_bpe_dropout_trains_on_other_spellings_for_as_many_passes_over_the_text(corpus, tmp_path):
+    short = {**SMALL_STEPS, "max_epochs": 0.05}   # the default length: a twentieth of a pass
+    train = lambda name, **changes: run_training(   # noqa: E731
+        corpus, ModelFolder(tmp_path / name), preset="tiny", model_overrides=SMALL_MODEL, vocab_size=512,
+        train_overrides={**short, **changes}, log=said.append)
+    said = []
+    plain = train("plain")
+    dropped = train("dropped", bpe_dropout=0.1)
+    cfg = checkpoint.load_config(ModelFolder(tmp_path / "dropped"))
+    shards = TokenShards(tmp_path / "dropped" / cfg["corpora"][0]["data"], "train")
+    assert cfg["train"].bpe_dropout == 0.1 and cfg["corpora"][0]["tokens"] == shards.tokens_per_pass
+    assert shards.num_tokens > 7 * shards.tokens_per_pass
+    assert plain["step"] <= dropped["step"] <= 1.2 * plain["step"]   # a pass is over the text, not its copies
+    assert sum("each in 8 segmentations" in line for line in said) == 1
+
+
 STUCK_WRITER = """
 import os, sys
 from pathlib import Path
