@@ -138,8 +138,11 @@ def generated(n: int, seed: int) -> list[BenchTask]:
             rng = random.Random(seed + i)
             s = skills.make_scratch(rng, Path(tmp))
             request = kind.make(rng, s)
-            if request is None or Sandbox(s.root).run(request.command).exit_code not in request.ok_exits:
+            if request is None:
                 continue
+            ran = Sandbox(s.root).run(request.command)
+            if ran.exit_code not in request.ok_exits or request.check != "files" and not ran.output.strip():
+                continue   # (an answer to check needs something printed: no subfolders to list is no task)
             folder_seed = seed + i
             tasks.append(BenchTask(request.text, request.kind, "generated",
                                    "files" if request.check == "files" else "answer", request.command,

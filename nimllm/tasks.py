@@ -507,7 +507,7 @@ KIND_LIST = [
                                                                           "The {said} take {key} bytes."], number),
     fileset_kind("total_lines", ["{HOWMANY} {LINES} are in the {set}{where} [together|in total|combined]?",
                                  "total line count of the {set}{where}", "{COUNT} all {LINES} of the {set}{where}"],
-                 " -exec cat {} + | wc -l", ["{key} lines in all.", "The {said} have {key} lines together."], number),
+                 " -print0 | xargs -0 cat | wc -l", ["{key} lines in all.", "The {said} have {key} lines together."], number),
     simple_kind("find_file", lambda r, s: {"base": Path(r.choice(s.files)).name} if s.files else None,
                 ["where is {base}?", "{FIND} {base}", "where can I find {base}?", "which {FOLDER} has {base}?",
                  "path of {base}?", "where did I put {base}?"], "find . -name '{base}'",

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO
 
-from nimllm import skills
+from nimllm import shell, skills
 from nimllm.sandbox import Sandbox
 from nimllm.tasks import KINDS, FileSet, expand, phrase
 
@@ -120,6 +120,14 @@ def test_every_command_runs_and_prints_what_python_finds(folders):
         checked = set().union(*pool.map(lambda folder: kinds_checked(*folder), folders[:25]))
     assert {"count_files", "list_files", "count_lines", "min_number", "csv_sum", "json_field", "arithmetic",
             "make_folder", "replace_text", "move_file"} <= checked
+
+
+def test_no_command_the_corpus_teaches_is_one_the_agent_refuses_under_yes(folders):
+    """`nimllm agent --yes` refuses what its filter warns about: a taught command it warns about is a task
+    the agent can never do (find -exec was one)."""
+    taught = [(s, r) for s, requests in folders for r in requests]
+    assert {(r.kind, why) for s, r in taught for why in shell.warnings(r.command, s.root)} == set()
+    assert "total_lines" in {r.kind for _, r in taught}
 
 
 def test_a_fileset_is_the_find_it_says():
