@@ -25,19 +25,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nimllm import vocab
 from nimllm.fileio import write_jsonl_once
 from nimllm.sandbox import Limits, Sandbox
 from nimllm.tasks import KINDS, Request
 from nimllm.turns import agent_mode
 
-WORDS = ("apple river stone garden window light paper music table winter summer coffee bread letter market "
-         "morning evening cloud forest bridge train ticket yellow green silver quiet simple small large happy "
-         "early late city road house friend story money water fire plant paint glass metal wood cotton chair "
-         "doctor teacher garden animal bottle candle rabbit orange purple number people idea voice ocean").split()
-KEYWORDS = "TODO FIXME deadline invoice banana password urgent meeting refund draft".split()
-NAMES = "Alice Bruno Chen Dana Emil Farah Goran Hana Ivan Julia Kofi Lena Marco Nina Omar Priya Quinn Rosa".split()
-COLORS = "red blue green yellow black white purple orange grey pink".split()
-CITIES = "Lima Oslo Porto Accra Hanoi Quito Perth Dakar Riga Turin Osaka Tunis".split()
+WORDS = vocab.WORDS
 # Names come from large vocabularies, and a quarter are made up, so that a model cannot know a
 # folder's names in advance: it must copy them from the request and the output.
 STEMS = ("notes report todo main utils config data readme server client app setup index style draft budget "
@@ -72,20 +66,13 @@ FOLDERS = ("src docs data logs tests scripts notes assets backup archive reports
 EXTENSIONS = (".txt .md .py .log .csv .json .sh .html .yaml .css .js .ts .xml .toml .ini .cfg .conf .sql "
               ".c .h .go .rs .rb .java .tsv .rst .tex .dat .bak .svg .png .jpg .pdf").split()
 BINARY = {".png", ".jpg", ".pdf", ".dat"}
-SYLLABLES = ("ka lo mi ru sen ta vo ri ne ba du fi ko la mar tin pel zor qui wen ex ul ost var bel"
-             " dra gim hal jun kes lor mun nix pav rost sul tev yor zan").split()
-
-
-COMMITS = ["first commit", "add readme", "fix typo", "update config", "add tests", "remove old files",
-           "rename helper", "improve docs", "bump version", "fix crash on start", "add logging", "clean up"]
 FORMATTERS = {".py": lambda r: "\n".join(f"def {r.choice(WORDS)}_{r.choice(WORDS)}():\n    return {r.randint(0, 99)}"
                                          for _ in range(r.randint(1, 6))),
               ".log": lambda r: "\n".join(f"2024-{r.randint(1, 12):02d}-{r.randint(1, 28):02d} {r.randint(0, 23):02d}:"
                                           f"{r.randint(0, 59):02d} {r.choice(['INFO', 'INFO', 'WARNING', 'ERROR'])} "
                                           f"{r.choice(WORDS)} {r.choice(WORDS)}" for _ in range(r.randint(3, 25))),
-              ".csv": lambda r: "name,value\n" + "\n".join(f"{r.choice(WORDS)},{r.randint(1, 999)}"
-                                                           for _ in range(r.randint(2, 15)))}
-LISTS = {"names.txt": NAMES, "colors.txt": COLORS, "cities.txt": CITIES}
+              ".csv": vocab.table, ".json": lambda r: json.dumps(vocab.settings(r), indent=2)}
+STRUCTURED = (".csv", ".json")   # files a line added to would break
 DAY = 86400
 
 
@@ -94,17 +81,21 @@ def prose(rng: random.Random, long: bool = False) -> str:
     return "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(lines))
 
 
-def made_up(rng: random.Random) -> str:
-    """A name no vocabulary holds: 'kalomi', 'vostex'."""
-    return "".join(rng.choices(SYLLABLES, k=rng.randint(2, 3)))
+made_up = vocab.made_up
 
 
 def stem(rng: random.Random) -> str:
-    return made_up(rng) if rng.random() < 0.25 else rng.choice(STEMS)
+    return vocab.stem(rng, STEMS)
 
 
 def folder_name(rng: random.Random) -> str:
-    return made_up(rng) if rng.random() < 0.15 else rng.choice(FOLDERS)
+    return rng.choice(FOLDERS) if rng.random() < 0.5 else vocab.stem(rng, FOLDERS)
+
+
+def search_word(rng: random.Random) -> str:
+    """A word some files hold and a request may look for: 'socket', 'Breakpoint', 'TIMEOUT', 'zorvek'."""
+    return rng.choice([vocab.word, vocab.word, lambda r: vocab.word(r).capitalize(), lambda r: vocab.word(r).upper(),
+                       made_up])(rng)
 
 
 def file_name(rng: random.Random, ext: str | None = None) -> str:
@@ -121,7 +112,7 @@ def contents(rng: random.Random, ext: str, keyword: str) -> str | bytes:
     if ext in BINARY:
         return rng.randbytes(rng.choice([rng.randint(0, 2000), rng.randint(2000, 90000)]))
     text = FORMATTERS.get(ext, lambda r: prose(r, long=r.random() < 0.25))(rng)
-    if rng.random() < 0.3:
+    if ext not in STRUCTURED and rng.random() < 0.3:
         text += f"\n{rng.choice(WORDS)} {keyword} {rng.choice(WORDS)}"
     return text + "\n"
 
@@ -133,12 +124,12 @@ class Scratch:
     files: list[str] = field(default_factory=list)       # relative paths
     folders: list[str] = field(default_factory=list)
     keywords: list[str] = field(default_factory=list)    # words found in some files and not others
-    lists: list[str] = field(default_factory=list)       # one entry a line, with repeats (LISTS)
+    lists: list[str] = field(default_factory=list)       # one entry a line, with repeats (vocab.entries)
+    numbers: list[str] = field(default_factory=list)     # one number a line
+    commits: list[str] = field(default_factory=list)     # the git history's messages, oldest first
     git: bool = False
     words: list[str] = field(default_factory=lambda: WORDS)
     pair: tuple[str, str] | None = None                  # two versions of one text
-    csv: str | None = None                               # a table: name,city,amount
-    json: str | None = None                              # a settings file of a few fields
     archive: tuple[str, str] | None = None               # a .tar.gz and the folder inside it
 
     def text_files(self) -> list[str]:
@@ -146,7 +137,8 @@ class Scratch:
 
     def plain(self) -> list[str]:
         """Text files whose form no request relies on: a commit may add a line to them."""
-        return [f for f in self.text_files() if f not in (self.csv, *self.lists, "numbers.txt", *(self.pair or ()))]
+        return [f for f in self.text_files() if f not in (*self.lists, *self.numbers, *(self.pair or ()))
+                and not f.endswith(STRUCTURED)]
 
     def new_name(self, rng: random.Random, ext: str = "") -> str:
         return next(n for n in (file_name(rng, ext) for _ in range(100)) if not (self.root / n).exists())
@@ -167,16 +159,19 @@ def make_scratch(rng: random.Random, parent: Path) -> Scratch:
     of them git repos with a few commits and some changes since."""
     root = Path(tempfile.mkdtemp(prefix=f"{stem(rng)}-", dir=parent))
     s = Scratch(root, folders=sorted({folder_name(rng) for _ in range(rng.randint(0, 3))}),
-                keywords=rng.sample(KEYWORDS, 2))
+                keywords=list(dict.fromkeys(search_word(rng) for _ in range(2))))
     if s.folders and rng.random() < 0.3:
         s.folders.append(f"{s.folders[0]}/{folder_name(rng)}")
     for folder in s.folders:   # some stay empty
         (root / folder).mkdir(parents=True, exist_ok=True)
-    for name in rng.sample(sorted(LISTS), rng.randint(0, 2)):
-        s.add(name, "\n".join(rng.choices(LISTS[name], k=rng.randint(4, 12))) + "\n", rng)
-        s.lists.append(name)
+    for _ in range(rng.randint(0, 2)):   # any name: a list is known by what it holds, not by what it is called
+        s.lists.append(s.new_name(rng, rng.choice([".txt", ".txt", ".txt", ".md", ".list"])))
+        s.add(s.lists[-1], "\n".join(rng.choices(vocab.entries(rng), k=rng.randint(4, 12))) + "\n", rng)
     if rng.random() < 0.4:
-        s.add("numbers.txt", "\n".join(str(rng.randint(1, 500)) for _ in range(rng.randint(3, 12))) + "\n", rng)
+        digits = rng.randint(1, 5)
+        s.numbers.append(s.new_name(rng, ".txt"))
+        s.add(s.numbers[-1], "\n".join(str(vocab.number(rng, rng.randint(1, digits)))
+                                       for _ in range(rng.randint(3, 12))) + "\n", rng)
     names = {file_name(rng) for _ in range(rng.randint(3, 12))}
     for name in sorted(names):
         rel = str(Path(rng.choice([""] + s.folders)) / name)
@@ -192,14 +187,11 @@ def make_scratch(rng: random.Random, parent: Path) -> Scratch:
 def extras(rng: random.Random, s: Scratch) -> None:
     """The structured files some requests are about, each in some folders only."""
     if rng.random() < 0.4:
-        s.csv = rng.choice(["orders.csv", "sales.csv", "people.csv", "expenses.csv"])
-        rows = [f"{rng.choice(NAMES)},{rng.choice(CITIES)},{rng.randint(1, 400)}" for _ in range(rng.randint(3, 10))]
-        s.add(s.csv, "name,city,amount\n" + "\n".join(rows) + "\n", rng)
+        name = s.new_name(rng, ".csv")
+        s.add(name, contents(rng, ".csv", s.keywords[0]), rng)
     if rng.random() < 0.4:
-        s.json = rng.choice(["config.json", "settings.json", "package.json", "app.json"])
-        fields = {"name": rng.choice(WORDS), "version": f"{rng.randint(0, 3)}.{rng.randint(0, 9)}.{rng.randint(0, 9)}",
-                  "port": rng.randint(1024, 9999), "author": rng.choice(NAMES), "debug": rng.choice(["true", "false"])}
-        s.add(s.json, json.dumps(dict(rng.sample(sorted(fields.items()), 3)), indent=2) + "\n", rng)
+        name = s.new_name(rng, ".json")
+        s.add(name, contents(rng, ".json", s.keywords[0]), rng)
     if rng.random() < 0.35:
         old = [" ".join(rng.choices(WORDS, k=rng.randint(3, 7))) for _ in range(rng.randint(3, 9))]
         new = [line if rng.random() < 0.7 else " ".join(rng.choices(WORDS, k=4)) for line in old]
@@ -209,7 +201,7 @@ def extras(rng: random.Random, s: Scratch) -> None:
         s.add(s.pair[0], "\n".join(old) + "\n", rng)
         s.add(s.pair[1], "\n".join(new) + "\n", rng)
     if rng.random() < 0.3:
-        inside = f"old_{rng.choice(WORDS)}"
+        inside = folder_name(rng)
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             for name in {stem(rng), stem(rng)}:
@@ -217,19 +209,20 @@ def extras(rng: random.Random, s: Scratch) -> None:
                 info = tarfile.TarInfo(f"{inside}/{name}.txt")
                 info.size, info.mtime = len(data), 1.7e9
                 tar.addfile(info, io.BytesIO(data))
-        s.archive = (rng.choice(["backup", "archive", "old", "export"]) + ".tar.gz", inside)
+        s.archive = (s.new_name(rng, ".tar.gz"), inside)
         s.add(s.archive[0], buffer.getvalue(), rng)
 
 
 def make_repo(rng: random.Random, s: Scratch) -> None:
     if not s.plain():
         return
-    author = rng.choice(NAMES)
+    author = vocab.person(rng)
     env = {**os.environ, "GIT_AUTHOR_NAME": author, "GIT_COMMITTER_NAME": author, "GIT_AUTHOR_EMAIL": "a@b.c",
            "GIT_COMMITTER_EMAIL": "a@b.c", "GIT_CONFIG_GLOBAL": "/dev/null"}
     git = lambda *args: subprocess.run(["git", *args], cwd=s.root, env=env, check=True, capture_output=True)  # noqa: E731
     git("init", "-q", "-b", "main")
-    for message in rng.sample(COMMITS, rng.randint(1, 5)):
+    s.commits = [vocab.commit_message(rng) for _ in range(rng.randint(1, 5))]
+    for message in s.commits:
         (s.root / rng.choice(s.plain())).open("a").write(f"{rng.choice(WORDS)}\n")
         git("add", "-A")
         git("commit", "-q", "-m", message)
@@ -247,30 +240,64 @@ def requests_for(s: Scratch, rng: random.Random, count: int, kinds=None) -> list
     return sorted(made, key=lambda r: r.check == "files")
 
 
+MISSING = 0.08   # the share of requests about a file that ask for one the folder does not have
+NOT_FOUND = ["There is no {name} in this folder.", "I found no file named {name} here.",
+             "{name} does not exist here, not even in a subfolder."]
+
+
+def named_at_end(request: Request, path: str) -> bool:
+    """Whether the request names `path` and its command ends on it (so another path can stand in)."""
+    return bool(path) and path in request.text and request.command.endswith(f" {path}")
+
+
 def detour(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, bool]]:
-    """Commands run before the request's own, each with whether it must fail: a file in a subfolder
-    that the user names without its folder is looked for with `find` (sometimes after the command
-    failed on the bare name), and a search of a folder without -r fails ("Is a directory")."""
+    """Commands run before the request's own, each with whether it must fail. `find` only ever looks
+    for a file after a command failed on it ("No such file"): a file in a subfolder that the user
+    names without its folder; the request's command then runs on the path found. A search of a folder
+    without -r fails ("Is a directory"), and runs again with it."""
     path = str(request.values.get("file", ""))
     base = Path(path).name
     unique = sum(Path(f).name == base for f in s.files) == 1
-    if "/" in path and unique and path in request.text and request.command.endswith(f" {path}") and rng.random() < 0.7:
+    if "/" in path and unique and named_at_end(request, path) and rng.random() < 0.7:
         request.text = request.text.replace(path, base)
-        bare = [(request.command.removesuffix(path) + base, True)] if rng.random() < 0.5 else []
-        return bare + [(f"find . -name '{base}'", False)]
+        return [(request.command.removesuffix(path) + base, True), (f"find . -name '{base}'", False)]
     if request.command.startswith("grep -rl ") and rng.random() < 0.1:   # rare: training learns the wrong first try too
         return [(request.command.replace("grep -rl ", "grep -l ").replace(" --exclude-dir=.git", ""), True)]
     return []
 
 
+def ask_for_a_missing_file(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, bool]]:
+    """The request made about a file the folder does not have: its command fails ("No such file"),
+    `find` finds the name nowhere (the request's command now), and the answer says so, without a result."""
+    path = str(request.values["file"])
+    taken = {Path(f).name for f in s.files}
+    missing = next(n for n in (file_name(rng, "".join(Path(path).suffixes)) for _ in range(100)) if n not in taken)
+    request.text = request.text.replace(path, missing)
+    failed = request.command.removesuffix(path) + missing
+    template = rng.choice(NOT_FOUND)
+    request.command, request.ok_exits, request.values = f"find . -name '{missing}'", (0,), {"file": missing}
+    request.answer = lambda out: None if out.strip() else template.format(name=missing)
+    return [(failed, True)]
+
+
+def before(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, bool]]:
+    """What runs before the request's own command: a missing file now and then, else perhaps a detour."""
+    path = str(request.values.get("file", ""))
+    if request.check == "answer" and named_at_end(request, path) and rng.random() < MISSING:
+        return ask_for_a_missing_file(request, s, rng)
+    return detour(request, s, rng)
+
+
 def episode(request: Request, sandbox: Sandbox, s: Scratch, rng: random.Random) -> dict | None:
     """The conversation that teaches a request, from what its commands really printed; None when a
     command does not do what the episode says of it, or the answer cannot be read from the output."""
-    turns = []
-    for command, fails in [*detour(request, s, rng), (request.command, False)]:
+    turns, steps = [], [*before(request, s, rng), (request.command, False)]
+    for step, (command, fails) in enumerate(steps):
         result = sandbox.run(command)
-        if (result.exit_code not in (request.ok_exits if command == request.command else (0,))) != fails:
+        if (result.exit_code not in (request.ok_exits if step == len(steps) - 1 else (0,))) != fails:
             return None
+        if fails and steps[step + 1][0].startswith("find . -name") and "No such file" not in result.output:
+            return None   # find looks for a file only once a command did not find it
         turns += [{"role": "tool_call", "content": command}, {"role": "tool", "content": result.observation()}]
     answer = request.answer(result.output)
     if answer is None or request.verify and not request.verify(s.root):
@@ -312,7 +339,7 @@ def write_corpus(path: Path, n: int, seed: int = 0, log=print) -> Path:
                             f"{n:,} agent-skill episodes (real commands in scratch folders)", log)
 
 
-EPISODES_FORMAT = 2   # 2: each episode opens with the agent's mode (turns.agent_mode)
+EPISODES_FORMAT = 3   # 2: each episode opens with the agent's mode (turns.agent_mode); 3: open values, find after a failure only
 
 
 def corpus_for(model_root: Path, n: int, seed: int = 0, log=print) -> Path:

@@ -21,54 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from nimllm import vocab
+from nimllm.vocab import CLOSERS, EXT_NOUNS, EXT_WORDS, HERE, I_OPENERS, MACROS, Q_OPENERS, VERBS
+
 # ---- words --------------------------------------------------------------------------------------------
 
-# {NAME} in a template: one of these, itself expanded; [a|b|c]: one of a, b, c
-MACROS = {
-    "SHOW": "[show|print|display|give me|let me see|output|dump|list]",
-    "FILES": "[files|documents|file]",
-    "FOLDER": "[folder|directory|dir]",
-    "COUNT": "[count|tally up|tally|add up|figure out the number of|get me the count of]",
-    "HOWMANY": "[how many|how many|what number of|how many total]",
-    "FIND": "[find|locate|look for|search for|track down|hunt down]",
-    "WHICH": "[which|what]",
-    "BIG": "[biggest|largest|heaviest]",
-    "SMALL": "[smallest|tiniest|lightest]",
-    "NEW": "[newest|most recent|latest|most recently changed|last modified]",
-    "MAKE": "[create|make|set up|add]",
-    "LINES": "[lines|rows|lines of text]",
-    "WORDS": "[words|word tokens]",
-    "CONTAINS": "[contain|mention|include|have|use]",
-    "TELL": "[tell me|let me know|I want to know|I'd like to know|do you know]",
-}
-EXT_WORDS = {".md": ["markdown", "md", ".md"], ".py": ["python", "py", ".py"], ".txt": ["text", "txt", ".txt"],
-             ".log": ["log", ".log"], ".csv": ["csv", ".csv"], ".json": ["json", ".json"],
-             ".sh": ["shell script", ".sh", "bash"], ".html": ["html", ".html"], ".yaml": ["yaml", ".yaml", "yml"],
-             ".css": ["css", ".css"], ".js": ["javascript", "js", ".js"], ".ts": ["typescript", ".ts"],
-             ".xml": ["xml", ".xml"], ".toml": ["toml", ".toml"], ".ini": ["ini", ".ini"], ".sql": ["sql", ".sql"],
-             ".c": ["C", ".c"], ".go": ["go", ".go"], ".rs": ["rust", ".rs"], ".java": ["java", ".java"],
-             ".tsv": ["tsv", ".tsv"], ".svg": ["svg", ".svg"], ".png": ["png", ".png"], ".jpg": ["jpg", "jpeg", ".jpg"],
-             ".pdf": ["pdf", ".pdf"], ".dat": ["dat", ".dat"], ".bak": ["backup", ".bak"], ".tex": ["latex", ".tex"]}
-EXT_NOUNS = {".md": ["notes", "markdown docs"], ".py": ["python scripts", "scripts"], ".log": ["logs", "log files"],
-             ".sh": ["shell scripts"], ".html": ["web pages", "html pages"], ".csv": ["spreadsheets"],
-             ".txt": ["text files"], ".json": ["json files"], ".yaml": ["yaml configs"], ".css": ["stylesheets"],
-             ".js": ["javascript files", "js scripts"], ".ts": ["typescript sources"], ".xml": ["xml documents"],
-             ".toml": ["toml configs"], ".ini": ["ini configs"], ".sql": ["sql queries", "sql scripts"],
-             ".c": ["C sources"], ".go": ["go sources"], ".rs": ["rust sources"], ".java": ["java classes"],
-             ".tsv": ["tab-separated tables"], ".svg": ["svg images", "vector images"], ".png": ["png images"],
-             ".jpg": ["photos", "jpeg images"], ".pdf": ["pdfs", "pdf documents"], ".dat": ["data files"],
-             ".bak": ["backups"], ".tex": ["latex documents"]}
-HERE = ["", "", " here", " in this folder", " in this directory", " in the current folder", " in here",
-        " in cwd", " around here"]
-Q_OPENERS = ["", "", "", "hey, ", "quick question: ", "so ", "ok ", "hi, ", "question: ", "um, "]
-I_OPENERS = ["", "", "", "please ", "can you ", "could you ", "would you ", "I need you to ", "go ahead and ",
-             "pls ", "kindly ", "hey, ", "I'd like you to "]
-# first words of a request that is an order ("count the ..."): only those take "please", "can you"...
-VERBS = set("""show print display give let output dump list count tally add figure get find locate look search track
-hunt create make set sort put write save append copy duplicate rename change call move mv replace compare diff read
-open extract unpack unzip archive compress pack zip back dedupe calculate compute work grep cat ls mkdir wc git pwd
-date tell""".split())
-CLOSERS = ["", "", "", " please", " thanks", " for me", " now", ", thank you", " real quick", " asap"]
 TYPO_RATE = 0.12
 
 
@@ -309,12 +266,16 @@ class Kind:
     make: Callable                    # (rng, scratch) -> Request | None (None: the folder does not fit)
 
 
-def answered(templates: list[str], key: Callable[[str], str | None], rng, **values) -> Callable[[str], str | None]:
+def answered(templates: list[str], key: Callable[[str], str | None], rng, nothing: list[str] = (),
+             **values) -> Callable[[str], str | None]:
     """The answer function of a request: one of the templates, with {key} (or the fields of a dict
-    key, such as {count} and {names}) read from the output."""
-    template = rng.choice(templates)
+    key, such as {count} and {names}) read from the output; where the command printed nothing, one
+    of `nothing` (a search that found nothing says so, and makes no result up)."""
+    template, empty = rng.choice(templates), rng.choice(nothing or [None])
 
     def answer(out: str) -> str | None:
+        if empty and not out.strip():
+            return expand(empty, rng, **values)
         k = key(out)
         return None if k is None else expand(template, rng, **{**values, **(k if isinstance(k, dict) else {"key": k})})
     return answer
@@ -334,14 +295,14 @@ def fileset_kind(name: str, questions: list[str], pipe: str, answers: list[str],
 
 
 def simple_kind(name: str, slots: Callable, questions: list[str], command: str, answers: list[str], key,
-                check: str = "answer", verify=None, ok_exits=(0,)) -> Kind:
+                check: str = "answer", verify=None, ok_exits=(0,), nothing: list[str] = ()) -> Kind:
     """A kind whose slots come from `slots(rng, scratch)` (a dict, or None when the folder does not fit)."""
     def make(rng, s) -> Request | None:
         v = slots(rng, s)
         if v is None:
             return None
         return Request(name, phrase(rng, rng.choice(questions), **v), command.format(**v),
-                       answered(answers, key, rng, **v), check, verify and holds(verify, v), v, ok_exits)
+                       answered(answers, key, rng, nothing, **v), check, verify and holds(verify, v), v, ok_exits)
     return Kind(name, make)
 
 
@@ -366,14 +327,31 @@ def a_text(rng, s):
     return {"file": rng.choice(files), "n": rng.randint(2, 6)} if files else None
 
 
-def a_word(rng, s):
-    with_word = [f for f in s.text_files() if s.keywords[0] in (s.root / f).read_text()]
-    return {"file": rng.choice(with_word), "word": s.keywords[0]} if with_word else None
+ABSENT = 0.15   # the share of searches for a word that is not there: they find nothing, and say so
 
 
-def word_anywhere(rng, s):
-    return {"word": s.keywords[0], "where": in_place(".", rng)} if any(
-        s.keywords[0] in (s.root / f).read_text() for f in s.text_files()) else None
+def a_word(rng, s, absent: float = 0.0):
+    """A text file and a word in it: the folder's keyword, or any word of the file (its own words are
+    searched for too: 'ERROR' in a log); with chance `absent`, a word it does not hold (nothing found)."""
+    files = s.text_files()
+    if not files:
+        return None
+    f = rng.choice(files)
+    text = (s.root / f).read_text()
+    if rng.random() < absent:
+        return {"file": f, "word": next(w for w in (vocab.word(rng) for _ in range(100)) if w not in text.lower())}
+    words = [s.keywords[0]] * 3 if s.keywords[0] in text else re.findall(r"\b[A-Za-z]{3,}\b", text)
+    return {"file": f, "word": rng.choice(words)} if words else None
+
+
+def word_anywhere(rng, s, absent: float = 0.0):
+    """The folder's keyword where a file holds it; with chance `absent`, a word no file holds (nothing found)."""
+    if rng.random() < absent:
+        held = b"\n".join((s.root / f).read_bytes().lower() for f in s.files)
+        word = next((w for w in (vocab.word(rng) for _ in range(20)) if w.encode() not in held), None)
+    else:
+        word = s.keywords[0] if any(s.keywords[0] in (s.root / f).read_text() for f in s.text_files()) else None
+    return word and {"word": word, "where": in_place(".", rng)}
 
 
 def a_list(rng, s):
@@ -381,7 +359,7 @@ def a_list(rng, s):
 
 
 def numbers(rng, s):
-    return {"file": "numbers.txt"} if "numbers.txt" in s.files else None
+    return {"file": rng.choice(s.numbers)} if s.numbers else None
 
 
 def a_line_range(rng, s):
@@ -440,18 +418,28 @@ def the_pair(rng, s):
     return {"a": s.pair[0], "b": s.pair[1]} if s.pair else None
 
 
-def the_csv(rng, s):
-    if not s.csv:
+def the_csv(rng, s, numeric: bool = False):
+    """A csv file and one of its columns (`numeric`: one of whole numbers), from the file's own header."""
+    tables = [f for f in s.files if f.endswith(".csv")]
+    if not tables:
         return None
-    column = rng.choice([("name", 1), ("city", 2), ("amount", 3)])
-    return {"file": s.csv, "column": column[0], "i": column[1]}
+    f = rng.choice(tables)
+    header, *rows = [line.split(",") for line in (s.root / f).read_text().splitlines()]
+    columns = [i for i, name in enumerate(header) if all(len(row) == len(header) for row in rows)
+               and (not numeric or all(row[i].isdigit() for row in rows))]
+    if not rows or not columns:
+        return None
+    i = rng.choice(columns)
+    return {"file": f, "column": header[i], "i": i + 1}
 
 
 def the_json(rng, s):
-    if not s.json:
+    files = [f for f in s.files if f.endswith(".json")]
+    if not files:
         return None
-    data = json.loads((s.root / s.json).read_text())
-    return {"file": s.json, "field": rng.choice(sorted(data))}
+    f = rng.choice(files)
+    data = json.loads((s.root / f).read_text())
+    return {"file": f, "field": rng.choice(sorted(data))} if data else None
 
 
 def the_archive(rng, s):
@@ -471,13 +459,13 @@ def nothing(rng, s):
 
 
 def sums(rng, s):
-    a, b = rng.randint(2, 999), rng.randint(2, 99)
+    a, b = vocab.number(rng), vocab.number(rng)
     op, word = rng.choice([("+", "[plus|and|+]"), ("-", "[minus|take away|-]"), ("*", "[times|multiplied by|*|x]")])
     return {"a": a, "b": b, "op": op, "opword": expand(word, rng)}
 
 
 def percent(rng, s):
-    return {"p": rng.choice([5, 10, 15, 20, 25, 50, 75]), "a": rng.randint(2, 40) * 20}
+    return {"p": rng.choice([5, 10, 15, 20, 25, 50, 75, rng.randint(1, 100)]), "a": vocab.number(rng)}
 
 
 def exists_dir(root: Path, v) -> bool:
@@ -558,29 +546,33 @@ KIND_LIST = [
                                          "line number {n} in {file}?", "what does line {n} of {file} say?"],
                 "sed -n '{n}p' {file}", ["Line {n} of {file} is {key}.", "It says {key}."], quoted),
     # -- searching text
-    simple_kind("grep_files", word_anywhere, ["{WHICH} {FILES} {CONTAINS} {word}?", "{FIND} the {FILES} that {CONTAINS} {word}",
+    simple_kind("grep_files", lambda r, s: word_anywhere(r, s, ABSENT), ["{WHICH} {FILES} {CONTAINS} {word}?", "{FIND} the {FILES} that {CONTAINS} {word}",
                                               "where does {word} appear?", "grep for {word}",
                                               "search {word}{where}", "{WHICH} {FILES} say {word}?"],
-                "grep -rl '{word}' . --exclude-dir=.git", ["{word} is in {count} files: {names}.", "{names}."], listing),
-    simple_kind("grep_count_files", word_anywhere, ["{HOWMANY} {FILES} {CONTAINS} {word}?",
+                "grep -rl '{word}' . --exclude-dir=.git", ["{word} is in {count} files: {names}.", "{names}."], listing,
+                ok_exits=(0, 1), nothing=["No file here mentions {word}.", "{word} is in no file."]),
+    simple_kind("grep_count_files", lambda r, s: word_anywhere(r, s, ABSENT), ["{HOWMANY} {FILES} {CONTAINS} {word}?",
                                                     "in {HOWMANY} {FILES} does {word} appear?",
                                                     "{COUNT} the {FILES} that mention {word}"],
                 "grep -rl '{word}' . --exclude-dir=.git | wc -l", ["{key} files mention {word}."], number),
-    simple_kind("grep_lines", a_word, ["{SHOW} the {LINES} of {file} that {CONTAINS} {word}",
+    simple_kind("grep_lines", lambda r, s: a_word(r, s, ABSENT), ["{SHOW} the {LINES} of {file} that {CONTAINS} {word}",
                                        "{WHICH} {LINES} of {file} mention {word}?", "{FIND} {word} in {file}",
                                        "grep {word} in {file}", "on what line of {file} is {word}?"],
                 "grep -n '{word}' {file}", ["{word} is on line {key} of {file}.", "Line {key}."],
-                lambda out: names(re.findall(r"^(\d+):", out, re.M))),
-    simple_kind("grep_count", a_word, ["{HOWMANY} {LINES} of {file} {CONTAINS} {word}?",
+                lambda out: names(re.findall(r"^(\d+):", out, re.M)), ok_exits=(0, 1),
+                nothing=["{word} is not in {file}.", "No line of {file} has {word}."]),
+    simple_kind("grep_count", lambda r, s: a_word(r, s, ABSENT), ["{HOWMANY} {LINES} of {file} {CONTAINS} {word}?",
                                        "{COUNT} the {LINES} with {word} in {file}",
                                        "in {HOWMANY} {LINES} of {file} does {word} appear?"],
-                "grep -c '{word}' {file}", ["{key} lines of {file} contain {word}.", "{key}."], number),
-    simple_kind("grep_everywhere", word_anywhere, ["{SHOW} every line that mentions {word}{where}",
+                "grep -c '{word}' {file}", ["{key} lines of {file} contain {word}.", "{key}."], number, ok_exits=(0, 1)),
+    simple_kind("grep_everywhere", lambda r, s: word_anywhere(r, s, ABSENT), ["{SHOW} every line that mentions {word}{where}",
                                                    "{FIND} all {LINES} with {word}{where}, with line numbers"],
-                "grep -rn '{word}' . --exclude-dir=.git", ["{count} lines mention {word}; shown above."], listing),
-    simple_kind("grep_ignore_case", a_word, ["{FIND} {word} in {file}, ignoring case",
+                "grep -rn '{word}' . --exclude-dir=.git", ["{count} lines mention {word}; shown above."], listing,
+                ok_exits=(0, 1), nothing=["Nothing here mentions {word}.", "No line mentions {word}."]),
+    simple_kind("grep_ignore_case", lambda r, s: a_word(r, s, ABSENT), ["{FIND} {word} in {file}, ignoring case",
                                              "{WHICH} {LINES} of {file} have {word} in any case?"],
-                "grep -in '{word}' {file}", ["Lines {key}."], lambda out: names(re.findall(r"^(\d+):", out, re.M))),
+                "grep -in '{word}' {file}", ["Lines {key}."], lambda out: names(re.findall(r"^(\d+):", out, re.M)),
+                ok_exits=(0, 1), nothing=["{word} is not in {file}, in any case."]),
     # -- lists of lines: sort, unique, frequencies, numbers
     simple_kind("sort_lines", a_list, ["sort {file}", "{SHOW} {file} sorted", "put {file} in [alphabetical|A to Z] order",
                                        "{file} in order please"], "sort {file}", ["Sorted, {key}."], shown),
@@ -656,9 +648,10 @@ KIND_LIST = [
     simple_kind("csv_rows", the_csv, ["{HOWMANY} rows does {file} have, not counting the header?",
                                       "{HOWMANY} records are in {file}?", "{COUNT} the entries in {file}"],
                 "tail -n +2 {file} | wc -l", ["{file} has {key} rows.", "{key} records."], number),
-    simple_kind("csv_sum", the_csv, ["what is the total amount in {file}?", "add up the amount column of {file}",
-                                     "sum of amount in {file}?"], "awk -F, 'NR>1 {{s+=$3}} END {{print s}}' {file}",
-                ["The amounts add up to {key}."], number),
+    simple_kind("csv_sum", lambda r, s: the_csv(r, s, numeric=True),
+                ["what is the total {column} in {file}?", "add up the {column} column of {file}",
+                 "sum of {column} in {file}?"], "awk -F, 'NR>1 {{s+=${i}}} END {{print s}}' {file}",
+                ["The {column} column adds up to {key}.", "{column} adds up to {key}."], number),
     simple_kind("archive_list", the_archive, ["what's inside {file}?", "list the contents of {file}",
                                               "which files are in the archive {file}?"], "tar -tzf {file}",
                 ["{file} holds {count}: {names}."], listing),

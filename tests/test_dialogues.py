@@ -105,8 +105,8 @@ def test_no_name_or_answer_of_the_benchmarks(corpus):
     bench = [json.loads(line) for line in (REPO / "bench" / "memory_facts.jsonl").read_text().splitlines() if line]
     bench_words = set(re.findall(r"\b[A-Z][a-z]+\b", " ".join(json.dumps(f) for f in bench)))
     assert not bench_words & set(dialogues.FEMALE + dialogues.MALE)
-    from nimllm.skills import NAMES
-    assert not set(NAMES) & set(dialogues.FEMALE + dialogues.MALE)
+    from nimllm.vocab import FIRST_NAMES
+    assert not set(FIRST_NAMES) & set(dialogues.FEMALE + dialogues.MALE)
     text = "\n".join(t for d in corpus.dialogues for _, t in d.messages)
     for answer in {f["answer"] for f in bench}:
         assert not re.search(rf"\b{re.escape(answer)}\b", text, re.I), answer

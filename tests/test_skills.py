@@ -3,6 +3,7 @@
 recover, and the corpus mixed into another becomes token shards with the tool tokens in them."""
 import json
 import random
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -32,11 +33,12 @@ def test_episodes_run_their_commands_and_answer_from_what_they_printed(tmp_path)
         assert roles == ["system", "user"] + ["tool_call", "tool"] * calls + ["assistant"] and 1 <= calls <= 3
         assert e["messages"][0]["content"] == AGENT_MODE   # the agent's mode, as the agent shows it in use
         tools = [m["content"] for m in e["messages"] if m["role"] == "tool"]
-        assert tools[-1].startswith("[exit 0]") or e["kind"] == "diff_files"
+        assert tools[-1].startswith("[exit 0]") or e["kind"] == "diff_files" or \
+            tools[-1].startswith("[exit 1]") and e["kind"].startswith("grep")   # (a search that found nothing)
         if calls > 1:
             detours += 1
             commands = [m["content"] for m in e["messages"] if m["role"] == "tool_call"]
-            assert not tools[0].startswith("[exit 0]") or commands[0].startswith("find . -name")
+            assert not tools[0].startswith("[exit 0]") and not commands[0].startswith("find . -name"), commands
         assert e["messages"][-1]["content"].strip()
     assert detours >= 3
 
@@ -57,21 +59,57 @@ def test_no_name_or_path_repeats_enough_to_be_learned(tmp_path):
     assert len(names) == 120   # neither the folder nor its parent is ever the same
 
 
+@pytest.fixture(scope="module")
+def many_episodes(tmp_path_factory):
+    parent = str(tmp_path_factory.mktemp("episodes"))
+    return [e for seed in range(60) for e in skills.folder_episodes(seed, parent, per_folder=10)]
+
+
+def calls_of(e) -> list[tuple[str, str]]:
+    """(command, what it printed) of each call of an episode."""
+    m = e["messages"]
+    return [(m[i]["content"], m[i + 1]["content"]) for i in range(len(m) - 1) if m[i]["role"] == "tool_call"]
+
+
 @pytest.mark.slow
-def test_a_file_named_without_its_folder_is_found_first(tmp_path):
-    """The detour episode: the bare name fails (sometimes), `find` shows the path, the command runs on it."""
-    seen = []
-    for seed in range(60):
-        for e in skills.folder_episodes(seed, str(tmp_path), per_folder=10):
-            commands = [m["content"] for m in e["messages"] if m["role"] == "tool_call"]
-            if any(c.startswith("find . -name '") and not c.endswith("-not -path './.git/*'") for c in commands[:-1]):
-                seen.append(commands)
-    assert seen
-    for commands in seen:
-        base = commands[-2].split("'")[1]
-        assert commands[-1].endswith(f"/{base}") and (len(commands) == 2 or commands[0].endswith(f" {base}"))
+def test_find_looks_for_a_file_only_after_a_command_did_not_find_it(many_episodes):
+    """No episode opens with `find` for a file it then uses: the command fails on the bare name ("No such
+    file"), find shows the path, and the command runs again on it; or find shows nothing, and the
+    answer says the file is not there."""
+    found, missing = 0, 0
+    for e in many_episodes:
+        calls = calls_of(e)
+        for i, (command, _) in enumerate(calls):
+            if not command.startswith("find . -name '") or command.endswith("-not -path './.git/*'") or \
+                    e["kind"] == "find_file" and i == 0:
+                continue
+            base = command.split("'")[1]
+            assert i > 0 and "No such file" in calls[i - 1][1] and calls[i - 1][0].endswith(f" {base}"), calls
+            if i + 1 < len(calls):
+                found += 1
+                assert calls[i + 1][0] == calls[i - 1][0].removesuffix(base) + calls[i][1].split("./")[1].strip()
+            else:
+                missing += 1
+                assert calls[i][1] == "[exit 0]" and base in e["messages"][-1]["content"]
+    assert found >= 10 and missing >= 10
 
 
+@pytest.mark.slow
+def test_an_answer_after_nothing_found_says_so_and_makes_nothing_up(many_episodes):
+    """Episodes whose last command printed nothing (a missing file, a word found nowhere) answer with a
+    no, and every value in the answer (a number, a file name, a word in capitals) is in the request."""
+    empty = [e for e in many_episodes if calls_of(e)[-1][1] in ("[exit 0]", "[exit 1]") and e["kind"] not in
+             ("make_folder", "make_file", "append_line", "copy_file", "rename_file", "move_file", "replace_text",
+              "archive_extract", "archive_make")]
+    assert len(empty) >= 15 and {e["kind"] for e in empty} & {"grep_files", "grep_lines", "grep_everywhere"}
+    for e in empty:
+        answer, request = e["messages"][-1]["content"], e["messages"][1]["content"]
+        assert re.search(r"\b(no|not|none|nothing|empty)\b", answer, re.I), answer
+        values = [t.strip(".") for t in re.findall(r"[\w.-]+", answer[1:]) if re.search(r"[\d._A-Z-]", t.strip("."))]
+        assert all(v in request for v in values), (request, answer)
+
+
+@pytest.mark.slow
 @pytest.mark.slow
 def test_a_mixed_corpus_becomes_shards_with_tool_calls(tmp_path):
     text = tmp_path / "book.txt"
@@ -101,4 +139,4 @@ def test_git_folders_are_real_repositories(tmp_path):
     rng = random.Random(0)
     s = next(s for s in (skills.make_scratch(rng, tmp_path) for _ in range(20)) if s.git)
     log = subprocess.run(["git", "log", "--format=%s"], cwd=s.root, capture_output=True, text=True, check=True)
-    assert set(log.stdout.splitlines()) <= set(skills.COMMITS) and log.stdout.strip()
+    assert log.stdout.splitlines() == s.commits[::-1] and log.stdout.strip()

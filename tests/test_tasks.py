@@ -77,7 +77,7 @@ def python_truth(r, root: Path) -> str | None:
             "file_size": lambda: str((root / v["file"]).stat().st_size),
             "min_number": lambda: str(min(numbers)), "max_number": lambda: str(max(numbers)),
             "sum_numbers": lambda: str(sum(numbers)), "csv_rows": lambda: str(len(table)),
-            "csv_sum": lambda: str(sum(int(row[2]) for row in table)),
+            "csv_sum": lambda: str(sum(int(row[v["i"] - 1]) for row in table)),
             "json_field": lambda: str(json.loads(text)[v["field"]]).replace("True", "true").replace("False", "false"),
             "count_unique": lambda: str(len(set(text.split("\n")[:-1]))),
             "arithmetic": lambda: str(eval(f"{v['a']} {v['op']} {v['b']}")),   # noqa: S307 (our own numbers)
@@ -177,3 +177,29 @@ def test_every_hand_written_check_is_true_of_its_folder(tmp_path):
             assert lines and (task.check == "shown" or len(lines) == 1), (task.ref, lines)
     with ThreadPoolExecutor(FOLDERS_AT_ONCE) as pool:   # each task in a folder of its own
         list(pool.map(check, bench.hand_written()))
+
+
+def open_values(folders) -> dict[str, float]:
+    """How open a request's values are: the share of file names none of skills.STEMS starts, the number
+    of distinct search words, list and numbers files, csv columns and json fields, and whether names come
+    in capitals, with hyphens and with digits."""
+    requests = [r for _, rs in folders for r in rs]
+    files = [Path(str(r.values["file"])).name for r in requests if "file" in r.values]
+    stems = [re.split(r"[._\-\d]", f)[0].lower() for f in files]
+    of = lambda *kinds, key="file": {str(r.values[key]) for r in requests if r.kind in kinds}  # noqa: E731
+    return {"unlisted file share": sum(s not in skills.STEMS for s in stems) / len(stems),
+            "search words": len(of("grep_lines", "grep_count", "grep_files", "grep_everywhere", key="word")),
+            "list files": len(of("sort_lines", "unique_lines", "most_common")),
+            "numbers files": len(of("min_number", "max_number", "sum_numbers")),
+            "csv columns": len(of("csv_column", key="column")), "json fields": len(of("json_field", key="field")),
+            "capitals": any(f[:1].isupper() for f in files), "hyphens": any("-" in f for f in files),
+            "five digits": any(len(str(r.values.get("a", ""))) == 5 for r in requests)}
+
+
+def test_values_are_mostly_ones_no_fixed_list_holds(folders):
+    """A model must copy a request's values, not recall them: most file names start with no stem of a fixed
+    list, and search words, list and numbers files, csv columns and json fields each take many values."""
+    seen = open_values(folders)
+    assert seen["unlisted file share"] >= 0.6, seen
+    assert min(seen[k] for k in ("search words", "list files", "csv columns", "json fields")) >= 15, seen
+    assert seen["numbers files"] >= 8 and seen["capitals"] and seen["hyphens"] and seen["five digits"], seen
