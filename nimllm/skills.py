@@ -2,11 +2,13 @@
 
 A model trained on books has never seen a tool call. Each episode here is a request (put together
 from parts: nimllm/tasks.py), the command that does it, what that command really printed in a
-scratch folder full of random names (run by nimllm/sandbox.py as the agent runs them, without
-bubblewrap since they are our own), and an
-answer that carries what it printed. Some episodes go wrong first, as work does: a file asked for by
-a name that is not where the command looks, found with `find`; a `grep` on a folder, run again with
-`-r`. Every request about the folder is answered from a command, never from memory.
+scratch folder full of random names and contents (nimllm/vocab.py: too many to learn, so they must be
+copied), run by nimllm/sandbox.py as the agent runs them (without bubblewrap since they are our own),
+and an answer that carries what it printed. Some episodes go wrong first, as work does: a command
+fails on a file named without its folder ("No such file"), `find` shows where it is, and the command
+runs on that path; a `grep` on a folder fails and runs again with `-r`. Some find nothing (a file the
+folder does not have, a word no file holds) and the answer says so. Every request about the folder
+is answered from a command, never from memory.
 
     rng = random.Random(0); episodes = folder_episodes(0, "/tmp")
 """
@@ -128,7 +130,7 @@ class Scratch:
     numbers: list[str] = field(default_factory=list)     # one number a line
     commits: list[str] = field(default_factory=list)     # the git history's messages, oldest first
     git: bool = False
-    words: list[str] = field(default_factory=lambda: WORDS)
+    words: tuple[str, ...] = WORDS                       # what new text is written with
     pair: tuple[str, str] | None = None                  # two versions of one text
     archive: tuple[str, str] | None = None               # a .tar.gz and the folder inside it
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from nimllm import vocab
-from nimllm.vocab import CLOSERS, EXT_NOUNS, EXT_WORDS, HERE, I_OPENERS, MACROS, Q_OPENERS, VERBS
+from nimllm.vocab import CLOSERS, EXT_NOUNS, EXT_WORDS, FILTERS, HERE, I_OPENERS, MACROS, Q_OPENERS, VERBS
 
 # ---- words --------------------------------------------------------------------------------------------
 
@@ -77,17 +77,6 @@ def in_place(place: str, rng) -> str:
     return expand(rng.choice([" in {p}", " under {p}", " inside {p}", " in the {p} {FOLDER}", " in {p}/",
                               " within {p}", " (they're in {p})", ", the ones in {p}/", " in my {p} {FOLDER}",
                               " that live in {p}"]), rng, p=place)
-
-
-# each filter of a set of files once: how `find` says it, how a person may say it, how the answer says it
-FILTERS = {
-    "name_part": ("-name '*{}*'", ["with {} in the name", "named like {}", "whose name has {} in it",
-                                   "called something with {}"], "with {} in the name"),
-    "min_kb": ("-size +{}k", ["bigger than {} KB", "over {}k", "larger than {} KB", "above {} kilobytes"],
-               "bigger than {} KB"),
-    "days": ("-mtime -{}", ["changed in the last {} days", "modified within {} days", "edited in the past {} days",
-                            "touched less than {} days ago"], "changed in the last {} days"),
-}
 
 
 @dataclass
@@ -257,7 +246,7 @@ class Request:
     check: str = "answer"                         # "answer": it must carry the result; "files": the folder changes
     verify: Callable[[Path], bool] | None = None  # with "files": is the folder as asked?
     values: dict = field(default_factory=dict)
-    ok_exits: tuple[int, ...] = (0,)              # exit codes of a command that did its work (diff: 1 = differ)
+    ok_exits: tuple[int, ...] = (0,)              # exit codes the answer reads (diff 1: differ; grep 1: none; git 128)
 
 
 @dataclass
@@ -267,15 +256,18 @@ class Kind:
 
 
 def answered(templates: list[str], key: Callable[[str], str | None], rng, nothing: list[str] = (),
-             **values) -> Callable[[str], str | None]:
+             errors: dict[str, str] | None = None, **values) -> Callable[[str], str | None]:
     """The answer function of a request: one of the templates, with {key} (or the fields of a dict
     key, such as {count} and {names}) read from the output; where the command printed nothing, one
-    of `nothing` (a search that found nothing says so, and makes no result up)."""
+    of `nothing`, and where it printed an error of `errors`, what that error means (a search that
+    found nothing, or a command that could not work, says so and makes no result up)."""
     template, empty = rng.choice(templates), rng.choice(nothing or [None])
 
     def answer(out: str) -> str | None:
         if empty and not out.strip():
             return expand(empty, rng, **values)
+        if said := next((said for error, said in (errors or {}).items() if error in out), None):
+            return expand(said, rng, **values)
         k = key(out)
         return None if k is None else expand(template, rng, **{**values, **(k if isinstance(k, dict) else {"key": k})})
     return answer
@@ -295,14 +287,14 @@ def fileset_kind(name: str, questions: list[str], pipe: str, answers: list[str],
 
 
 def simple_kind(name: str, slots: Callable, questions: list[str], command: str, answers: list[str], key,
-                check: str = "answer", verify=None, ok_exits=(0,), nothing: list[str] = ()) -> Kind:
+                check: str = "answer", verify=None, ok_exits=(0,), nothing: list[str] = (), errors=None) -> Kind:
     """A kind whose slots come from `slots(rng, scratch)` (a dict, or None when the folder does not fit)."""
     def make(rng, s) -> Request | None:
         v = slots(rng, s)
         if v is None:
             return None
         return Request(name, phrase(rng, rng.choice(questions), **v), command.format(**v),
-                       answered(answers, key, rng, nothing, **v), check, verify and holds(verify, v), v, ok_exits)
+                       answered(answers, key, rng, nothing, errors, **v), check, verify and holds(verify, v), v, ok_exits)
     return Kind(name, make)
 
 
@@ -450,8 +442,18 @@ def folder_to_archive(rng, s):
     return {"folder": rng.choice(s.folders), "new": s.new_name(rng, ".tar.gz")} if s.folders else None
 
 
+NOT_A_REPO = 0.15   # the share of folders without git where a git request is made anyway: git fails, the answer says why
+
+
 def git(rng, s):
-    return {"n": rng.randint(2, 4)} if s.git else None
+    return {"n": rng.randint(2, 4)} if s.git or rng.random() < NOT_A_REPO else None
+
+
+def git_kind(name: str, questions: list[str], command: str, answers: list[str], key) -> Kind:
+    """A kind about the folder's git history: outside a repository git fails (128), and the answer says so."""
+    return simple_kind(name, git, questions, command, answers, key, ok_exits=(0, 128), errors={
+        "not a git repository": "[This folder is not a git repository|There is no git repository here], so git "
+                                "[has nothing to show|cannot tell]."})
 
 
 def nothing(rng, s):
@@ -663,19 +665,19 @@ KIND_LIST = [
                 "tar -czf {new} {folder}", ["Packed {folder} into {new}."], done, check="files",
                 verify=lambda root, v: (root / v["new"]).is_file()),
     # -- git
-    simple_kind("git_status", git, ["are there uncommitted changes?", "git status", "what changed since the last commit?",
-                                    "is the working tree clean?", "anything to commit?", "{WHICH} {FILES} did I modify?"],
-                "git status --short", ["Git says {key}.", "{key}."], git_changes),
-    simple_kind("git_last_commit", git, ["what was the last commit?", "{SHOW} the last commit message",
-                                         "latest commit?", "what did the most recent commit say?"],
-                "git log -1 --format=%s", ["The last commit is {key}.", "It was {key}."], quoted),
-    simple_kind("git_log", git, ["{SHOW} the last {n} commits", "recent git history", "git log please",
-                                 "what were the last {n} commits?"], "git log --oneline -n {n}",
-                ["The latest: {key}."], lambda out: names([line.split(" ", 1)[-1] for line in lines_of(out)])),
-    simple_kind("git_count", git, ["{HOWMANY} commits are there?", "{COUNT} the commits", "number of commits in this repo?"],
-                "git rev-list --count HEAD", ["There are {key} commits.", "{key} commits."], number),
-    simple_kind("git_author", git, ["who made the last commit?", "who committed last?", "author of the latest commit?"],
-                "git log -1 --format=%an", ["{key} made the last commit."], first),
+    git_kind("git_status", ["are there uncommitted changes?", "git status", "what changed since the last commit?",
+                            "is the working tree clean?", "anything to commit?", "{WHICH} {FILES} did I modify?"],
+             "git status --short", ["Git says {key}.", "{key}."], git_changes),
+    git_kind("git_last_commit", ["what was the last commit?", "{SHOW} the last commit message",
+                                 "latest commit?", "what did the most recent commit say?"],
+             "git log -1 --format=%s", ["The last commit is {key}.", "It was {key}."], quoted),
+    git_kind("git_log", ["{SHOW} the last {n} commits", "recent git history", "git log please",
+                         "what were the last {n} commits?"], "git log --oneline -n {n}",
+             ["The latest: {key}."], lambda out: names([line.split(" ", 1)[-1] for line in lines_of(out)])),
+    git_kind("git_count", ["{HOWMANY} commits are there?", "{COUNT} the commits", "number of commits in this repo?"],
+             "git rev-list --count HEAD", ["There are {key} commits.", "{key} commits."], number),
+    git_kind("git_author", ["who made the last commit?", "who committed last?", "author of the latest commit?"],
+             "git log -1 --format=%an", ["{key} made the last commit."], first),
     # -- the machine: date, folder, disk, arithmetic
     simple_kind("date_full", nothing, ["what is the date today?", "today's date?", "what's the date?", "date please"],
                 "date +%F", ["Today is {key}.", "It is {key}."], first),
@@ -684,13 +686,13 @@ KIND_LIST = [
     simple_kind("date_time", nothing, ["what time is it?", "the time please", "current time?", "what's the time now?"],
                 "date +%H:%M", ["It is {key}.", "The time is {key}."], first),
     simple_kind("where_am_i", nothing, ["where am I?", "what folder is this?", "pwd", "which directory am I in?",
-                                        "current path?"], "pwd", ["You are in {key}.", "{key}."], first),
+                                "current path?"], "pwd", ["You are in {key}.", "{key}."], first),
     simple_kind("disk_use", a_place, ["how much space does {name} take?", "disk use of {name}?", "how big is {name}?",
-                                      "size of {name}?"], "du -sh {place}",
-                ["{name} takes {key}.", "{key}."], lambda out: first(out) and first(out).split()[0]),
+                              "size of {name}?"], "du -sh {place}",
+             ["{name} takes {key}.", "{key}."], lambda out: first(out) and first(out).split()[0]),
     simple_kind("arithmetic", sums, ["what is {a} {opword} {b}?", "calculate {a} {opword} {b}", "{a} {op} {b}?",
-                                     "compute {a} {opword} {b}", "work out {a} {opword} {b}"], "echo $(({a} {op} {b}))",
-                ["{a} {op} {b} is {key}.", "{key}."], number),
+                             "compute {a} {opword} {b}", "work out {a} {opword} {b}"], "echo $(({a} {op} {b}))",
+             ["{a} {op} {b} is {key}.", "{key}."], number),
     simple_kind("percentage", percent, ["what is {p}% of {a}?", "{p} percent of {a}?", "calculate {p}% of {a}"],
                 "echo $(({a} * {p} / 100))", ["{p}% of {a} is {key}."], number),
 ]

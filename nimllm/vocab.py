@@ -80,6 +80,16 @@ open extract unpack unzip archive compress pack zip back dedupe calculate comput
 date tell""".split())
 CLOSERS = ["", "", "", " please", " thanks", " for me", " now", ", thank you", " real quick", " asap"]
 
+# each filter of a set of files once: how `find` says it, how a person may say it, how the answer says it
+FILTERS = {
+    "name_part": ("-name '*{}*'", ["with {} in the name", "named like {}", "whose name has {} in it",
+                                   "called something with {}"], "with {} in the name"),
+    "min_kb": ("-size +{}k", ["bigger than {} KB", "over {}k", "larger than {} KB", "above {} kilobytes"],
+               "bigger than {} KB"),
+    "days": ("-mtime -{}", ["changed in the last {} days", "modified within {} days", "edited in the past {} days",
+                            "touched less than {} days ago"], "changed in the last {} days"),
+}
+
 # ---- values
 
 COMMIT_VERBS = ("add fix update remove rename move refactor clean up improve document test bump simplify split "

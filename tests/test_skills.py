@@ -34,7 +34,8 @@ def test_episodes_run_their_commands_and_answer_from_what_they_printed(tmp_path)
         assert e["messages"][0]["content"] == AGENT_MODE   # the agent's mode, as the agent shows it in use
         tools = [m["content"] for m in e["messages"] if m["role"] == "tool"]
         assert tools[-1].startswith("[exit 0]") or e["kind"] == "diff_files" or \
-            tools[-1].startswith("[exit 1]") and e["kind"].startswith("grep")   # (a search that found nothing)
+            tools[-1].startswith("[exit 1]") and e["kind"].startswith("grep") or \
+            tools[-1].startswith("[exit 128]") and e["kind"].startswith("git")   # (found nothing; no repository)
         if calls > 1:
             detours += 1
             commands = [m["content"] for m in e["messages"] if m["role"] == "tool_call"]
@@ -96,12 +97,15 @@ def test_find_looks_for_a_file_only_after_a_command_did_not_find_it(many_episode
 
 @pytest.mark.slow
 def test_an_answer_after_nothing_found_says_so_and_makes_nothing_up(many_episodes):
-    """Episodes whose last command printed nothing (a missing file, a word found nowhere) answer with a
-    no, and every value in the answer (a number, a file name, a word in capitals) is in the request."""
-    empty = [e for e in many_episodes if calls_of(e)[-1][1] in ("[exit 0]", "[exit 1]") and e["kind"] not in
+    """Episodes whose last command printed nothing (a missing file, a word found nowhere) or could not work
+    (git outside a repository) answer with a no, and every value in the answer (a number, a file name, a
+    word in capitals) is in the request."""
+    empty = [e for e in many_episodes if (calls_of(e)[-1][1] in ("[exit 0]", "[exit 1]") or
+                                          calls_of(e)[-1][1].startswith("[exit 128]")) and e["kind"] not in
              ("make_folder", "make_file", "append_line", "copy_file", "rename_file", "move_file", "replace_text",
               "archive_extract", "archive_make")]
-    assert len(empty) >= 15 and {e["kind"] for e in empty} & {"grep_files", "grep_lines", "grep_everywhere"}
+    kinds = {e["kind"] for e in empty}
+    assert len(empty) >= 15 and kinds & {"grep_files", "grep_lines", "grep_everywhere"} and kinds & {"git_log", "git_count"}
     for e in empty:
         answer, request = e["messages"][-1]["content"], e["messages"][1]["content"]
         assert re.search(r"\b(no|not|none|nothing|empty)\b", answer, re.I), answer
