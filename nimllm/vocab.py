@@ -92,8 +92,8 @@ FILTERS = {
 
 # ---- values
 
-COMMIT_VERBS = ("add fix update remove rename move refactor clean up improve document test bump simplify split "
-                "merge revert handle support drop speed up rewrite tidy check format").split(" ")
+COMMIT_VERBS = ("add,fix,update,remove,rename,move,refactor,clean up,improve,document,test,bump,simplify,split,"
+                "merge,revert,handle,support,drop,speed up,rewrite,tidy,check,format").split(",")
 
 
 def made_up(rng: random.Random, low: int = 3, high: int = 9) -> str:
