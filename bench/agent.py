@@ -141,8 +141,9 @@ def generated(n: int, seed: int) -> list[BenchTask]:
             if request is None:
                 continue
             ran = Sandbox(s.root).run(request.command)
-            if ran.exit_code not in request.ok_exits or request.check != "files" and not ran.output.strip():
-                continue   # (an answer to check needs something printed: no subfolders to list is no task)
+            printed_a_result = ran.exit_code <= 1 and ran.output.strip()   # not an error (git outside a repository)
+            if ran.exit_code not in request.ok_exits or request.check != "files" and not printed_a_result:
+                continue   # an answer to check needs a result printed
             folder_seed = seed + i
             tasks.append(BenchTask(request.text, request.kind, "generated",
                                    "files" if request.check == "files" else "answer", request.command,
