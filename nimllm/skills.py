@@ -341,7 +341,8 @@ def write_corpus(path: Path, n: int, seed: int = 0, log=print) -> Path:
                             f"{n:,} agent-skill episodes (real commands in scratch folders)", log)
 
 
-EPISODES_FORMAT = 3   # 2: each episode opens with the agent's mode (turns.agent_mode); 3: open values, find after a failure only
+EPISODES_FORMAT = 4   # 2: each episode opens with the agent's mode (turns.agent_mode); 3: open values, find after a
+#                       failure only; 4: files described ("my shopping list"), numbers in words, ways within kinds
 
 
 def corpus_for(model_root: Path, n: int, seed: int = 0, log=print) -> Path:

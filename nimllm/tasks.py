@@ -5,307 +5,29 @@ about (a file, a set of files described by extension, name, size, age and place)
 modifiers, in the words of a large table of synonyms, as a question or an order, polite, indirect or
 terse, now and then with a typo. The command is put together from matching parts (`find` with
 `-name`, `-size`, `-mtime`, `-maxdepth`; pipes into `wc -l`, `sort`, `uniq -c`, `head`, `tail`),
-and the answer carries what the command printed. The hand-written requests that bench/agent.py asks
-are never read here.
+and the answer carries what the command printed. A kind holds several ways (kindparts.Way), each with
+its own wording, command and answer, so that one command part (head or tail after sort, grep -v, sed -n
+'A,Bp', uniq -d, tr) is taught in several kinds; a file may be described instead of named ("my shopping
+list": nimllm/speech.py). The hand-written requests that bench/agent.py asks are never read here.
 
     rng = random.Random(0); request = KINDS["count_files"].make(rng, scratch)
 """
 from __future__ import annotations
 
 import json
-import math
-import os
 import re
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from nimllm import vocab
-from nimllm.vocab import CLOSERS, EXT_NOUNS, EXT_WORDS, FILTERS, HERE, I_OPENERS, MACROS, Q_OPENERS, VERBS
-
-# ---- words --------------------------------------------------------------------------------------------
-
-TYPO_RATE = 0.12
-
-
-def expand(template: str, rng, **values) -> str:
-    """A template with its macros, alternatives ([a|b]) and slots filled in."""
-    for _ in range(3):   # macros may hold alternatives that hold macros
-        template = re.sub(r"\{([A-Z]+)\}", lambda m: MACROS[m[1]], template)
-    while "[" in template:   # innermost first
-        template = re.sub(r"\[([^\[\]]*)\]", lambda m: rng.choice(m[1].split("|")), template)
-    return template.format(**values).replace("  ", " ")
+from nimllm.kindparts import (FileSet, Kind, Request, Way, expand, fileset_kind, in_place, phrase,  # noqa: F401
+                              simple_kind)   # (FileSet, Request and phrase: for nimllm/skills.py and the tests)
+from nimllm.readouts import (done, first, frequency, git_changes, listing, lines_of, names, number, quoted, shown,
+                             sized_path)
 
 
-def typo(rng, text: str, keep: set[str]) -> str:
-    """One word of four letters or more misspelled (swapped, dropped or doubled letter), never a
-    file name or a value the command needs."""
-    words = text.split(" ")
-    spots = [i for i, w in enumerate(words) if w.isalpha() and len(w) >= 4 and w not in keep]
-    if not spots:
-        return text
-    i = rng.choice(spots)
-    w, j = words[i], rng.randrange(1, len(words[i]) - 1)
-    words[i] = rng.choice([w[:j] + w[j + 1] + w[j] + w[j + 2:], w[:j] + w[j + 1:], w[:j] + w[j] + w[j:]])
-    return " ".join(words)
-
-
-def phrase(rng, template: str, keep: set[str] = frozenset(), **values) -> str:
-    """A whole request: the core (a question if it ends in '?', else an order) with an opener and a
-    closer, sometimes terse (no question mark, no article), sometimes capitalised or misspelled."""
-    core = expand(template, rng, **values)
-    question = core.endswith("?")
-    core = core.rstrip("?")
-    opener = rng.choice(I_OPENERS if not question and core.split()[0] in VERBS else Q_OPENERS)
-    asks = question or opener.strip() in ("can you", "could you", "would you")
-    text = opener + core + rng.choice(CLOSERS) + ("?" if asks and rng.random() < 0.85 else "")
-    if rng.random() < 0.15:
-        text = re.sub(r"\b(the|a|an) ", "", text)
-    if rng.random() < TYPO_RATE:
-        text = typo(rng, text, {str(v) for v in values.values()} | keep)
-    if rng.random() < 0.3:
-        text = text[:1].upper() + text[1:]
-    return text
-
-
-# ---- what a request is about ------------------------------------------------------------------------
-
-def in_place(place: str, rng) -> str:
-    if place == ".":
-        return rng.choice(HERE)
-    return expand(rng.choice([" in {p}", " under {p}", " inside {p}", " in the {p} {FOLDER}", " in {p}/",
-                              " within {p}", " (they're in {p})", ", the ones in {p}/", " in my {p} {FOLDER}",
-                              " that live in {p}"]), rng, p=place)
-
-
-@dataclass
-class FileSet:
-    """Files described as a person describes them, and the `find` that lists them."""
-    place: str = "."
-    ext: str | None = None
-    name_part: str | None = None
-    min_kb: int | None = None      # larger than this many KiB (find -size +Nk)
-    days: int | None = None        # changed less than this many days ago (find -mtime -N)
-    top_only: bool = False         # not in subfolders (find -maxdepth 1)
-
-    def filters(self) -> list[tuple[str, object]]:
-        return [(name, getattr(self, name)) for name in FILTERS if getattr(self, name) is not None]
-
-    def find(self) -> str:
-        parts = ["find", self.place, *(["-maxdepth 1"] if self.top_only else []), "-type f",
-                 *([f"-name '*{self.ext}'"] if self.ext else []),
-                 *(FILTERS[name][0].format(value) for name, value in self.filters())]
-        if self.place == ".":
-            parts.append("-not -path './.git/*'")
-        return " ".join(parts)
-
-    def matches(self, root: Path) -> list[str]:
-        """The same set, found by Python (what tests check the commands against)."""
-        base, now, found = root / self.place, time.time(), []
-        for folder, subfolders, files in os.walk(base):
-            # nothing in a .git is in the set, so none is walked: half the scratch folders are repositories,
-            # and most of their files are in .git
-            subfolders[:] = [] if self.top_only else [d for d in subfolders if d != ".git"]
-            for p in (Path(folder) / name for name in files):
-                if not p.is_file() or p.name == ".git":
-                    continue
-                if self.ext and not p.name.endswith(self.ext) or self.name_part and self.name_part not in p.name:
-                    continue
-                if self.min_kb is not None and math.ceil(p.stat().st_size / 1024) <= self.min_kb:
-                    continue
-                if self.days is not None and (now - p.stat().st_mtime) // 86400 >= self.days:
-                    continue
-                rel = p.relative_to(base)
-                found.append(str(Path(self.place) / rel) if self.place != "." else str(rel))
-        return sorted(found)
-
-    def noun(self, rng) -> str:
-        """'markdown files', 'python scripts with report in the name bigger than 2 KB', ..."""
-        noun = "{FILES}"
-        if self.ext:
-            word = rng.choice(EXT_WORDS[self.ext])
-            noun = rng.choice([f"{word} {{FILES}}", f"{{FILES}} ending in {self.ext}", f"*{self.ext} {{FILES}}",
-                               *EXT_NOUNS[self.ext]])
-        for name, value in self.filters():
-            noun += " " + rng.choice(FILTERS[name][1]).format(value)
-        return expand(noun, rng)
-
-    def where(self, rng) -> str:
-        place = in_place(self.place, rng)
-        if self.top_only:
-            place += rng.choice([" (not in subfolders)", " at the top level only", ", not counting subfolders",
-                                 " without going into subfolders"])
-        return place
-
-    def said(self) -> str:
-        """How the answer names the set (plainly, for the model to copy)."""
-        parts = [f"{self.ext} files" if self.ext else "files", *(FILTERS[name][2].format(value)
-                                                                  for name, value in self.filters())]
-        return " ".join(parts + ([f"in {self.place}"] if self.place != "." else []))
-
-
-def draw_fileset(rng, s, filters: int | None = None) -> FileSet:
-    """A set of files in the scratch folder, with up to two filters that some file passes."""
-    fs = FileSet(place=rng.choice(["."] * 3 + s.folders))
-    files = FileSet(fs.place).matches(s.root)
-    if not files:
-        return fs
-    example = s.root / rng.choice(files)
-    for f in rng.sample(["ext", "ext", "name", "size", "days", "top"], rng.choice([0, 1, 1, 1, 2]) if filters is None
-                        else filters):
-        if f == "ext" and example.suffix in EXT_WORDS:
-            fs.ext = example.suffix
-        elif f == "name":
-            fs.name_part = example.stem.split("_")[0]
-        elif f == "size":
-            below = math.ceil(example.stat().st_size / 1024) - 1 - rng.randint(0, 1)
-            fs.min_kb = below if below >= 1 else None
-        elif f == "days":
-            age = (time.time() - example.stat().st_mtime) // 86400
-            if age < 60:
-                fs.days = int(age) + rng.randint(1, 5)
-        elif f == "top" and example.parent == s.root / fs.place:
-            fs.top_only = True
-    return fs
-
-
-# ---- reading what a command printed ---------------------------------------------------------------------
-
-def lines_of(out: str) -> list[str]:
-    return [line.strip().removeprefix("./") for line in out.splitlines() if line.strip()]
-
-
-def number(out: str) -> str | None:
-    found = re.findall(r"-?\d+(?:\.\d+)?", out)
-    return found[0] if len(found) == 1 else None
-
-
-def names(items: list[str]) -> str | None:
-    shown = items[:6] + ([f"{len(items) - 6} more"] if len(items) > 6 else [])
-    return None if not shown else shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
-
-
-def listing(out: str) -> dict | None:
-    """{count} and {names} for an answer such as '3 markdown files: a.md, b.md and c.md'."""
-    items = lines_of(out)
-    return {"count": len(items), "names": names(items) or "none"}
-
-
-def first(out: str) -> str | None:
-    items = lines_of(out)
-    return items[0] if items else None
-
-
-def last(out: str) -> str | None:
-    items = lines_of(out)
-    return items[-1] if items else None
-
-
-def sized_path(out: str) -> str | None:
-    """'src/a.py (1234 bytes)' from '1234 ./src/a.py'."""
-    size, _, path = (first(out) or "").partition(" ")
-    return f"{path.removeprefix('./')} ({size} bytes)" if size.isdigit() and path else None
-
-
-def quoted(out: str) -> str | None:
-    items = lines_of(out)
-    return f'"{items[0]}"' if len(items) == 1 else None
-
-
-def shown(out: str) -> str | None:
-    """For output the user reads in the transcript: its first line, named."""
-    items = out.strip().splitlines()
-    return f'it starts "{items[0].strip()}"' if items and items[0].strip() else "it is empty"
-
-
-def frequency(out: str) -> str | None:
-    count, _, item = (first(out) or "").partition(" ")
-    return f"{item.strip()} ({count} times)" if count.isdigit() and item.strip() else None
-
-
-def git_changes(out: str) -> str:
-    items = [line[3:] for line in out.splitlines() if len(line) > 3]
-    return f"{len(items)} changed: {names(items)}" if items else "nothing has changed since the last commit"
-
-
-def done(out: str) -> str:
-    return "done"
-
-
-# ---- kinds ------------------------------------------------------------------------------------------------
-
-@dataclass
-class Request:
-    """One request about one scratch folder: what the user says, the command that does it, and how to
-    answer from its output."""
-    kind: str
-    text: str
-    command: str
-    answer: Callable[[str], str | None]           # the answer, from what the command printed (None: none fits)
-    check: str = "answer"                         # "answer": it must carry the result; "files": the folder changes
-    verify: Callable[[Path], bool] | None = None  # with "files": is the folder as asked?
-    values: dict = field(default_factory=dict)
-    ok_exits: tuple[int, ...] = (0,)              # exit codes the answer reads (diff 1: differ; grep 1: none; git 128)
-
-
-@dataclass
-class Kind:
-    name: str
-    make: Callable                    # (rng, scratch) -> Request | None (None: the folder does not fit)
-
-
-def answered(templates: list[str], key: Callable[[str], str | None], rng, nothing: list[str] = (),
-             errors: dict[str, str] | None = None, **values) -> Callable[[str], str | None]:
-    """The answer function of a request: one of the templates, with {key} (or the fields of a dict
-    key, such as {count} and {names}) read from the output; where the command printed nothing, one
-    of `nothing`, and where it printed an error of `errors`, what that error means (a search that
-    found nothing, or a command that could not work, says so and makes no result up)."""
-    template, empty = rng.choice(templates), rng.choice(nothing or [None])
-
-    def answer(out: str) -> str | None:
-        if empty and not out.strip():
-            return expand(empty, rng, **values)
-        if said := next((said for error, said in (errors or {}).items() if error in out), None):
-            return expand(said, rng, **values)
-        k = key(out)
-        return None if k is None else expand(template, rng, **{**values, **(k if isinstance(k, dict) else {"key": k})})
-    return answer
-
-
-def fileset_kind(name: str, questions: list[str], pipe: str, answers: list[str], key, filters=None) -> Kind:
-    """A kind about a set of files: `find` for the set, then `pipe` on what it lists."""
-    def make(rng, s) -> Request | None:
-        fs = draw_fileset(rng, s, filters)
-        if not fs.matches(s.root):
-            return None
-        v = {"set": fs.noun(rng), "where": fs.where(rng), "said": fs.said()}
-        keep = set(re.findall(r"[\w.]+", v["set"] + v["where"])) - set(MACROS)
-        return Request(name, phrase(rng, rng.choice(questions), keep, **v), fs.find() + pipe,
-                       answered(answers, key, rng, **v), values={"fileset": fs})
-    return Kind(name, make)
-
-
-def simple_kind(name: str, slots: Callable, questions: list[str], command: str, answers: list[str], key,
-                check: str = "answer", verify=None, ok_exits=(0,), nothing: list[str] = (), errors=None) -> Kind:
-    """A kind whose slots come from `slots(rng, scratch)` (a dict, or None when the folder does not fit)."""
-    def make(rng, s) -> Request | None:
-        v = slots(rng, s)
-        if v is None:
-            return None
-        return Request(name, phrase(rng, rng.choice(questions), **v), command.format(**v),
-                       answered(answers, key, rng, nothing, errors, **v), check, verify and holds(verify, v), v, ok_exits)
-    return Kind(name, make)
-
-
-def holds(verify: Callable[[Path, dict], bool], v: dict) -> Callable[[Path], bool]:
-    """A check of the folder that is False, not an error, where a file it reads is missing."""
-    def check(root: Path) -> bool:
-        try:
-            return verify(root, v)
-        except (OSError, UnicodeDecodeError):
-            return False
-    return check
+def line_numbers(out: str) -> str | None:
+    """'3, 7 and 12' from grep -n's '3:...' lines."""
+    return names(re.findall(r"^(\d+):", out, re.M))
 
 
 # slot makers: the files of the scratch folder a kind may be about
@@ -485,11 +207,17 @@ KIND_LIST = [
                  "", ["{count} {said}: {names}.", "[Found|There are] {count} {said}: {names}."], listing),
     fileset_kind("largest_file", ["{WHICH} is the {BIG} of the {set}{where}?", "{FIND} the {BIG} {set}{where}",
                                   "{WHICH} {set}{where} takes the most space?", "{BIG} {set}{where}?"],
-                 " -printf '%s %p\\n' | sort -n | tail -n 1", ["The {BIG} is {key}.", "{key} is the {BIG}."], sized_path),
+                 " -printf '%s %p\\n' | sort -n | tail -n 1", ["The {BIG} is {key}.", "{key} is the {BIG}."], sized_path,
+                 ways=[Way("smallest", ["{WHICH} is the {SMALL} of the {set}{where}?", "{FIND} the {SMALL} {set}{where}",
+                                        "{WHICH} {set}{where} takes the least space?", "{SMALL} {set}{where}?"],
+                           " -printf '%s %p\\n' | sort -n | head -n 1", ["The smallest is {key}."], sized_path)]),
     fileset_kind("newest_file", ["{WHICH} is the {NEW} of the {set}{where}?", "{FIND} the {NEW} {set}{where}",
                                  "{WHICH} {set}{where} changed last?", "{NEW} {set}{where}?"],
                  " -printf '%T@ %p\\n' | sort -n | tail -n 1 | cut -d' ' -f2-", ["The {NEW} is {key}.",
-                                                                                "{key} changed last."], first),
+                                                                                "{key} changed last."], first,
+                 ways=[Way("oldest", ["{WHICH} is the {OLD} of the {set}{where}?", "{FIND} the {OLD} {set}{where}",
+                                      "{WHICH} {set}{where} changed first?", "{OLD} {set}{where}?"],
+                           " -printf '%T@ %p\\n' | sort -n | head -n 1 | cut -d' ' -f2-", ["The oldest is {key}."], first)]),
     fileset_kind("total_size", ["how much space do the {set}{where} take?", "total size of the {set}{where}?",
                                 "{HOWMANY} bytes do the {set}{where} use [together|in all|combined]?",
                                 "add up the sizes of the {set}{where}"],
@@ -525,84 +253,156 @@ KIND_LIST = [
                 "wc -l < {file}", ["{file} has {key} lines.", "{key} lines."], number),
     simple_kind("count_words", a_text, ["{HOWMANY} {WORDS} are in {file}?", "{COUNT} the {WORDS} in {file}",
                                         "word count of {file}[ please|]", "how long is {file} in words?"],
-                "wc -w < {file}", ["{file} has {key} words.", "{key} words."], number),
+                "wc -w < {file}", ["{file} has {key} words.", "{key} words."], number,
+                ways=[Way("chars", ["{HOWMANY} characters are in {file}?", "character count of {file}?",
+                                    "how long is {file} in characters?"], "wc -c < {file}",
+                          ["{file} has {key} characters.", "{key} characters."], number)]),
     simple_kind("file_size", a_file, ["how big is {file}?", "what size is {file}?", "{HOWMANY} bytes is {file}?",
                                       "size of {file}?", "how large is {file}?"],
                 "wc -c < {file}", ["{file} is {key} bytes.", "{key} bytes."], number),
     simple_kind("show_file", a_text, ["{SHOW} {file}", "what does {file} say?", "cat {file}", "open {file}",
                                       "read {file} to me", "what's in {file}?"],
-                "cat {file}", ["That is {file}: {key}.", "Shown above; {key}."], shown),
+                "cat {file}", ["That is {file}: {key}.", "Shown above; {key}."], shown,
+                ways=[Way("upper", ["{SHOW} {file} in [capitals|upper case|all caps]", "{file} in capital letters"],
+                          "tr a-z A-Z < {file}", ["In capitals, {key}."], shown)]),
     simple_kind("head_lines", a_text, ["{SHOW} the first {n} {LINES} of {file}", "first {n} {LINES} of {file}?",
                                        "head of {file}", "top {n} {LINES} of {file}"],
-                "head -n {n} {file}", ["The first lines of {file}: {key}.", "Above; {key}."], shown),
+                "head -n {n} {file}", ["The first lines of {file}: {key}.", "Above; {key}."], shown,
+                ways=[Way("range", ["{SHOW} lines 1 to {n} of {file}", "lines 1-{n} of {file}?",
+                                    "{file} from line 1 through line {n}"],
+                          "sed -n '1,{n}p' {file}", ["Lines 1 to {n} of {file}: {key}."], shown)]),
     simple_kind("tail_lines", a_text, ["{SHOW} the last {n} {LINES} of {file}", "last {n} {LINES} of {file}?",
                                        "tail of {file}", "bottom {n} {LINES} of {file}", "end of {file}"],
                 "tail -n {n} {file}", ["The last lines of {file}: {key}.", "Above; {key}."], shown),
     simple_kind("first_line", a_text, ["what is the first line of {file}?", "{SHOW} the first line of {file}",
                                        "how does {file} start?", "line 1 of {file}?"],
-                "head -n 1 {file}", ["The first line of {file} is {key}.", "It starts with {key}."], quoted),
+                "head -n 1 {file}", ["The first line of {file} is {key}.", "It starts with {key}."], quoted,
+                ways=[Way("words", ["{HOWMANY} words are on the first line of {file}?",
+                                    "{COUNT} the words in the first line of {file}"],
+                          "head -n 1 {file} | wc -w", ["The first line of {file} has {key} words."], number)]),
     simple_kind("last_line", a_text, ["what is the last line of {file}?", "{SHOW} the last line of {file}",
                                       "how does {file} end?", "final line of {file}?"],
                 "tail -n 1 {file}", ["The last line of {file} is {key}.", "It ends with {key}."], quoted),
     simple_kind("line_n", a_line_range, ["what is line {n} of {file}?", "{SHOW} line {n} of {file}",
-                                         "line number {n} in {file}?", "what does line {n} of {file} say?"],
-                "sed -n '{n}p' {file}", ["Line {n} of {file} is {key}.", "It says {key}."], quoted),
+                                         "line number {n} in {file}?", "what does line {n} of {file} say?",
+                                         "what's the {nth} line of {file}?", "{SHOW} the {nth} line of {file}"],
+                "sed -n '{n}p' {file}", ["Line {n} of {file} is {key}.", "It says {key}."], quoted,
+                ways=[Way("range", ["{SHOW} lines {a} to {b} of {file}", "lines {a}-{b} of {file}?",
+                                    "what do lines {a} through {b} of {file} say?", "{file} from line {a} to line {b}"],
+                          "sed -n '{a},{b}p' {file}", ["Lines {a} to {b} of {file}: {key}."], shown)]),
     # -- searching text
     simple_kind("grep_files", lambda r, s: word_anywhere(r, s, ABSENT), ["{WHICH} {FILES} {CONTAINS} {word}?", "{FIND} the {FILES} that {CONTAINS} {word}",
                                               "where does {word} appear?", "grep for {word}",
                                               "search {word}{where}", "{WHICH} {FILES} say {word}?"],
                 "grep -rl '{word}' . --exclude-dir=.git", ["{word} is in {count} files: {names}.", "{names}."], listing,
-                ok_exits=(0, 1), nothing=["No file here mentions {word}.", "{word} is in no file."]),
+                ok_exits=(0, 1), nothing=["No file here mentions {word}.", "{word} is in no file."],
+                ways=[Way("any_case", ["{WHICH} {FILES} {CONTAINS} {word} in any case?",
+                                       "{FIND} the {FILES} with {word}, ignoring case"],
+                          "grep -rli '{word}' . --exclude-dir=.git", ["{count} files have {word} in any case: {names}."],
+                          listing, ["No file has {word}, in any case."]),
+                      Way("whole_word", ["{WHICH} {FILES} {CONTAINS} the word {word} (the whole word)?",
+                                         "{FIND} the {FILES} with {word} as a whole word"],
+                          "grep -rlw '{word}' . --exclude-dir=.git", ["{count} files have the word {word}: {names}."],
+                          listing, ["No file has the word {word}."])]),
     simple_kind("grep_count_files", lambda r, s: word_anywhere(r, s, ABSENT), ["{HOWMANY} {FILES} {CONTAINS} {word}?",
                                                     "in {HOWMANY} {FILES} does {word} appear?",
                                                     "{COUNT} the {FILES} that mention {word}"],
-                "grep -rl '{word}' . --exclude-dir=.git | wc -l", ["{key} files mention {word}."], number),
+                "grep -rl '{word}' . --exclude-dir=.git | wc -l", ["{key} files mention {word}."], number,
+                ways=[Way("any_case", ["{HOWMANY} {FILES} {CONTAINS} {word} in any case?",
+                                       "in {HOWMANY} {FILES} does {word} {APPEAR}, ignoring case?"],
+                          "grep -rli '{word}' . --exclude-dir=.git | wc -l", ["{key} files have {word} in any case."],
+                          number),
+                      Way("whole_word", ["in {HOWMANY} {FILES} does the whole word {word} {APPEAR}?"],
+                          "grep -rlw '{word}' . --exclude-dir=.git | wc -l", ["{key} files have the word {word}."],
+                          number)]),
     simple_kind("grep_lines", lambda r, s: a_word(r, s, ABSENT), ["{SHOW} the {LINES} of {file} that {CONTAINS} {word}",
                                        "{WHICH} {LINES} of {file} mention {word}?", "{FIND} {word} in {file}",
                                        "grep {word} in {file}", "on what line of {file} is {word}?"],
                 "grep -n '{word}' {file}", ["{word} is on line {key} of {file}.", "Line {key}."],
-                lambda out: names(re.findall(r"^(\d+):", out, re.M)), ok_exits=(0, 1),
-                nothing=["{word} is not in {file}.", "No line of {file} has {word}."]),
+                line_numbers, ok_exits=(0, 1),
+                nothing=["{word} is not in {file}.", "No line of {file} has {word}."],
+                ways=[Way("without", ["{SHOW} the {LINES} of {file} that don't {CONTAINS} {word}",
+                                      "{WHICH} {LINES} of {file} do not mention {word}?"],
+                          "grep -vn '{word}' {file}", ["Lines {key} of {file} have no {word}."], line_numbers,
+                          ["Every line of {file} has {word}."]),
+                      Way("whole_word", ["{WHICH} {LINES} of {file} have the word {word} (whole word only)?",
+                                         "{FIND} {word} as a whole word in {file}"],
+                          "grep -wn '{word}' {file}", ["The word {word} is on line {key}."], line_numbers,
+                          ["The word {word} is not in {file}."])]),
     simple_kind("grep_count", lambda r, s: a_word(r, s, ABSENT), ["{HOWMANY} {LINES} of {file} {CONTAINS} {word}?",
                                        "{COUNT} the {LINES} with {word} in {file}",
                                        "in {HOWMANY} {LINES} of {file} does {word} appear?"],
-                "grep -c '{word}' {file}", ["{key} lines of {file} contain {word}.", "{key}."], number, ok_exits=(0, 1)),
+                "grep -c '{word}' {file}", ["{key} lines of {file} contain {word}.", "{key}."], number, ok_exits=(0, 1),
+                ways=[Way("without", ["{HOWMANY} {LINES} of {file} don't {CONTAINS} {word}?",
+                                      "{COUNT} the {LINES} of {file} without {word}"],
+                          "grep -vc '{word}' {file}", ["{key} lines of {file} have no {word}."], number),
+                      Way("whole_word", ["{HOWMANY} {LINES} of {file} have the whole word {word}?"],
+                          "grep -wc '{word}' {file}", ["{key} lines have the word {word}."], number)]),
     simple_kind("grep_everywhere", lambda r, s: word_anywhere(r, s, ABSENT), ["{SHOW} every line that mentions {word}{where}",
-                                                   "{FIND} all {LINES} with {word}{where}, with line numbers"],
+                                                   "{FIND} all {LINES} with {word}{where}, with line numbers",
+                                                   "where does {word} {APPEAR} {ACROSS} {FILES}?"],
                 "grep -rn '{word}' . --exclude-dir=.git", ["{count} lines mention {word}; shown above."], listing,
                 ok_exits=(0, 1), nothing=["Nothing here mentions {word}.", "No line mentions {word}."]),
     simple_kind("grep_ignore_case", lambda r, s: a_word(r, s, ABSENT), ["{FIND} {word} in {file}, ignoring case",
                                              "{WHICH} {LINES} of {file} have {word} in any case?"],
-                "grep -in '{word}' {file}", ["Lines {key}."], lambda out: names(re.findall(r"^(\d+):", out, re.M)),
-                ok_exits=(0, 1), nothing=["{word} is not in {file}, in any case."]),
+                "grep -in '{word}' {file}", ["Lines {key}."], line_numbers,
+                ok_exits=(0, 1), nothing=["{word} is not in {file}, in any case."],
+                ways=[Way("count", ["{HOWMANY} {LINES} of {file} have {word} in any case?",
+                                    "{COUNT} the {LINES} of {file} with {word}, ignoring case"],
+                          "grep -ic '{word}' {file}", ["{key} lines of {file} have {word} in any case."], number)]),
     # -- lists of lines: sort, unique, frequencies, numbers
     simple_kind("sort_lines", a_list, ["sort {file}", "{SHOW} {file} sorted", "put {file} in [alphabetical|A to Z] order",
-                                       "{file} in order please"], "sort {file}", ["Sorted, {key}."], shown),
+                                       "{file} in order please", "sort the {ENTRIES} of {file}"], "sort {file}",
+                ["Sorted, {key}."], shown,
+                ways=[Way("reverse", ["sort {file} [from Z to A|in reverse|backwards]", "{SHOW} {file} in reverse order",
+                                      "{ENTRIES} of {file} from Z to A"], "sort -r {file}", ["Z to A, {key}."], shown)]),
     simple_kind("first_sorted", a_list, ["{WHICH} entry of {file} comes first alphabetically?",
                                          "first line of {file} in [A to Z|alphabetical] order?"],
-                "sort {file} | head -n 1", ["{key} comes first."], first),
+                "sort {file} | head -n 1", ["{key} comes first."], first,
+                ways=[Way("last", ["{WHICH} {ENTRIES} of {file} comes last alphabetically?",
+                                   "last of {file} in [A to Z|alphabetical] order?"],
+                          "sort {file} | tail -n 1", ["{key} comes last."], first),
+                      Way("reverse", ["{WHICH} of the {ENTRIES} in {file} comes first from Z to A?"],
+                          "sort -r {file} | head -n 1", ["{key} comes first from Z to A."], first)]),
     simple_kind("unique_lines", a_list, ["{SHOW} the [unique|distinct|different] entries of {file}",
                                          "{file} without [duplicates|repeats]", "dedupe {file}"],
-                "sort -u {file}", ["The distinct entries: {key}."], lambda out: names(lines_of(out))),
+                "sort -u {file}", ["The distinct entries: {key}."], lambda out: names(lines_of(out)),
+                ways=[Way("repeated", ["{WHICH} {ENTRIES} of {file} appear more than once?",
+                                       "{SHOW} the repeated {ENTRIES} in {file}"], "sort {file} | uniq -d",
+                          ["Repeated: {key}."], lambda out: names(lines_of(out)), ["Nothing in {file} repeats."]),
+                      Way("any_case", ["{SHOW} the distinct {ENTRIES} of {file}, ignoring case",
+                                       "{file} in lower case without repeats"], "tr A-Z a-z < {file} | sort -u",
+                          ["In lower case: {key}."], lambda out: names(lines_of(out)))]),
     simple_kind("count_unique", a_list, ["{HOWMANY} [unique|distinct|different] entries are in {file}?",
                                          "{COUNT} the distinct lines of {file}"],
-                "sort -u {file} | wc -l", ["{key} distinct entries."], number),
+                "sort -u {file} | wc -l", ["{key} distinct entries."], number,
+                ways=[Way("repeated", ["{HOWMANY} {ENTRIES} of {file} appear more than once?",
+                                       "{COUNT} the repeated {ENTRIES} in {file}"], "sort {file} | uniq -d | wc -l",
+                          ["{key} entries repeat."], number)]),
     simple_kind("most_common", a_list, ["{WHICH} entry appears most [often|] in {file}?",
                                         "most [common|frequent] line in {file}?", "what comes up most in {file}?"],
-                "sort {file} | uniq -c | sort -rn | head -n 1", ["{key} is the most common."], frequency),
+                "sort {file} | uniq -c | sort -rn | head -n 1", ["{key} is the most common."], frequency,
+                ways=[Way("least", ["{WHICH} {ENTRIES} of {file} {APPEAR} least often?", "rarest line in {file}?"],
+                          "sort {file} | uniq -c | sort -n | head -n 1", ["{key} is the rarest."], frequency)]),
     simple_kind("frequencies", a_list, ["how often does each entry of {file} appear?", "frequency of each line in {file}",
                                         "{COUNT} each [entry|value] in {file}"],
                 "sort {file} | uniq -c | sort -rn", ["Most often: {key}."], frequency),
     simple_kind("sort_numbers", numbers, ["sort {file} [numerically|by value|smallest first]",
-                                          "{SHOW} the numbers in {file} in order"], "sort -n {file}",
-                ["In order, {key}."], shown),
-    simple_kind("min_number", numbers, ["what is the {SMALL} number in {file}?", "[lowest|minimum] value in {file}?",
+                                          "{SHOW} the {NUMBERS} in {file} in order"], "sort -n {file}",
+                ["In order, {key}."], shown,
+                ways=[Way("reverse", ["sort {file} [from highest to lowest|largest first|in descending order]",
+                                      "{SHOW} the {NUMBERS} in {file}, {HIGHEST} first"], "sort -rn {file}",
+                          ["Highest first, {key}."], shown)]),
+    simple_kind("min_number", numbers, ["what is the {SMALL} number in {file}?", "{LOWEST} of the {NUMBERS} in {file}?",
                                         "{FIND} the smallest number in {file}"], "sort -n {file} | head -n 1",
                 ["The smallest is {key}.", "{key}."], number),
     simple_kind("max_number", numbers, ["what is the largest number in {file}?", "[highest|maximum] value in {file}?",
                                         "{FIND} the biggest number in {file}"], "sort -n {file} | tail -n 1",
-                ["The largest is {key}.", "{key}."], number),
-    simple_kind("sum_numbers", numbers, ["add up the numbers in {file}", "what is the [sum|total] of {file}?",
+                ["The largest is {key}.", "{key}."], number,
+                ways=[Way("reverse", ["what is the {HIGHEST} of the {NUMBERS} in {file}?",
+                                      "{FIND} the {HIGHEST} [score|value] in {file}"], "sort -rn {file} | head -n 1",
+                          ["The highest is {key}."], number)]),
+    simple_kind("sum_numbers", numbers, ["add up the {NUMBERS} in {file}", "what is the [sum|total] of {file}?",
                                          "total of the numbers in {file}?"], "awk '{{s+=$1}} END {{print s}}' {file}",
                 ["They add up to {key}.", "The total is {key}."], number),
     # -- changing files and folders
@@ -646,14 +446,23 @@ KIND_LIST = [
                 ["The {field} is {key}.", "{field}: {key}."], first),
     simple_kind("csv_column", the_csv, ["{SHOW} the {column} column of {file}", "list the {column}s in {file}",
                                         "what {column}s are in {file}?"], "cut -d, -f{i} {file} | tail -n +2",
-                ["The {column}s: {key}."], lambda out: names(lines_of(out))),
+                ["The {column}s: {key}."], lambda out: names(lines_of(out)),
+                ways=[Way("distinct", ["{SHOW} the distinct {column} values in {file}", "which {column}s occur in {file}?"],
+                          "cut -d, -f{i} {file} | tail -n +2 | sort -u", ["The distinct {column}s: {key}."],
+                          lambda out: names(lines_of(out)))]),
     simple_kind("csv_rows", the_csv, ["{HOWMANY} rows does {file} have, not counting the header?",
                                       "{HOWMANY} records are in {file}?", "{COUNT} the entries in {file}"],
                 "tail -n +2 {file} | wc -l", ["{file} has {key} rows.", "{key} records."], number),
     simple_kind("csv_sum", lambda r, s: the_csv(r, s, numeric=True),
                 ["what is the total {column} in {file}?", "add up the {column} column of {file}",
                  "sum of {column} in {file}?"], "awk -F, 'NR>1 {{s+=${i}}} END {{print s}}' {file}",
-                ["The {column} column adds up to {key}.", "{column} adds up to {key}."], number),
+                ["The {column} column adds up to {key}.", "{column} adds up to {key}."], number,
+                ways=[Way("max", ["what is the {HIGHEST} {column} in {file}?", "{HIGHEST} value of {column} in {file}?"],
+                          "cut -d, -f{i} {file} | tail -n +2 | sort -n | tail -n 1", ["The highest {column} is {key}."],
+                          number),
+                      Way("min", ["what is the {LOWEST} {column} in {file}?", "{LOWEST} value of {column} in {file}?"],
+                          "cut -d, -f{i} {file} | tail -n +2 | sort -n | head -n 1", ["The lowest {column} is {key}."],
+                          number)]),
     simple_kind("archive_list", the_archive, ["what's inside {file}?", "list the contents of {file}",
                                               "which files are in the archive {file}?"], "tar -tzf {file}",
                 ["{file} holds {count}: {names}."], listing),

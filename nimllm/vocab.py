@@ -48,7 +48,14 @@ MACROS = {
     "MAKE": "[create|make|set up|add]",
     "LINES": "[lines|rows|lines of text]",
     "WORDS": "[words|word tokens]",
-    "CONTAINS": "[contain|mention|include|have|use]",
+    "CONTAINS": "[contain|mention|include|have|use|say|talk about]",
+    "APPEAR": "[appear|occur|show up|come up]",
+    "LOWEST": "[lowest|smallest|worst|minimum|least|bottom]",
+    "HIGHEST": "[highest|largest|top|best|maximum|biggest]",
+    "OLD": "[oldest|least recently changed|longest untouched]",
+    "ENTRIES": "[entries|items|lines|records|rows|names|things]",   # of a list file
+    "NUMBERS": "[numbers|scores|values|figures|amounts]",          # of a numbers file
+    "ACROSS": "[across all|in all the|in every one of the|throughout the]",
     "TELL": "[tell me|let me know|I want to know|I'd like to know|do you know]",
 }
 EXT_WORDS = {".md": ["markdown", "md", ".md"], ".py": ["python", "py", ".py"], ".txt": ["text", "txt", ".txt"],
@@ -89,6 +96,29 @@ FILTERS = {
     "days": ("-mtime -{}", ["changed in the last {} days", "modified within {} days", "edited in the past {} days",
                             "touched less than {} days ago"], "changed in the last {} days"),
 }
+
+# how a person names one file instead of by its name (nimllm/speech.py): whose it is, and what it is by
+# its extension (a list or numbers file by what it holds)
+OWNERS = ["the", "the", "my", "my", "our"]
+FILE_NOUNS = {".md": ["notes", "doc", "document", "markdown file"], ".txt": ["file", "text file", "notes"],
+              ".log": ["log", "log file", "logfile"], ".csv": ["spreadsheet", "table", "csv"],
+              ".json": ["config", "settings", "json"], ".py": ["script", "python script", "module"],
+              ".sh": ["script", "shell script"], ".html": ["page", "web page"], ".yaml": ["config"],
+              ".toml": ["config"], ".ini": ["config"], ".css": ["stylesheet"], ".js": ["script"],
+              ".sql": ["query"], ".tex": ["paper"], ".rst": ["doc"], ".list": ["list"]}
+LIST_NOUNS = ["list", "list", "items list"]
+NUMBER_NOUNS = ["numbers", "scores", "figures", "number list"]
+NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                "sixteen seventeen eighteen nineteen twenty").split()
+ORDINALS = ("zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
+            "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth").split()
+
+
+def ordinal(n: int) -> str:
+    """'3rd', '11th', '22nd': the ordinal in digits."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
 
 # ---- values
 

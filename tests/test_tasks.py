@@ -6,6 +6,7 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,25 +64,37 @@ def test_at_least_sixty_kinds_each_in_many_phrasings(folders):
 
 
 def python_truth(r, root: Path) -> str | None:
-    """What the request's command must print, found by Python where the kind is a count, a list, a
-    number or a field (None for the rest)."""
+    """What the request's command must print, found by Python where the kind (or its way: "kind.way") is a
+    count, a list, a number, a field or a range of lines (None for the rest)."""
     v = r.values
     if "fileset" in v:
         found = v["fileset"].matches(root)
         return {"count_files": str(len(found)), "list_files": "\n".join(sorted(found))}.get(r.kind)
     path = root / str(v.get("file", ""))
-    text = path.read_bytes().decode(errors="replace") if "file" in v and path.is_file() else None
-    numbers = [int(x) for x in text.split()] if r.kind in ("min_number", "max_number", "sum_numbers") else None
-    table = [line.split(",") for line in text.splitlines()[1:]] if r.kind in ("csv_rows", "csv_sum") else None
+    text = path.read_bytes().decode(errors="replace") if "file" in v and path.is_file() else ""
+    lines, word = text.splitlines(), str(v.get("word", ""))
+    numbers = lambda: [int(x) for x in text.split()]                                      # noqa: E731
+    column = lambda: [int(line.split(",")[v["i"] - 1]) for line in lines[1:]]            # noqa: E731
+    having = lambda has: str(sum(bool(has(line)) for line in lines))                      # noqa: E731
+    shown = lambda part: "\n".join(line.strip() for line in part)                         # noqa: E731
     return {"count_lines": lambda: str(text.count("\n")), "count_words": lambda: str(len(text.split())),
+            "count_words.chars": lambda: str(len(path.read_bytes())),
             "file_size": lambda: str((root / v["file"]).stat().st_size),
-            "min_number": lambda: str(min(numbers)), "max_number": lambda: str(max(numbers)),
-            "sum_numbers": lambda: str(sum(numbers)), "csv_rows": lambda: str(len(table)),
-            "csv_sum": lambda: str(sum(int(row[v["i"] - 1]) for row in table)),
+            "first_line.words": lambda: str(len(lines[0].split()) if lines else 0),
+            "head_lines.range": lambda: shown(lines[:v["n"]]), "line_n.range": lambda: shown(lines[v["a"] - 1:v["b"]]),
+            "min_number": lambda: str(min(numbers())), "max_number": lambda: str(max(numbers())),
+            "max_number.reverse": lambda: str(max(numbers())), "sum_numbers": lambda: str(sum(numbers())),
+            "csv_rows": lambda: str(len(lines) - 1), "csv_sum": lambda: str(sum(column())),
+            "csv_sum.max": lambda: str(max(column())), "csv_sum.min": lambda: str(min(column())),
+            "grep_count": lambda: having(lambda line: word in line),
+            "grep_count.without": lambda: having(lambda line: word not in line),
+            "grep_count.whole_word": lambda: having(lambda line: re.search(rf"(?<!\w){word}(?!\w)", line)),
+            "grep_ignore_case.count": lambda: having(lambda line: word.lower() in line.lower()),
             "json_field": lambda: str(json.loads(text)[v["field"]]).replace("True", "true").replace("False", "false"),
-            "count_unique": lambda: str(len(set(text.split("\n")[:-1]))),
+            "count_unique": lambda: str(len(set(lines))),
+            "count_unique.repeated": lambda: str(sum(n > 1 for n in Counter(lines).values())),
             "arithmetic": lambda: str(eval(f"{v['a']} {v['op']} {v['b']}")),   # noqa: S307 (our own numbers)
-            }.get(r.kind, lambda: None)()
+            }.get(f"{r.kind}.{r.way}" if r.way else r.kind, lambda: None)()
 
 
 def kinds_checked(s, requests) -> set[str]:
@@ -105,7 +118,7 @@ def kinds_checked(s, requests) -> set[str]:
             printed = [line.strip().removeprefix("./") for line in result.output.strip().splitlines()]
             printed = "\n".join(sorted(printed) if r.kind == "list_files" else printed)   # find's order is the disk's
             assert printed == truth, (r.command, printed, truth)
-            checked.add(r.kind)
+            checked |= {r.kind, f"{r.kind}.{r.way}"}
     return checked
 
 
@@ -120,6 +133,7 @@ def test_every_command_runs_and_prints_what_python_finds(folders):
         checked = set().union(*pool.map(lambda folder: kinds_checked(*folder), folders[:25]))
     assert {"count_files", "list_files", "count_lines", "min_number", "csv_sum", "json_field", "arithmetic",
             "make_folder", "replace_text", "move_file"} <= checked
+    assert len({k for k in checked if "." in k and not k.endswith(".")}) >= 6, checked   # the other ways too
 
 
 def test_no_command_the_corpus_teaches_is_one_the_agent_refuses_under_yes(folders):
