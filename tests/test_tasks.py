@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO
 
-from nimllm import shell, skills
+from nimllm import shell, skills, speech
 from nimllm.sandbox import Sandbox
 from nimllm.tasks import KINDS, FileSet, expand, phrase
 
@@ -142,6 +142,47 @@ def test_no_command_the_corpus_teaches_is_one_the_agent_refuses_under_yes(folder
     taught = [(s, r) for s, requests in folders for r in requests]
     assert {(r.kind, why) for s, r in taught for why in shell.warnings(r.command, s.root)} == set()
     assert "total_lines" in {r.kind for _, r in taught}
+
+
+def test_a_share_of_requests_describe_their_file_and_only_that_file_fits(folders):
+    """'my shopping list' for shopping_list.md, 'the log in logs' for logs/server.log: a request may name
+    no file but describe it, and then the command uses the one file of its place that the words fit (its
+    stem's words, or its extension's noun where no other file there has that extension)."""
+    about_a_file = [(s, r) for s, rs in folders for r in rs if "file" in r.values and r.check == "answer"]
+    described = [(s, r) for s, r in about_a_file if r.said["file"] != r.values["file"]]
+    assert len(described) >= 0.12 * len(about_a_file), (len(described), len(about_a_file))
+    for s, r in described:
+        path = str(r.values["file"])
+        assert path in r.command and Path(path).name not in r.text, (r.text, r.command)
+        folder, said = str(Path(path).parent), r.said["file"].lower()
+        assert folder == "." or f" {folder.lower()}" in said, (said, path)   # a subfolder's file: its folder said
+        fits = {f: len(words) for f in s.files if speech.under(folder, f) and (words := speech.stem_words(f))
+                and f" {' '.join(words).lower()} " in f" {said} "}   # the file whose name the words say most fully
+        best = [f for f, n in fits.items() if n == max(fits.values(), default=0)]
+        same_type = [f for f in s.files if speech.under(folder, f) and Path(f).suffix == Path(path).suffix]
+        assert best == [path] or same_type == [path], (said, path, fits, same_type)
+
+
+def test_small_numbers_come_in_words_and_ordinals(folders):
+    texts = " ".join(r.text for _, rs in folders for r in rs if r.kind in ("head_lines", "tail_lines", "line_n"))
+    assert re.search(r"\b(two|three|four|five|six)\b", texts) and re.search(r"\b(\d+(st|nd|rd|th)|third|second)\b", texts)
+
+
+# each command part and the kinds it must be taught in (grep -l | wc -l: only counting files that mention a word)
+PARTS = {r"sort[^|]*\| head -n 1\b": 2, r"sort[^|]*\| tail -n 1\b": 2, r"sort -r ": 2, r"sort -rn\b": 2,
+         r"grep -\w*c": 2, r"grep -\w*v": 2, r"grep -\w*w": 2, r"grep -\w*i": 2, r"grep -\w*l.*\| wc -l": 1,
+         r"sed -n '\d+,\d+p'": 2, r"wc -c": 2, r"wc -w": 2, r"uniq -c": 2, r"uniq -d": 2, r"\btr ": 2,
+         r"cut -d, -f": 2}
+
+
+def test_each_command_part_is_taught_in_several_kinds(folders):
+    """A request the corpus never made (the smallest file, a list from Z to A) is a combination of parts
+    it taught: head and tail after sort, sort -r, grep's -c -v -w -i, sed -n 'A,Bp', uniq -d, tr ..."""
+    rng = random.Random(3)
+    commands = [(r.kind, r.command) for s, _ in folders[:20] for k in KINDS.values() for _ in range(6)
+                if (r := k.make(rng, s))]
+    kinds = {part: {kind for kind, command in commands if re.search(part, command)} for part in PARTS}
+    assert all(len(kinds[part]) >= n for part, n in PARTS.items()), {p: sorted(k) for p, k in kinds.items()}
 
 
 def test_a_fileset_is_the_find_it_says():
