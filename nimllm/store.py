@@ -90,13 +90,31 @@ def _calls_as_a_role(db: sqlite3.Connection) -> None:
                        (json.dumps(meta) if meta else None, message_id))
 
 
+BUSY_TIMEOUT = 30.0   # seconds a connection waits for another's lock
+
+
+def write_ahead_log(db: sqlite3.Connection) -> None:
+    """WAL mode, so readers never wait for a writer. Processes opening a new file at once (chats asked side
+    by side) can have the switch refused at once, without the busy wait (SQLite's way out of a possible
+    deadlock): it is asked again until BUSY_TIMEOUT."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.lock = threading.Lock()   # one connection per Store, shareable by a server's threads
         with self._errors():
-            self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
+            write_ahead_log(self.db)
             # NORMAL would already survive a killed process (a commit is in the WAL file once written),
             # but a power cut could take back the last few; FULL syncs at every commit, a few
             # milliseconds per message, nothing next to generating the answer.

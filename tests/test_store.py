@@ -165,6 +165,33 @@ def test_two_processes_write_at_once(tmp_path):
         assert sorted(len(store.messages(c.id)) for c in store.conversations()) == [200, 200]
 
 
+OPENER = """
+import sys
+from nimllm.store import Store
+print("ready", flush=True); sys.stdin.readline()   # opens the store when the test says go
+s = Store(sys.argv[1]); s.add_message(s.start_conversation(), "user", "hi")
+"""
+
+
+@pytest.mark.slow
+def test_processes_opening_a_new_store_at_once_all_get_it(tmp_path):
+    """Chats asked side by side in a folder without a store all create it at once: SQLite may refuse the
+    switch to WAL without waiting, which ended one such chat in the memory bench."""
+    for round in range(6):
+        path = tmp_path / f"c{round}.sqlite"
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(path)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                 for _ in range(8)]
+        assert all(proc.stdout.readline() == "ready\n" for proc in procs)
+        for proc in procs:
+            go(proc)
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        with Store(path) as store:
+            assert len(store.conversations()) == 8
+
+
 def test_one_store_shared_by_threads(tmp_path):
     def chat(s, n):
         cid = s.start_conversation("server")
