@@ -128,8 +128,11 @@ def hand_written(limit: int | None = None) -> list[BenchTask]:
 
 
 def generated(n: int, seed: int) -> list[BenchTask]:
-    """n requests of the corpus generator, each kind in turn, each in a scratch folder of its own."""
+    """n requests of the corpus generator, each kind in turn (in an order drawn from the seed, so that
+    n under the number of kinds is a sample of all of them, not the first n), each in a scratch folder
+    of its own."""
     tasks, kinds = [], list(KINDS.values())
+    random.Random(seed).shuffle(kinds)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n * 20):
             if len(tasks) == n:
