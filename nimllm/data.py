@@ -468,8 +468,9 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
                 show(corpus.stats.bytes_read)
         if not corpus.stats.documents:
             raise UserError(f"{path} has no text to train on")
-        segmentations, dropped = (SEGMENTATIONS, tokenizer.with_dropout(bpe_dropout)) if bpe_dropout else (1, None)
-        for _ in range(segmentations - 1):
+        segmentations = SEGMENTATIONS if bpe_dropout else 1
+        dropped = tokenizer.with_dropout(bpe_dropout) if bpe_dropout else tokenizer
+        for _ in range(segmentations - 1):   # (the corpus read again for each: it need not fit in memory)
             train_chunks = (c for c in open_corpus(path, val_fraction).chunks() if c.split == "train")
             for batch in tokenized(train_chunks, dropped):
                 writers["train"].write([i for _, ids in batch for i in ids])

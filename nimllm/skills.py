@@ -32,8 +32,8 @@ from nimllm.fileio import write_jsonl_once
 from nimllm.sandbox import Limits, Sandbox
 from nimllm.tasks import KINDS, Request
 from nimllm.turns import agent_mode
+from nimllm.vocab import WORDS, made_up
 
-WORDS = vocab.WORDS
 # Names come from large vocabularies, and a quarter are made up, so that a model cannot know a
 # folder's names in advance: it must copy them from the request and the output.
 STEMS = ("notes report todo main utils config data readme server client app setup index style draft budget "
@@ -81,9 +81,6 @@ DAY = 86400
 def prose(rng: random.Random, long: bool = False) -> str:
     lines = rng.randint(40, 200) if long else rng.randint(2, 20)
     return "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(3, 9))) for _ in range(lines))
-
-
-made_up = vocab.made_up
 
 
 def stem(rng: random.Random) -> str:

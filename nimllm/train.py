@@ -30,8 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from nimllm import checkpoint, dialogues
 from nimllm.config import (LOW_MEMORY_MICRO_BATCH, PRESETS, DefaultChoice, ModelConfig, ModelFolder, TrainConfig,
                            UserError, default_choice, default_preset_name, override)
-from nimllm.data import (SEGMENTATIONS, CorpusInfo, TokenShards, corpus_bytes, corpus_fingerprint,
-                         iter_texts_for_tokenizer, prepare_corpus, prepared_with)
+from nimllm.data import (CorpusInfo, TokenShards, corpus_bytes, corpus_fingerprint, iter_texts_for_tokenizer,
+                         prepare_corpus, prepared_with)
 from nimllm.evaluate import evaluate
 from nimllm.fileio import remove_stale_temps
 from nimllm.fp8 import use_fp8
@@ -314,7 +314,7 @@ def prepare_data(run: TrainingRun) -> None:
     """The corpus's token shards, made once per corpus and tokenizer (by the first process)."""
     run.data_dir = run.folder.data / run.fingerprint
     if run.rt.is_main and not prepared_with(run.data_dir, run.tokenizer, run.tcfg.bpe_dropout):
-        dropout = f" (and {SEGMENTATIONS - 1} times with BPE dropout {run.tcfg.bpe_dropout:g})" if run.tcfg.bpe_dropout else ""
+        dropout = f" (also with BPE dropout {run.tcfg.bpe_dropout:g})" if run.tcfg.bpe_dropout else ""
         run.log(f"tokenizing {run.corpus}{dropout} ...")
         begun = time.time()   # (said, since a --time budget pays for it)
         report_corpus(prepare_corpus(run.sources, run.tokenizer, run.data_dir, block_size=run.model_cfg.block_size,

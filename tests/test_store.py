@@ -139,6 +139,15 @@ def go(proc):
     proc.stdin.flush()
 
 
+def go_together(procs):
+    """Tell every process to go, then wait for each to end well."""
+    for proc in procs:
+        go(proc)
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+
+
 def test_sigkill_loses_no_committed_message(tmp_path):
     path = tmp_path / "c.sqlite"
     proc = writer(path, 1_000_000)
@@ -155,12 +164,7 @@ def test_sigkill_loses_no_committed_message(tmp_path):
 
 def test_two_processes_write_at_once(tmp_path):
     path = tmp_path / "c.sqlite"       # not there yet: both create it
-    procs = [writer(path, 200) for _ in range(2)]
-    for proc in procs:
-        go(proc)
-    for proc in procs:
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
+    go_together([writer(path, 200) for _ in range(2)])
     with Store(path) as store:
         assert sorted(len(store.messages(c.id)) for c in store.conversations()) == [200, 200]
 
@@ -183,11 +187,7 @@ def test_processes_opening_a_new_store_at_once_all_get_it(tmp_path):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
                  for _ in range(8)]
         assert all(proc.stdout.readline() == "ready\n" for proc in procs)
-        for proc in procs:
-            go(proc)
-        for proc in procs:
-            _, err = proc.communicate(timeout=60)
-            assert proc.returncode == 0, err
+        go_together(procs)
         with Store(path) as store:
             assert len(store.conversations()) == 8
 
