@@ -5,7 +5,8 @@ side, on texts of different kinds, scored on the same held-out characters in bit
     python3 bench/quality.py --nanogpt ~/src/nanoGPT --device cpu --variant "--preset 10m" --out ...
 
 Texts (--texts):
-- `shakespeare`: tinyshakespeare from ../shared/data (1.1 MB of verse), one file;
+- `shakespeare`: tinyshakespeare from ../shared/data (1.1 MB of verse), one file, or its first SIZE
+  characters (`shakespeare:0.2MB`: a small text, to see a long run learn it by heart);
 - `python`: the Python standard library's own .py files (the top-level ones first), the first 3 MB of
   them or `python:30MB`, a folder;
 - `notes`: the Python language reference as pydoc ships it, one Markdown file per topic (0.46 MB), a
@@ -62,12 +63,13 @@ NANOGPT_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_inte
 def documents(spec: str) -> list[tuple[str, str]]:
     """A text as (file name, content) documents, in order; `python:30MB` takes that much of the library."""
     name, _, size = spec.partition(":")
+    limit = int(float(size.removesuffix("MB")) * 1e6) if size else None
     if name == "shakespeare":
         if not SHAKESPEARE.exists():
             sys.exit(f"bench/quality.py: {SHAKESPEARE} not found")
-        return [("tinyshakespeare.txt", SHAKESPEARE.read_text())]
+        return [("tinyshakespeare.txt", SHAKESPEARE.read_text()[:limit])]
     if name == "python":
-        limit = int(float(size.removesuffix("MB")) * 1e6) if size else PYTHON_BYTES
+        limit = limit or PYTHON_BYTES
         stdlib = Path(sysconfig.get_paths()["stdlib"])
         files = sorted(stdlib.glob("*.py")) + sorted(p for p in stdlib.glob("*/**/*.py") if "site-packages" not in p.parts)
         docs, total = [], 0

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -92,9 +92,12 @@ def load_model(folder: ModelFolder, device: str | torch.device = "cpu") -> tuple
 
 # ---- training state (weights + optimizer + progress, one file so they can never disagree) -------
 
-def save_train_state(folder: ModelFolder, model: GPT, optimizer: torch.optim.Optimizer, progress: dict) -> None:
+def save_train_state(folder: ModelFolder, model: GPT, optimizer: torch.optim.Optimizer, progress: dict,
+                     best: dict[str, torch.Tensor] | None = None) -> None:
+    """`best`: the weights of the run's lowest validation so far, where they are not the model's own."""
     names = {p: n for n, p in model.named_parameters()}
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in (best or {}).items()})
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
@@ -120,6 +123,16 @@ def load_train_state(folder: ModelFolder, model: GPT, optimizer: torch.optim.Opt
         sd["state"] = state  # load_state_dict moves each tensor to its parameter's device and dtype
         optimizer.load_state_dict(sd)
     return meta.get("progress", {})
+
+
+def load_best_weights(folder: ModelFolder) -> dict[str, torch.Tensor] | None:
+    """The best weights a training state holds beside its own, read alone; None if it holds none."""
+    try:
+        with safe_open(str(folder.train_state), framework="pt") as f:
+            names = [k for k in f.keys() if k.startswith("best.")]
+            return {k[len("best."):]: f.get_tensor(k) for k in names} or None
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{folder.train_state} is damaged ({e}); train again with --fresh") from None
 
 
 def read_progress(folder: ModelFolder) -> dict | None:

@@ -106,6 +106,9 @@ def train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
                        help="the blocks' matmuls in FP8 on a GPU that has them (H100, H200, Ada); elsewhere a note")
     train.add_argument("--dropout", type=float, help="dropout of a new model (default: the preset's)")
+    train.add_argument("--no-keep-best", dest="keep_best", action="store_const", const=False,
+                       help="end with the last weights even where an earlier validation was lower (by default a "
+                            "run that goes on past its lowest validation ends with the weights it had there)")
     train.add_argument("--bpe-dropout", type=_probability, metavar="P",
                        help="also write the training text 7 more times, each tokenized with every merge skipped "
                             "with probability P (BPE-dropout): one text, many spellings in tokens")
@@ -211,7 +214,7 @@ def cmd_train(args) -> int:
                      "optimizer": args.optimizer, "schedule": args.schedule,
                      "compile": args.compile, "activation_checkpointing": args.activation_checkpointing,
                      "low_memory": args.low_memory, "fp8": args.fp8, "seed": args.seed,
-                     "bpe_dropout": args.bpe_dropout})
+                     "bpe_dropout": args.bpe_dropout, "keep_best": args.keep_best})
     mix_in = []
     if corpus.expanduser().exists():   # (if not, run_training says so before anything is written)
         if chosen.why:

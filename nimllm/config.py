@@ -56,6 +56,7 @@ class TrainConfig:
     max_epochs: float = 10.0       # small corpora: stop before seeing the data more often than this
     tokens_per_param: float = 20.0  # default budget (Chinchilla), capped by the two above
     eval_interval: int = 250
+    keep_best: bool = True         # a run that goes on past its lowest validation ends with those weights
     eval_tokens: int = 262144      # validation tokens used by the periodic evaluation
     log_interval: int = 10
     checkpoint_minutes: float = 10.0

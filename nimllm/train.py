@@ -196,6 +196,7 @@ class TrainingRun:
     schedule: Schedule | None = None
     fit: TimeFit | None = None   # a --time run whose length is not fitted yet
     progress: dict = field(default_factory=lambda: {"step": 0, "elapsed_s": 0.0})
+    best_weights: dict | None = None   # on the CPU: those of progress["best"], the lowest validation so far
 
     @property
     def tokens_per_step(self) -> int:
@@ -347,6 +348,7 @@ def build_model(run: TrainingRun) -> None:
     run.optimizer = build_optimizer(run.model, run.tcfg, run.rt.device_type)
     if run.action == "resume":
         run.progress = checkpoint.load_train_state(run.folder, run.model, run.optimizer)
+        run.best_weights = checkpoint.load_best_weights(run.folder)
         run.log(f"resuming from step {run.progress['step']}")
     elif run.action == "continue":
         weights, _ = checkpoint.load_model(run.folder)
@@ -465,9 +467,13 @@ def check_replicas_in_sync(model: GPT, log) -> None:
     log(f"replicas in sync: {len(sums)} tensors identical on {len(gathered)} processes")
 
 
-def save_checkpoint(folder: ModelFolder, model: GPT, optimizer, progress: dict, rt: Runtime) -> None:
+def save_checkpoint(folder: ModelFolder, model: GPT, optimizer, progress: dict, rt: Runtime,
+                    best: dict | None = None) -> None:
+    """The training state (with `best`, the weights of the lowest validation, where they are not the
+    model's own), the model's weights and the loss plot."""
     if rt.is_main:
-        checkpoint.save_train_state(folder, model, optimizer, progress)
+        at_best = progress.get("best", {}).get("step") == progress["step"]
+        checkpoint.save_train_state(folder, model, optimizer, progress, None if at_best else best)
         checkpoint.save_weights(folder, model, progress["step"])
         plot_losses(folder.metrics, folder.loss_plot, title=str(folder.root.name))
 
@@ -613,6 +619,30 @@ class TimeFit:
         return plan
 
 
+def remember_if_best(run: TrainingRun, step: int, val: dict) -> None:
+    """Keep a CPU copy of the weights at the lowest validation so far. A small text read many times is
+    learned by heart: its validation falls, then rises (nanoGPT's recipe keeps its best checkpoint too)."""
+    best = run.progress.get("best")
+    if best is None or val["bpb"] < best["val_bpb"]:
+        run.progress["best"] = {"step": step, "val_loss": val["loss"], "val_bpb": val["bpb"]}
+        run.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+
+
+def end_at_best(run: TrainingRun, step: int, val: dict | None, metrics) -> bool:
+    """A finished run whose last validation is not its lowest takes the weights of the lowest; whether
+    it did."""
+    best = run.progress.get("best")
+    if not best or best["step"] == step or run.best_weights is None:
+        return False
+    run.model.load_state_dict(run.best_weights)
+    run.progress["kept_best"] = best["step"]
+    run.log(f"kept the weights of step {best['step']}, the lowest validation: {best['val_bpb']:.4f} bits per byte"
+            f" against {val['bpb']:.4f} at the end (--no-keep-best keeps the last)")
+    if metrics:
+        metrics.write(event="kept_best", step=step, best_step=best["step"], best_val_bpb=best["val_bpb"])
+    return True
+
+
 def agree_max(values: list[float], rt: Runtime) -> list[float]:
     """The largest of each value over all processes, so that they all decide alike (in float64, so that a
     long run's clocks keep their milliseconds). One process has nothing to agree with."""
@@ -667,11 +697,16 @@ def train_loop(run: TrainingRun, metrics) -> dict:
                 val = evaluate(run.model, run.val_shards, rt, tcfg.micro_batch, tcfg.eval_tokens)
                 run.log(f"step {step} | validation loss {val['loss']:.4f} | {val['bpb']:.4f} bits per byte")
                 metrics.write(step=step, val_loss=val["loss"], val_bpb=val["bpb"])
+                if tcfg.keep_best:
+                    remember_if_best(run, step, val)
             if progress["finished"] or stopping or time.time() - last_ckpt > tcfg.checkpoint_minutes * 60:
-                save_checkpoint(run.folder, run.model, run.optimizer, progress, rt)
+                save_checkpoint(run.folder, run.model, run.optimizer, progress, rt, run.best_weights)
                 last_ckpt = time.time()
     if rt.world_size > 1:
         check_replicas_in_sync(run.model, run.log)
+    if rt.is_main and tcfg.keep_best and progress["finished"] and not stopping and end_at_best(run, step, val, metrics):
+        save_checkpoint(run.folder, run.model, run.optimizer, progress, rt)
+        val = {"loss": progress["best"]["val_loss"], "bpb": progress["best"]["val_bpb"]}
     if stopping:
         run.log(f"stopped at step {step}; the checkpoint is saved: run the same command again to resume")
     return {"interrupted": stopping and not progress["finished"], "step": step, "val": val}

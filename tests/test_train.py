@@ -411,6 +411,63 @@ def test_bpe_dropout_trains_on_other_spellings_for_as_many_passes_over_the_text(
     assert sum("each in 8 segmentations" in line for line in said) == 1
 
 
+class ScriptedValidation:
+    """`evaluate` for training's validations: the real one, reporting the given bits per byte in turn,
+    with a copy of the weights each was reported for."""
+
+    def __init__(self, monkeypatch, bpb: list[float], stop_after: int | None = None):
+        self.bpb, self.weights, self.stop_after = list(bpb), [], stop_after
+        monkeypatch.setattr("nimllm.train.evaluate", self)
+
+    def __call__(self, model, *args, **kwargs):
+        val = evaluate(model, *args, **kwargs)
+        self.weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        if len(self.weights) == self.stop_after:   # Ctrl-C while this step runs: saved, resumable
+            os.kill(os.getpid(), signal.SIGINT)
+        return {**val, "bpb": self.bpb.pop(0)}
+
+
+def saved_weights(folder: ModelFolder) -> dict:
+    return checkpoint.load_model(folder)[0].state_dict()
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_a_run_past_its_lowest_validation_ends_with_those_weights(corpus, tmp_path, monkeypatch, keep_best):
+    folder, said = ModelFolder(tmp_path / "m"), []
+    validations = ScriptedValidation(monkeypatch, [3.0, 2.0, 2.5, 2.6])   # steps 10, 20, 30 and the last, 40
+    summary = run_training(corpus, folder, preset="tiny", model_overrides=SMALL_MODEL, steps=40, vocab_size=512,
+                           train_overrides={**SMALL_STEPS, "eval_interval": 10, "keep_best": keep_best},
+                           log=said.append)
+    assert not same(validations.weights[1], validations.weights[3])
+    progress = checkpoint.read_progress(folder)
+    if keep_best:
+        assert same(saved_weights(folder), validations.weights[1])
+        assert progress["kept_best"] == 20 and summary["val"]["bpb"] == 2.0
+        assert any(line.startswith("kept the weights of step 20") for line in said)
+        assert [r for r in read_metrics(folder.metrics) if r.get("event") == "kept_best"][0]["best_step"] == 20
+    else:
+        assert same(saved_weights(folder), validations.weights[3]) and "kept_best" not in progress
+        assert not any(line.startswith("kept the weights") for line in said)
+
+
+def test_the_lowest_validation_outlives_an_interrupted_run(corpus, tmp_path, monkeypatch):
+    folder = ModelFolder(tmp_path / "m")
+    train = lambda: run_training(corpus, folder, preset="tiny", model_overrides=SMALL_MODEL, steps=40,  # noqa: E731
+                                 vocab_size=512, train_overrides={**SMALL_STEPS, "eval_interval": 10},
+                                 log=lambda *a: None)
+    first = ScriptedValidation(monkeypatch, [3.0, 2.0, 2.5], stop_after=3)
+    assert train()["interrupted"] and checkpoint.read_progress(folder)["step"] == 31   # noticed after a step
+    assert same(checkpoint.load_best_weights(folder), first.weights[1])
+    ScriptedValidation(monkeypatch, [2.6])   # the resumed run: step 40
+    train()
+    assert checkpoint.read_progress(folder)["kept_best"] == 20
+    assert same(saved_weights(folder), first.weights[1])
+
+
 STUCK_WRITER = """
 import os, sys
 from pathlib import Path
