@@ -157,6 +157,8 @@ def describe(folder: ModelFolder) -> dict:
     total_steps = progress.get("schedule", progress).get("total_steps", "?")   # (older folders: in progress itself)
     state = ("finished" if progress.get("finished") else "interrupted (run the same train command to resume)") \
         if progress else "not started"
+    if "kept_best" in progress:
+        state += f"; the weights of step {progress['kept_best']}, its lowest validation"
     files = {p.name: p.stat().st_size for p in sorted(folder.root.iterdir()) if p.is_file() and not is_temp(p)}
     return {
         "folder": folder.root,

@@ -447,6 +447,8 @@ def test_a_run_past_its_lowest_validation_ends_with_those_weights(corpus, tmp_pa
     if keep_best:
         assert same(saved_weights(folder), validations.weights[1])
         assert progress["kept_best"] == 20 and summary["val"]["bpb"] == 2.0
+        assert checkpoint.describe(folder)["training"] == \
+            "step 40 / 40, finished; the weights of step 20, its lowest validation"
         assert any(line.startswith("kept the weights of step 20") for line in said)
         assert [r for r in read_metrics(folder.metrics) if r.get("event") == "kept_best"][0]["best_step"] == 20
     else:
