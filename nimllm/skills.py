@@ -6,7 +6,8 @@ scratch folder full of random names and contents (nimllm/vocab.py: too many to l
 copied), run by nimllm/sandbox.py as the agent runs them (without bubblewrap since they are our own),
 and an answer that carries what it printed. Some episodes go wrong first, as work does: a command
 fails on a file named without its folder ("No such file"), `find` shows where it is, and the command
-runs on that path; a `grep` on a folder fails and runs again with `-r`. Some find nothing (a file the
+runs on that path; a first command slips on a file's name, fails, and runs again on the name the
+request gave; a `grep` on a folder fails and runs again with `-r`. Some find nothing (a file the
 folder does not have, a word no file holds) and the answer says so. Every request about the folder
 is answered from a command, never from memory.
 
@@ -249,23 +250,45 @@ def named_at_end(request: Request, path: str) -> bool:
     return bool(path) and path in request.text and request.command.endswith(f" {path}")
 
 
-def detour(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, bool]]:
-    """Commands run before the request's own, each with whether it must fail. `find` only ever looks
-    for a file after a command failed on it ("No such file"): a file in a subfolder that the user
-    names without its folder; the request's command then runs on the path found. A search of a folder
-    without -r fails ("Is a directory"), and runs again with it."""
+TYPO = 0.15   # the share of requests about a file whose first command slips on its name (greedy decoding
+#              keeps to the likeliest name; what is learned is the way back from a slip)
+
+
+def slipped(path: str, rng: random.Random, taken: set[str]) -> str | None:
+    """`path` with its file's stem slipped as the agent's own copies slip (bench/results/
+    agent_103m_h200_corpus4.json: requirements.txt as requires.txt, someday.txt as somewhat.txt, todo.md
+    as dodo.md): a letter dropped, doubled or changed, two swapped, or the stem cut short. None when each
+    try names a file that is there."""
+    folder, base = os.path.split(path)
+    stem, dot, ext = base.partition(".")
+    for _ in range(10):
+        i = rng.randrange(len(stem))
+        slip = rng.choice([stem[:i] + stem[i + 1:], stem[:i + 1] + stem[i:],
+                           stem[:i] + rng.choice("abcdefghijklmnopqrstuvwxyz") + stem[i + 1:],
+                           stem[:i] + stem[i + 1:i + 2] + stem[i] + stem[i + 2:], stem[:max(2, len(stem) * 2 // 3)]])
+        wrong = os.path.join(folder, slip + dot + ext)
+        if slip and slip != stem and wrong not in taken:
+            return wrong
+    return None
+
+
+def detour(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, bool | str]]:
+    """Commands run before the request's own, each with whether it must fail (or what its failure must
+    print). `find` only ever looks for a file after a command failed on it ("No such file"): a file in
+    a subfolder that the user names without its folder; the request's command then runs on the path
+    found. A search of a folder without -r fails ("Is a directory"), and runs again with it."""
     path = str(request.values.get("file", ""))
     base = Path(path).name
     unique = sum(Path(f).name == base for f in s.files) == 1
     if "/" in path and unique and named_at_end(request, path) and rng.random() < 0.7:
         request.text = request.text.replace(path, base)
-        return [(request.command.removesuffix(path) + base, True), (f"find . -name '{base}'", False)]
+        return [(request.command.removesuffix(path) + base, "No such file"), (f"find . -name '{base}'", False)]
     if request.command.startswith("grep -rl ") and rng.random() < 0.1:   # rare: training learns the wrong first try too
         return [(request.command.replace("grep -rl ", "grep -l ").replace(" --exclude-dir=.git", ""), True)]
     return []
 
 
-def ask_for_a_missing_file(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, bool]]:
+def ask_for_a_missing_file(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, bool | str]]:
     """The request made about a file the folder does not have: its command fails ("No such file"),
     `find` finds the name nowhere (the request's command now), and the answer says so, without a result."""
     path = str(request.values["file"])
@@ -276,14 +299,20 @@ def ask_for_a_missing_file(request: Request, s: Scratch, rng: random.Random) -> 
     template = rng.choice(NOT_FOUND)
     request.command, request.ok_exits, request.values = f"find . -name '{missing}'", (0,), {"file": missing}
     request.answer = lambda out: None if out.strip() else template.format(name=missing)
-    return [(failed, True)]
+    return [(failed, "No such file")]
 
 
-def before(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, bool]]:
-    """What runs before the request's own command: a missing file now and then, else perhaps a detour."""
+def before(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, bool | str]]:
+    """What runs before the request's own command: now and then a missing file, or a first command that
+    slips on the file's name (it fails, and the command runs again on the name the request gave), else
+    perhaps a detour."""
     path = str(request.values.get("file", ""))
-    if request.check == "answer" and named_at_end(request, path) and rng.random() < MISSING:
-        return ask_for_a_missing_file(request, s, rng)
+    if request.check == "answer" and named_at_end(request, path):
+        chance = rng.random()
+        if chance < MISSING:
+            return ask_for_a_missing_file(request, s, rng)
+        if chance < MISSING + TYPO and (wrong := slipped(path, rng, set(s.files))):
+            return [(request.command.removesuffix(path) + wrong, "No such file")]
     return detour(request, s, rng)
 
 
@@ -293,10 +322,10 @@ def episode(request: Request, sandbox: Sandbox, s: Scratch, rng: random.Random) 
     turns, steps = [], [*before(request, s, rng), (request.command, False)]
     for step, (command, fails) in enumerate(steps):
         result = sandbox.run(command)
-        if (result.exit_code not in (request.ok_exits if step == len(steps) - 1 else (0,))) != fails:
+        if (result.exit_code not in (request.ok_exits if step == len(steps) - 1 else (0,))) != bool(fails):
             return None
-        if fails and steps[step + 1][0].startswith("find . -name") and "No such file" not in result.output:
-            return None   # find looks for a file only once a command did not find it
+        if isinstance(fails, str) and fails not in result.output:
+            return None   # it must fail as the episode says (find looks for a file only once one was not found)
         turns += [{"role": "tool_call", "content": command}, {"role": "tool", "content": result.observation()}]
     answer = request.answer(result.output)
     if answer is None or request.verify and not request.verify(s.root):
@@ -338,8 +367,9 @@ def write_corpus(path: Path, n: int, seed: int = 0, log=print) -> Path:
                             f"{n:,} agent-skill episodes (real commands in scratch folders)", log)
 
 
-EPISODES_FORMAT = 4   # 2: each episode opens with the agent's mode (turns.agent_mode); 3: open values, find after a
-#                       failure only; 4: files described ("my shopping list"), numbers in words, ways within kinds
+EPISODES_FORMAT = 5   # 2: each episode opens with the agent's mode (turns.agent_mode); 3: open values, find after a
+#                       failure only; 4: files described ("my shopping list"), numbers in words, ways within kinds;
+#                       5: first commands that slip on a file's name
 
 
 def corpus_for(model_root: Path, n: int, seed: int = 0, log=print) -> Path:

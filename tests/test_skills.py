@@ -96,6 +96,26 @@ def test_find_looks_for_a_file_only_after_a_command_did_not_find_it(many_episode
 
 
 @pytest.mark.slow
+def test_a_command_that_slips_on_a_name_runs_again_on_the_name_asked_for(many_episodes):
+    """A first command on a misspelt name (as a model's copies slip) fails with "No such file", and the
+    same command runs again on the name in the request; no episode repeats the slip."""
+    slips = 0
+    for e in many_episodes:
+        calls, request = calls_of(e), e["messages"][1]["content"]
+        if len(calls) != 2 or calls[1][0].startswith("find ") or "No such file" not in calls[0][1]:
+            continue
+        wrong = calls[0][0].split()[-1]
+        right = calls[1][0].split()[-1]
+        if wrong == right or Path(wrong).name in request:
+            continue   # (a file named without its folder: find shows the path, and that runs)
+        slips += 1
+        assert right in request and calls[0][0].removesuffix(wrong) == calls[1][0].removesuffix(right), calls
+        assert Path(wrong).suffix == Path(right).suffix and Path(wrong).parent == Path(right).parent
+        assert wrong not in e["messages"][-1]["content"]
+    assert slips >= 10
+
+
+@pytest.mark.slow
 def test_an_answer_after_nothing_found_says_so_and_makes_nothing_up(many_episodes):
     """Episodes whose last command printed nothing (a missing file, a word found nowhere) or could not work
     (git outside a repository) answer with a no, and every value in the answer (a number, a file name, a
