@@ -7,7 +7,8 @@ copied), run by nimllm/sandbox.py as the agent runs them (without bubblewrap sin
 and an answer that carries what it printed. Some episodes go wrong first, as work does: a command
 fails on a file named without its folder ("No such file"), `find` shows where it is, and the command
 runs on that path; a first command slips on a file's name, fails, and runs again on the name the
-request gave; a `grep` on a folder fails and runs again with `-r`. Some find nothing (a file the
+request gave; a `grep` on a folder fails and runs again with `-r`. A file the request describes
+("my shopping list") is looked for first: `ls` of its folder shows its name. Some find nothing (a file the
 folder does not have, a word no file holds) and the answer says so. Every request about the folder
 is answered from a command, never from memory.
 
@@ -302,10 +303,24 @@ def ask_for_a_missing_file(request: Request, s: Scratch, rng: random.Random) -> 
     return [(failed, "No such file")]
 
 
+def look_first(request: Request) -> list[tuple[str, bool | str]]:
+    """A request that describes its file instead of naming it ("sort my shopping list") lists the folder
+    the description places it in: the words say what the file is, not what it is called
+    (shopping_list.md? shopping-list.txt?), and a model taught to go straight to the real name made
+    names up (bench/results/agent_103m_h200_corpus4.json: "my shopping list" as shopping_v2.txt)."""
+    path = str(request.values.get("file", ""))
+    if not path or request.said.get("file", path) == path:
+        return []
+    folder = str(Path(path).parent)
+    return [("ls" if folder == "." else f"ls {folder}", False)]
+
+
 def before(request: Request, s: Scratch, rng: random.Random) -> list[tuple[str, bool | str]]:
-    """What runs before the request's own command: now and then a missing file, or a first command that
-    slips on the file's name (it fails, and the command runs again on the name the request gave), else
-    perhaps a detour."""
+    """What runs before the request's own command: the folder's listing where the request describes its
+    file; now and then a missing file, or a first command that slips on the file's name (it fails, and
+    the command runs again on the name the request gave); else perhaps a detour."""
+    if looked := look_first(request):
+        return looked
     path = str(request.values.get("file", ""))
     if request.check == "answer" and named_at_end(request, path):
         chance = rng.random()
@@ -369,7 +384,7 @@ def write_corpus(path: Path, n: int, seed: int = 0, log=print) -> Path:
 
 EPISODES_FORMAT = 5   # 2: each episode opens with the agent's mode (turns.agent_mode); 3: open values, find after a
 #                       failure only; 4: files described ("my shopping list"), numbers in words, ways within kinds;
-#                       5: first commands that slip on a file's name
+#                       5: first commands that slip on a file's name, a described file looked for with ls
 
 
 def corpus_for(model_root: Path, n: int, seed: int = 0, log=print) -> Path:

@@ -36,9 +36,9 @@ def test_episodes_run_their_commands_and_answer_from_what_they_printed(tmp_path)
         assert tools[-1].startswith("[exit 0]") or e["kind"] == "diff_files" or \
             tools[-1].startswith("[exit 1]") and e["kind"].startswith("grep") or \
             tools[-1].startswith("[exit 128]") and e["kind"].startswith("git")   # (found nothing; no repository)
-        if calls > 1:
+        commands = [m["content"] for m in e["messages"] if m["role"] == "tool_call"]
+        if calls > 1 and not (commands[0] == "ls" or commands[0].startswith("ls ")):   # (a described file)
             detours += 1
-            commands = [m["content"] for m in e["messages"] if m["role"] == "tool_call"]
             assert not tools[0].startswith("[exit 0]") and not commands[0].startswith("find . -name"), commands
         assert e["messages"][-1]["content"].strip()
     assert detours >= 3
@@ -113,6 +113,25 @@ def test_a_command_that_slips_on_a_name_runs_again_on_the_name_asked_for(many_ep
         assert Path(wrong).suffix == Path(right).suffix and Path(wrong).parent == Path(right).parent
         assert wrong not in e["messages"][-1]["content"]
     assert slips >= 10
+
+
+@pytest.mark.slow
+def test_a_described_file_is_looked_for_before_it_is_used(many_episodes):
+    """A request that describes its file ("my shopping list") lists the folder the description places it
+    in; the listing shows the file's name, which the request does not say and the next command uses."""
+    looked = 0
+    for e in many_episodes:
+        calls, request = calls_of(e), e["messages"][1]["content"]
+        if not calls[0][0].split()[0] == "ls" or e["kind"].startswith("list"):
+            continue
+        looked += 1
+        folder = calls[0][0].removeprefix("ls").strip()
+        listed = calls[0][1].splitlines()[1:]   # (after the exit line)
+        used = [name for name in listed if re.search(rf"(^|[ '/]){re.escape(folder + '/' if folder else '')}"
+                                                     rf"{re.escape(name)}($|[ ')])", calls[1][0])]
+        assert len(calls) == 2 and len(used) == 1, calls
+        assert used[0] not in request, (request, calls)
+    assert looked >= 30
 
 
 @pytest.mark.slow
