@@ -1,8 +1,9 @@
 """How people name what a request is about: a file by what it is ("my shopping list", "the README",
 "the log in logs") where no other file of the folder fits those words, small numbers in words ("the
 first two lines") and places by ordinals ("the 3rd line"). nimllm/tasks.py phrases a request with
-these; its command and answer keep the real names, so the model learns to map a description onto a
-file (a model taught only named files did none of the described ones: its failures are classified in
+these; its command and answer keep the real names, after a listing of the folder (skills.look_first),
+so the model learns to map a description onto a file it has seen listed (a model taught only named
+files did none of the described ones: its failures are classified in
 bench/results/agent_103m_h200_first_command_failures.md).
 
     said = spoken(rng, scratch, {"file": "notes/shopping_list.md", "n": 2}, "first {n} lines of {file}")
