@@ -32,7 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -44,7 +44,7 @@ from rich.table import Table  # noqa: E402
 import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint, skills  # noqa: E402
 from nimllm.agent import Agent  # noqa: E402
-from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
+from nimllm.config import MemoryConfig, ModelFolder, UserError, memory_config  # noqa: E402
 from nimllm.memory import AGENT_KINDS, Memory  # noqa: E402
 from nimllm.sandbox import Sandbox  # noqa: E402
 from nimllm.tasks import KINDS  # noqa: E402
@@ -245,22 +245,23 @@ def evaluate(mem: Memory, tasks: list[BenchTask], parent: Path, args, learn: boo
     return {g: [r for r in rows if r["group"] == g] for g in GROUPS if any(r["group"] == g for r in rows)}
 
 
-def memory_settings(text: str) -> MemoryConfig:
-    """"default", or changes to it: "lr=1e-4,steps=4"."""
+def memory_settings(text: str) -> dict:
+    """"default", or changes to the model's memory settings (nimllm.config.memory_config): "lr=1e-4,steps=4"."""
     if text == "default":
-        return MemoryConfig()
+        return {}
     types = {f.name: f.type for f in fields(MemoryConfig)}
     changes = dict(item.split("=", 1) for item in text.split(","))
     if not set(changes) <= set(types):
         raise argparse.ArgumentTypeError(f"unknown memory settings {sorted(set(changes) - set(types))}")
     parse = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}
-    return replace(MemoryConfig(), **{k: parse.get(types[k], str)(v) for k, v in changes.items()})
+    return {k: parse.get(types[k], str)(v) for k, v in changes.items()}
 
 
-def learn_and_ask_again(base: Path, folder: Path, mcfg: MemoryConfig, tasks: list[BenchTask], args) -> dict:
-    """A fresh copy of the base model (its Fisher too) works through the learning set with these
-    settings, learning its successes (and with --fix its corrected failures), then is asked again."""
+def learn_and_ask_again(base: Path, folder: Path, changes: dict, tasks: list[BenchTask], args) -> dict:
+    """A fresh copy of the base model (its Fisher too) works through the learning set with its memory
+    settings so changed, learning its successes (and with --fix its corrected failures), then is asked again."""
     shutil.copytree(base, folder, ignore=shutil.ignore_patterns("delta-*", "conversations.sqlite*"))
+    mcfg = memory_config(checkpoint.load_config(ModelFolder(folder)).get("preset"), **changes)
     mem = Memory(ModelFolder(folder), args.device, mcfg, kinds=AGENT_KINDS)
     start = time.time()
     learning = evaluate(mem, generated(args.learn, args.seed + 500_000), folder.parent / "work", args, learn=True)
@@ -278,7 +279,7 @@ def main() -> None:
                                                   "(default: all)")
     parser.add_argument("--generated", type=int, default=20, help="requests from the corpus generator, for reference")
     parser.add_argument("--learn", type=int, default=45, help="generated requests the model learns from (0: none)")
-    parser.add_argument("--memory", type=memory_settings, nargs="+", default=[MemoryConfig()], metavar="SETTINGS",
+    parser.add_argument("--memory", type=memory_settings, nargs="+", default=[{}], metavar="SETTINGS",
                         help='learning settings to compare, each from the same base model: "default" or '
                              'changes such as "agent_lr=1e-4,steps=4" (default: the agent\'s own)')
     parser.add_argument("--fix", action="store_true",
@@ -322,8 +323,8 @@ def main() -> None:
                   "before": {g: summary(rows) for g, rows in before.items()}, "variants": [],
                   "tasks": {"before": before, "variants": []}}
         common.write_result(args.out, result, indent=1)
-        for i, mcfg in enumerate(args.memory if args.learn else []):   # written after each: a long run keeps what it measured
-            v = learn_and_ask_again(tmp / "model", tmp / f"learner-{i}", mcfg, tasks, args)
+        for i, changes in enumerate(args.memory if args.learn else []):   # written after each: a long run keeps what it measured
+            v = learn_and_ask_again(tmp / "model", tmp / f"learner-{i}", changes, tasks, args)
             result["variants"].append({**{k: v[k] for k in ("memory", "episodes_learned", "episodes_fixed",
                                                              "learning_seconds")},
                                        "groups": {g: {"learning_set": summary(v["learning"].get(g, [])),
@@ -335,7 +336,7 @@ def main() -> None:
 
 
 def print_table(result: dict, console: Console) -> None:
-    default = asdict(MemoryConfig())
+    default = asdict(memory_config(result["preset"]))
     table = Table("group", "tasks", "learning settings", "done", "in ≤ 3 commands", "first command right",
                   "answer carries the result", "well formed", "answered without a command", "failed → recovered",
                   title=f"agent requests: {result['model']} ({result['preset']}, {result['device']})")

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint  # noqa: E402
-from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
+from nimllm.config import MemoryConfig, ModelFolder, UserError, memory_config  # noqa: E402
 from nimllm.deltas import load_remembered  # noqa: E402
 from nimllm.memory import AGENT_KINDS  # noqa: E402
 from nimllm.store import Store  # noqa: E402
@@ -383,7 +383,7 @@ def scripted(source: Path, facts: list[dict], ks: list[int], variants: list[str]
                                                    stop_ids=[mem.tokenizer.special("<|end|>")])))
         return recalled(reply, fact["answer"])
 
-    base = MemoryConfig(steps=steps)
+    base = memory_config(checkpoint.load_config(ModelFolder(source)).get("preset"), steps=steps)
     configs = {"full": replace(base, mask_fraction=1.0, ewc_lambda=0.0), "mask": replace(base, ewc_lambda=0.0),
                "ewc": replace(base, mask_fraction=1.0), "mask+ewc": base}
     rows = []
@@ -415,16 +415,19 @@ def scripted(source: Path, facts: list[dict], ks: list[int], variants: list[str]
 IN_PROCESS = "one process (upper bound: no process starts, questions asked of the live model)"
 
 
-def in_process(source: Path, facts: list[dict], ks: list[int], configs: list[MemoryConfig], device: str | None,
+def in_process(source: Path, facts: list[dict], ks: list[int], variants: list[dict], device: str | None,
                console: Console) -> list[dict]:
-    """For each memory config, facts are stored as a chat stores them (the statement, then a reply the
-    bench never learns from) and learned with `Memory.learn`, one conversation each; at each K every
+    """For each variant (changes to the model's memory settings), facts are stored as a chat stores them
+    (the statement, then a reply the bench never learns from) and learned with `Memory.learn`, one
+    conversation each; at each K every
     fact is asked of the live model greedily, sampled three times with the chat's defaults, and in
     paraphrase. Quick enough to compare designs; the chat processes remain the measurement."""
     from nimllm.generate import generate
     from nimllm.memory import Memory
     rows = []
-    for mcfg in configs:
+    preset = checkpoint.load_config(ModelFolder(source)).get("preset")
+    for changes in variants:
+        mcfg = memory_config(preset, **changes)
         with tempfile.TemporaryDirectory() as tmp:
             mem = Memory(ModelFolder(copy_model(source, Path(tmp) / "model")), device, mcfg)
             stop = [mem.tokenizer.special("<|end|>")]
@@ -446,7 +449,7 @@ def in_process(source: Path, facts: list[dict], ks: list[int], configs: list[Mem
                     continue
                 asked = [(replies(f["question"]), replies(f["paraphrase"])[0], f["answer"]) for f in facts[:i]]
                 kept = mem.control_kept()
-                rows.append({"mode": IN_PROCESS, "memory": asdict(mcfg), "k": i,
+                rows.append({"mode": IN_PROCESS, "memory": asdict(mcfg), "changes": changes, "k": i,
                              "recall": [sum(recalled(q[0], a) for q, _, a in asked), i],
                              "sampled": [sum(recalled(r, a) for q, _, a in asked for r in q[1:]), 3 * i],
                              "paraphrase": [sum(recalled(p, a) for _, p, a in asked), i],
@@ -455,15 +458,15 @@ def in_process(source: Path, facts: list[dict], ks: list[int], configs: list[Mem
                              "update_s_median": median([r.seconds for r in reports]),
                              "steps": [r.steps for r in reports], "scales": [r.scale for r in reports]})
                 r = rows[-1]
-                console.print(f"{IN_PROCESS}, {changed_settings(mcfg)}: K={i} recall {r['recall'][0]}/{i}, sampled "
+                console.print(f"{IN_PROCESS}, {changed_settings(changes)}: K={i} recall {r['recall'][0]}/{i}, sampled "
                               f"{r['sampled'][0]}/{3 * i}, paraphrase {r['paraphrase'][0]}/{i}, control "
                               f"{sum(kept)}/{len(kept)}, update median {r['update_s_median']:.2f} s")
     return rows
 
 
-def changed_settings(mcfg: MemoryConfig) -> str:
-    base = asdict(MemoryConfig())
-    return ",".join(f"{k}={v}" for k, v in asdict(mcfg).items() if base[k] != v) or "default"
+def changed_settings(changes: dict) -> str:
+    """What an --in-process row changed of the model's memory settings."""
+    return ",".join(f"{k}={v}" for k, v in changes.items()) or "default"
 
 
 # ---- output --------------------------------------------------------------------------------------
@@ -480,7 +483,7 @@ def results_table(rows: list[dict], scripted_rows: list[dict], in_process_rows: 
                       show(r["control_kept"]), num(r["time_to_prompt_s_median"]), num(r["update_s_median"]),
                       f"{r['teach_processes']}+{r['ask_processes']}")
     for r in in_process_rows:
-        table.add_row(f"one process** {changed_settings(MemoryConfig(**r['memory']))}", str(r["k"]),
+        table.add_row(f"one process** {changed_settings(r['changes'])}", str(r["k"]),
                       f"{show(r['recall'])} (sampled {show(r['sampled'])})", show(r["paraphrase"]), "",
                       show(r["control_kept"]), "", num(r["update_s_median"]), "1")
     for r in scripted_rows:
@@ -507,7 +510,7 @@ def settings(source: Path, facts_path: Path, n_facts: int, args) -> dict:
     cfg = checkpoint.load_config(ModelFolder(source))
     return {"model": str(source), "preset": cfg.get("preset"), "model_config": asdict(cfg["model"]),
             "corpora": cfg["corpora"],
-            "trained": checkpoint.read_progress(ModelFolder(source)), "memory_config": asdict(MemoryConfig()),
+            "trained": checkpoint.read_progress(ModelFolder(source)), "memory_config": asdict(memory_config(cfg.get("preset"))),
             "git": git_commit(), "torch": torch.__version__, "python": sys.version.split()[0],
             "device": pick_device(args.device), "device_arg": args.device, "cpus": os.cpu_count(),
             "ks": args.k, "facts_file": str(facts_path), "facts": n_facts, "jobs": args.jobs, "threads": args.threads,

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save
 
 from nimllm import checkpoint
 from nimllm.background import Background
-from nimllm.config import MemoryConfig, ModelFolder, UserError
+from nimllm.config import MemoryConfig, ModelFolder, UserError, memory_config
 from nimllm.control import (AGENT_PROMPTS, CHAT_PROMPTS, answers_kept, control_batch, load_control, make_control,
                             save_control)
 from nimllm.control import MAX_TOKENS as CONTROL_MAX_TOKENS
@@ -62,10 +62,11 @@ class Memory:
 
     def __init__(self, folder: ModelFolder, device: str | None = None, mcfg: MemoryConfig | None = None,
                  kinds: tuple[str, ...] | None = None):
-        self.folder, self.mcfg, self.kinds = folder, mcfg or MemoryConfig(), kinds
+        self.folder, self.kinds = folder, kinds
         self.device = pick_device(device)
         remove_stale_temps(folder.root)   # what killed writes left, quietly: the chat's screen is for the talk
         self.model, self.config = checkpoint.load_model(folder, self.device)
+        self.mcfg = mcfg or memory_config(self.config.get("preset"))
         self.tokenizer = Tokenizer.load(folder.tokenizer)
         folder.memory.mkdir(parents=True, exist_ok=True)
         self.store = Store(folder.store)

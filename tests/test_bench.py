@@ -94,9 +94,9 @@ def test_quality_bench_trains_and_scores_through_the_commands(tmp_path):
 
 
 def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path, tiny_copy):
-    """Behaviour, not recall (a tiny model recalls nothing): each fact is told to its own `nimllm chat`
+    """Behaviour, not recall (a test-sized model, two steps an update): each fact is told to its own `nimllm chat`
     process and asked in new ones, in copies; the model folder given is left as it was."""
-    from nimllm.config import MemoryConfig
+    from nimllm.config import memory_config
     from nimllm.store import Store
     model = tiny_copy
     files = lambda: sorted((str(p.relative_to(model)), p.stat().st_size, p.stat().st_mtime_ns)   # noqa: E731
@@ -112,7 +112,8 @@ def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path, tiny_cop
     result = json.loads(out.read_text())
     designs = result["in_process"]["rows"]   # the same facts learned in one process, once per setting
     assert [(r["k"], r["memory"]["keep_answers"], r["memory"]["learned_loss"]) for r in designs] == \
-        [(2, True, MemoryConfig().learned_loss), (2, False, 0.3)]
+        [(2, True, memory_config("tiny").learned_loss), (2, False, 0.3)]
+    assert [r["changes"] for r in designs] == [{"steps": 2}, {"keep_answers": False, "learned_loss": 0.3, "steps": 2}]
     assert all(r["memory"]["steps"] == 2 and max(r["steps"]) <= 2 for r in designs)
     for r in designs:
         assert r["recall"][1] == 2 and r["sampled"][1] == 6 and r["paraphrase"][1] == 2 and r["control_kept"][1] == 40
@@ -137,7 +138,8 @@ def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path, tiny_cop
     assert files() == before and not (model / "conversations.sqlite").exists()
     settings = result["settings"]
     assert settings["model_config"] == asdict(load_config(ModelFolder(model))["model"])
-    assert settings["memory_config"] == asdict(MemoryConfig())
+    assert load_config(ModelFolder(model))["preset"] == "tiny"   # whose memory settings are its preset's
+    assert settings["memory_config"] == asdict(memory_config("tiny")) and settings["memory_config"]["lr"] == 3e-3
     assert settings["git"]["commit"] and settings["torch"] and settings["device"] == "cpu"
 
 

@@ -102,6 +102,15 @@ def test_a_fact_stated_once_is_answered_in_a_new_process(folder):
     assert "Tromso" in out.stdout and "the the" not in out.stdout   # the statement, not the model's reply
 
 
+def test_a_model_takes_its_presets_memory_settings(folder):
+    from nimllm.config import MemoryConfig, memory_config
+    from nimllm.memory import Memory
+    assert memory_config("103m") == memory_config("10m") == memory_config(None) == MemoryConfig()
+    tiny = memory_config("tiny")
+    assert (tiny.mask_fraction, tiny.lr) == (0.1, 3e-3) and memory_config("tiny", lr=5e-4).lr == 5e-4
+    assert Memory(folder, "cpu").mcfg == tiny   # this folder's model is of the tiny preset
+
+
 def test_a_conversation_of_questions_teaches_nothing(folder):
     from nimllm.memory import Memory
     mem = Memory(folder, "cpu")
