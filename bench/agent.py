@@ -261,13 +261,12 @@ def learn_and_ask_again(base: Path, folder: Path, changes: dict, tasks: list[Ben
     """A fresh copy of the base model (its Fisher too) works through the learning set with its memory
     settings so changed, learning its successes (and with --fix its corrected failures), then is asked again."""
     shutil.copytree(base, folder, ignore=shutil.ignore_patterns("delta-*", "conversations.sqlite*"))
-    mcfg = memory_config(checkpoint.load_config(ModelFolder(folder)).get("preset"), **changes)
-    mem = Memory(ModelFolder(folder), args.device, mcfg, kinds=AGENT_KINDS)
+    mem = Memory(ModelFolder(folder), args.device, common.memory_config_of(folder, **changes), kinds=AGENT_KINDS)
     start = time.time()
     learning = evaluate(mem, generated(args.learn, args.seed + 500_000), folder.parent / "work", args, learn=True)
     seconds = time.time() - start
     after = evaluate(mem, tasks, folder.parent / "work", args)
-    return {"memory": asdict(mcfg), "episodes_learned": len(mem.store.deltas()), "learning_seconds": round(seconds, 1),
+    return {"memory": asdict(mem.mcfg), "episodes_learned": len(mem.store.deltas()), "learning_seconds": round(seconds, 1),
             "episodes_fixed": sum(r["fixed"] for rows in learning.values() for r in rows),
             "learning": learning, "after": after}
 

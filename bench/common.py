@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from nimllm import checkpoint  # noqa: E402
-from nimllm.config import PRESETS, ModelFolder, TrainConfig  # noqa: E402
+from nimllm.config import PRESETS, MemoryConfig, ModelFolder, TrainConfig, memory_config  # noqa: E402
 from nimllm.model import GPT  # noqa: E402
 from nimllm.runtime import git_commit  # noqa: E402
 from nimllm.tokenizer import Tokenizer  # noqa: E402
@@ -65,6 +65,11 @@ def random_model_folder(root: Path, preset: str, vocab_size: int) -> ModelFolder
     checkpoint.save_config(folder, cfg, TrainConfig(), preset, [])
     checkpoint.save_weights(folder, GPT(cfg), 0)
     return folder
+
+
+def memory_config_of(folder: Path, **changes) -> MemoryConfig:
+    """The memory settings a chat gives the model in `folder` (its preset's), with `changes`."""
+    return memory_config(checkpoint.load_config(ModelFolder(folder)).get("preset"), **changes)
 
 
 def model_folder(args, work: Path) -> ModelFolder:

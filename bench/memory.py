@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 import common  # noqa: E402  (bench/common.py)
 from nimllm import checkpoint  # noqa: E402
-from nimllm.config import MemoryConfig, ModelFolder, UserError, memory_config  # noqa: E402
+from nimllm.config import MemoryConfig, ModelFolder, UserError  # noqa: E402
 from nimllm.deltas import load_remembered  # noqa: E402
 from nimllm.memory import AGENT_KINDS  # noqa: E402
 from nimllm.store import Store  # noqa: E402
@@ -383,7 +383,7 @@ def scripted(source: Path, facts: list[dict], ks: list[int], variants: list[str]
                                                    stop_ids=[mem.tokenizer.special("<|end|>")])))
         return recalled(reply, fact["answer"])
 
-    base = memory_config(checkpoint.load_config(ModelFolder(source)).get("preset"), steps=steps)
+    base = common.memory_config_of(source, steps=steps)
     configs = {"full": replace(base, mask_fraction=1.0, ewc_lambda=0.0), "mask": replace(base, ewc_lambda=0.0),
                "ewc": replace(base, mask_fraction=1.0), "mask+ewc": base}
     rows = []
@@ -419,15 +419,13 @@ def in_process(source: Path, facts: list[dict], ks: list[int], variants: list[di
                console: Console) -> list[dict]:
     """For each variant (changes to the model's memory settings), facts are stored as a chat stores them
     (the statement, then a reply the bench never learns from) and learned with `Memory.learn`, one
-    conversation each; at each K every
-    fact is asked of the live model greedily, sampled three times with the chat's defaults, and in
-    paraphrase. Quick enough to compare designs; the chat processes remain the measurement."""
+    conversation each; at each K every fact is asked of the live model greedily, sampled three times
+    with the chat's defaults, and in paraphrase. Quick enough to compare designs; the chat processes remain the measurement."""
     from nimllm.generate import generate
     from nimllm.memory import Memory
     rows = []
-    preset = checkpoint.load_config(ModelFolder(source)).get("preset")
     for changes in variants:
-        mcfg = memory_config(preset, **changes)
+        mcfg = common.memory_config_of(source, **changes)
         with tempfile.TemporaryDirectory() as tmp:
             mem = Memory(ModelFolder(copy_model(source, Path(tmp) / "model")), device, mcfg)
             stop = [mem.tokenizer.special("<|end|>")]
@@ -510,7 +508,8 @@ def settings(source: Path, facts_path: Path, n_facts: int, args) -> dict:
     cfg = checkpoint.load_config(ModelFolder(source))
     return {"model": str(source), "preset": cfg.get("preset"), "model_config": asdict(cfg["model"]),
             "corpora": cfg["corpora"],
-            "trained": checkpoint.read_progress(ModelFolder(source)), "memory_config": asdict(memory_config(cfg.get("preset"))),
+            "trained": checkpoint.read_progress(ModelFolder(source)),
+            "memory_config": asdict(common.memory_config_of(source)),
             "git": git_commit(), "torch": torch.__version__, "python": sys.version.split()[0],
             "device": pick_device(args.device), "device_arg": args.device, "cpus": os.cpu_count(),
             "ks": args.k, "facts_file": str(facts_path), "facts": n_facts, "jobs": args.jobs, "threads": args.threads,
