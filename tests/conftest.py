@@ -51,7 +51,7 @@ def popen_cli(*args) -> subprocess.Popen:
 
 
 # the tiny preset's context (128 tokens, which the chat tests fill) at half its depth and width: a few steps
-# learn as little either way, and a chat's update (32 steps) takes 3 s on 2 CPU cores instead of 9
+# learn as little either way, and a chat's update takes a third of the time on 2 CPU cores
 SMALL_MODEL = {"n_layer": 2, "n_embd": 64, "n_head": 4}
 SMALL_SHAPE = ("--n-layer", 2, "--n-embd", 64, "--n-head", 4)   # the same, as `nimllm train` options
 
