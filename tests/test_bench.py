@@ -143,6 +143,28 @@ def test_memory_bench_teaches_and_asks_through_chat_processes(tmp_path, tiny_cop
     assert settings["git"]["commit"] and settings["torch"] and settings["device"] == "cpu"
 
 
+def test_memory_bench_overlap_starts_the_next_teaching_chat_while_the_last_learns(tmp_path, tiny_copy):
+    """--overlap: each teaching chat starts once the one before has ended its input, never more than two at
+    once, and every fact is still learned into the one copy (the updates take turns under the store's lock)."""
+    from nimllm.store import Store
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join((REPO / "bench" / "memory_facts.jsonl").read_text().splitlines(keepends=True)[:3]))
+    out, work = tmp_path / "memory.json", tmp_path / "work"
+    run_bench("bench/memory.py", "--model", tiny_copy, "--k", "3", "--facts", facts, "--no-paraphrase",
+              "--no-weights-only", "--threads", "1", "--overlap", "--work", work, "--out", out)
+    result = json.loads(out.read_text())
+    teach = [f["teach"] for f in result["facts"]]
+    assert result["settings"]["overlap"] is True
+    assert all(t["returncode"] == 0 and t["error"] is None and t["learned"] for t in teach)   # each updated
+    assert teach[1]["launched_at"] < teach[0]["exited_at"]           # the second started while the first learned
+    assert teach[2]["launched_at"] >= teach[0]["exited_at"]          # the third only once the first had exited
+    assert [t["launched_at"] for t in teach] == sorted(t["launched_at"] for t in teach)
+    with Store(work / "teach" / "conversations.sqlite") as store:
+        assert len(store.conversations()) == 3
+    [row] = result["rows"]
+    assert (row["teach_processes"], row["ask_processes"], row["conversations"]) == (3, 3, 3)
+
+
 def test_first_update_bench_times_updates_after_a_dry_warm_up_that_changes_nothing(tmp_path, tiny_copy):
     """Both variants learn the same facts in new processes; the dry warm-up moves no weight, so the
     updates after it take as many steps as without it."""
