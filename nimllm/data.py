@@ -4,11 +4,6 @@ A corpus is a file or a folder of text files. Preparing it streams the text in p
 1 MB, tokenizes them, and appends the ids to flat binary shards, so a corpus larger than memory
 works. Training then reads windows of tokens straight from memory-mapped shards.
 
-A conversation (a JSONL record of messages: the chat and agent skills mixed into training, or the
-user's own) is rendered by the chat template, and what a command printed is not scored: beside each
-training shard, a mask shard (one byte per token) marks the tokens the loss leaves out, so the model
-reads a tool's output but spends nothing on predicting it.
-
 The validation split is held out before tokenizing: for a single file, the last tenth of its
 characters (as nanoGPT splits tinyshakespeare); for a folder, whole files picked by a hash of
 their path until they make up about a tenth of the bytes.
@@ -356,7 +351,6 @@ class SplitInfo:
     bytes: int = 0                    # UTF-8 bytes of the text the tokens came from, for bits per byte
     documents: int = 0                # end-of-text tokens
     shards: int = 0
-    unscored: int = 0                 # tokens the loss leaves out (tool output, role tokens): 0, no mask shards
 
 
 @dataclass
@@ -393,45 +387,30 @@ def prepared_with(folder: str | Path, tokenizer: Tokenizer, bpe_dropout: float =
 
 
 class ShardWriter:
-    """Appends token ids to {split}_000.bin, {split}_001.bin, ... of at most shard_tokens each; with
-    masks, each token's loss mask (1 scored, 0 not) to {split}_000.mask, ... beside them, a byte each."""
+    """Appends token ids to {split}_000.bin, {split}_001.bin, ... of at most shard_tokens each."""
 
-    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int, masks: bool = False):
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int):
         self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
-        self.info, self.files, self.in_shard, self.masks = SplitInfo(), (), 0, masks
+        self.info, self.file, self.in_shard = SplitInfo(), None, 0
 
-    def write(self, ids: list[int], mask: list[int] | None = None) -> None:
+    def write(self, ids: list[int]) -> None:
         ids = np.asarray(ids, dtype=self.dtype)
-        mask = np.ones(len(ids), np.uint8) if mask is None else np.asarray(mask, dtype=np.uint8)
         self.info.tokens += len(ids)
-        self.info.unscored += int(len(mask) - mask.sum())
         while len(ids):
-            if not self.files or self.in_shard == self.shard_tokens:
+            if self.file is None or self.in_shard == self.shard_tokens:
                 self.close()
-                name = f"{self.split}_{self.info.shards:03d}"
-                self.files = tuple(open(self.folder / f"{name}{suffix}", "wb")
-                                   for suffix in (".bin", ".mask")[:1 + self.masks])
+                self.file = open(self.folder / f"{self.split}_{self.info.shards:03d}.bin", "wb")
                 self.info.shards, self.in_shard = self.info.shards + 1, 0
-            n = self.shard_tokens - self.in_shard
-            for f, values in zip(self.files, (ids[:n], mask[:n])):
-                values.tofile(f)
-            self.in_shard += len(ids[:n])
-            ids, mask = ids[n:], mask[n:]
+            part, ids = ids[:self.shard_tokens - self.in_shard], ids[self.shard_tokens - self.in_shard:]
+            part.tofile(self.file)
+            self.in_shard += len(part)
 
     def close(self) -> None:
-        for f in self.files:
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-        self.files = ()
-
-    def finish(self) -> SplitInfo:
-        """Close the last shard; mask shards that leave nothing out (plain text) are not kept."""
-        self.close()
-        if not self.info.unscored:
-            for path in self.folder.glob(f"{self.split}_*.mask"):
-                path.unlink()
-        return self.info
+        if self.file:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
 
 
 @contextmanager
@@ -455,19 +434,15 @@ def batched(chunks: Iterator[Chunk], max_chars: int = BATCH_CHARS) -> Iterator[l
         yield batch
 
 
-def tokenized(chunks: Iterator[Chunk], tokenizer: Tokenizer) \
-        -> Iterator[list[tuple[Chunk, list[int], list[int] | None]]]:
-    """Chunks with their token ids as training reads them, a batch at a time (encoded on all cores), and
-    their loss mask (None: every token scored): a conversation rendered by the chat template, which
-    leaves out role tokens and tool output, and <|endoftext|> after the end of a document."""
+def tokenized(chunks: Iterator[Chunk], tokenizer: Tokenizer) -> Iterator[list[tuple[Chunk, list[int]]]]:
+    """Chunks with their token ids as training reads them, a batch at a time (encoded on all cores):
+    a conversation rendered by the chat template, and <|endoftext|> after the end of a document."""
     for batch in batched(chunks):
-        triples, plain = [], iter(tokenizer.encode_batch([c.text for c in batch if not c.messages]))
+        pairs, plain = [], iter(tokenizer.encode_batch([c.text for c in batch if not c.messages]))
         for chunk in batch:   # a conversation's joined text is never encoded: its template is
-            ids, mask = tokenizer.render_conversation(chunk.messages) if chunk.messages else (next(plain), None)
-            if chunk.ends_document:
-                ids, mask = ids + [tokenizer.eot_id], mask and mask + [1]
-            triples.append((chunk, ids, mask))
-        yield triples
+            ids = tokenizer.render_conversation(chunk.messages)[0] if chunk.messages else next(plain)
+            pairs.append((chunk, ids + [tokenizer.eot_id] if chunk.ends_document else ids))
+        yield pairs
 
 
 def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, val_fraction: float = 0.1,
@@ -481,14 +456,13 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=temp_prefix(out_dir), suffix=".tmp"))
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
-    writers = {split: ShardWriter(build, split, dtype, shard_tokens, masks=split == "train")
-               for split in ("train", "val")}
+    writers = {split: ShardWriter(build, split, dtype, shard_tokens) for split in ("train", "val")}
     try:
         with bytes_progress(corpus.total_bytes, quiet) as show:
             for batch in tokenized(corpus.chunks(), tokenizer):
-                for chunk, ids, mask in batch:
+                for chunk, ids in batch:
                     writer = writers[chunk.split]
-                    writer.write(ids, mask)
+                    writer.write(ids)
                     writer.info.bytes += len(chunk.text.encode("utf-8"))
                     writer.info.documents += chunk.ends_document
                 show(corpus.stats.bytes_read)
@@ -499,9 +473,10 @@ def prepare_corpus(path: str | Path, tokenizer: Tokenizer, out_dir: str | Path, 
         for _ in range(segmentations - 1):   # (the corpus read again for each: it need not fit in memory)
             train_chunks = (c for c in open_corpus(path, val_fraction).chunks() if c.split == "train")
             for batch in tokenized(train_chunks, dropped):
-                for _, ids, mask in batch:
-                    writers["train"].write(ids, mask)
-        train, val = writers["train"].finish(), writers["val"].finish()
+                writers["train"].write([i for _, ids in batch for i in ids])
+        for writer in writers.values():
+            writer.close()
+        train, val = writers["train"].info, writers["val"].info
         if train.tokens < block_size + 1:
             raise UserError(f"corpus too short: {train.tokens} training tokens, need at least "
                             f"{block_size + 1} for one context window of {block_size}")
@@ -532,11 +507,6 @@ class TokenShards:
         info = CorpusInfo.load(folder)
         paths = sorted(Path(folder).glob(f"{split}_*.bin"))
         self.shards = [np.memmap(p, dtype=info.dtype, mode="r") for p in paths]
-        # the loss masks beside the training shards: none where every token is scored (plain text, a corpus
-        # prepared before them)
-        masks = [p.with_suffix(".mask") for p in paths]
-        self.masks = [np.memmap(p, dtype=np.uint8, mode="r") for p in masks] \
-            if masks and all(p.exists() for p in masks) else None
         self.starts = np.cumsum([0] + [len(s) for s in self.shards])  # where each shard begins in the split
         self.num_tokens = int(self.starts[-1])
         self.num_bytes = getattr(info, split).bytes
@@ -546,8 +516,8 @@ class TokenShards:
     def get_batch(self, batch_size: int, block_size: int,
                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y (B, T) of windows at random offsets, uniform over every window inside one shard,
-        y being x moved on by one token, -1 where the loss mask leaves a target out. Only `generator`
-        is drawn from: the batch is a function of its state, so a resumed run sees the same batches."""
+        y being x moved on by one token. Only `generator` is drawn from: the batch is a function of
+        its state, so a resumed run sees the same batches."""
         windows = torch.tensor([max(len(s) - block_size, 0) for s in self.shards])  # starts per shard
         if not windows.sum():
             raise UserError(f"corpus too short: {self.num_tokens} tokens, need at least {block_size + 1} "
@@ -556,12 +526,8 @@ class TokenShards:
         picks = torch.randint(int(ends[-1]), (batch_size,), generator=generator)
         shard_ids = torch.searchsorted(ends, picks, right=True)
         offsets = picks - ends[shard_ids] + windows[shard_ids]
-        picked = list(zip(shard_ids.tolist(), offsets.tolist()))
-        x, y = as_xy(np.stack([self.shards[s][o:o + block_size + 1] for s, o in picked]))
-        if self.masks:
-            scored = torch.from_numpy(np.stack([self.masks[s][o + 1:o + block_size + 1] for s, o in picked]))
-            y[scored == 0] = -1
-        return x, y
+        rows = [self.shards[s][o:o + block_size + 1] for s, o in zip(shard_ids.tolist(), offsets.tolist())]
+        return as_xy(np.stack(rows))
 
     def iter_windows(self, block_size: int, batch_size: int,
                      max_tokens: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -332,9 +332,9 @@ def prepare(folder: ModelFolder, device: str | torch.device | None, mcfg: Memory
     device = next(base.parameters()).device
     if fisher:
         x, y = base_windows(folder, config, mcfg.fisher_sequences, seed=0)
+        sequences = [torch.cat([xi, yi[-1:]]).to(device) for xi, yi in zip(x, y)]
         folder.memory.mkdir(parents=True, exist_ok=True)
-        atomic_write(fisher_path(folder), save({n: f.cpu() for n, f in fisher_diagonal(base, x.to(device),
-                                                                                         y.to(device)).items()}))
+        atomic_write(fisher_path(folder), save({n: f.cpu() for n, f in fisher_diagonal(base, sequences).items()}))
     if control:
         save_control(folder.control, make_control(base, Tokenizer.load(folder.tokenizer)))
     log(f"memory: {'the Fisher diagonal and ' if fisher else ''}{'the control set ' if control else ''}"

@@ -96,13 +96,7 @@ def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
     def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(at_least_fp32(F.linear(h, weight)), t, ignore_index=-1, reduction="sum")
     total = sum(checkpoint(chunk_loss, h, t, use_reentrant=False) for h, t in zip(x.split(rows), targets.split(rows)))
-    return total / scored(targets)
-
-
-def scored(targets: torch.Tensor) -> torch.Tensor:
-    """How many targets the loss scores (not -1), at least 1: a window of tool output alone, none of it
-    scored, has a loss of 0, not 0 / 0."""
-    return (targets >= 0).sum().clamp(min=1)
+    return total / (targets >= 0).sum()
 
 
 class GPT(nn.Module):
@@ -164,5 +158,4 @@ class GPT(nn.Module):
         logits = F.linear(x, self.wte.weight) if self.output_layer is None else self.output_layer(x)  # (B, T, V)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
-                               reduction="sum") / scored(targets)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -25,14 +25,13 @@ from nimllm.runtime import Runtime
 Delta = dict[str, tuple[torch.Tensor, torch.Tensor]]   # tensor name -> (flat indices, values)
 
 
-def fisher_diagonal(model: GPT, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean squared gradient of the log-likelihood, one window of x, y (B, T) at a time (the empirical
-    Fisher; targets -1 not scored, as in training), scaled to mean 1 over all weights so that lambda
-    means the same for every model size."""
+def fisher_diagonal(model: GPT, sequences: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mean squared gradient of the log-likelihood, one sequence at a time (the empirical Fisher),
+    scaled to mean 1 over all weights so that lambda means the same for every model size."""
     fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for xi, yi in zip(x, y):
+    for seq in sequences:
         model.zero_grad(set_to_none=True)
-        model(xi[None], yi[None]).backward()
+        model(seq[None, :-1], seq[None, 1:]).backward()
         for n, p in model.named_parameters():
             fisher[n] += p.grad.detach() ** 2
     model.zero_grad(set_to_none=True)

@@ -309,33 +309,3 @@ def test_what_is_mixed_in_is_all_training_text(tmp_path):
     chunks = list(open_corpus([text, mixed]).chunks())
     assert {c.split for c in chunks if c.messages} == {"train"}
     assert {c.split for c in chunks if not c.messages} == {"train", "val"}   # the user's text splits as alone
-
-
-def test_a_tools_output_is_read_but_never_scored(tmp_path):
-    """Conversations mixed into training: every target in a tool's output (here the only 'z' words) and
-    every role token is -1 in the batches, everything said by the user and the assistant is scored, the
-    book around them too; the held-out split has no mask."""
-    said = ["list the files qua", "quill.txt is the only one quo"]
-    output = " ".join(["zzz zyzzy"] * 30)
-    record = {"messages": [{"role": "user", "content": said[0]}, {"role": "tool_call", "content": "ls"},
-                           {"role": "tool", "content": output}, {"role": "assistant", "content": said[1]}]}
-    (tmp_path / "talk.jsonl").write_text(json.dumps(record) + "\n")
-    (tmp_path / "book.txt").write_text(SAMPLE)
-    tokenizer = Tokenizer.train([SAMPLE, output, *said], vocab_size=400)
-    prepare_corpus([tmp_path / "book.txt", tmp_path / "talk.jsonl"], tokenizer, tmp_path / "data", block_size=16,
-                   shard_tokens=500)
-    train = TokenShards(tmp_path / "data", "train")
-    assert train.masks and len(train.masks) == len(train.shards) > 1
-    info = CorpusInfo.load(tmp_path / "data")
-    assert info.train.unscored == sum(len(m) - int(np.asarray(m).sum()) for m in train.masks) > 30
-    assert TokenShards(tmp_path / "data", "val").masks is None
-    zs = {i for i in tokenizer.encode(output) if "z" in tokenizer.decode([i])}
-    roles = {tokenizer.special(t) for t in ("<|user|>", "<|assistant|>", "<|tool_result|>")}
-    quoted = {i for text in said for i in tokenizer.encode(text) if "q" in tokenizer.decode([i])}
-    x, y = train.get_batch(4000, 16, torch.Generator().manual_seed(0))
-    targets, y = x[:, 1:], y[:, :-1]   # what each position's target is, scored or not
-    assert torch.equal(targets[y >= 0], y[y >= 0])
-    left_out = set(targets[y < 0].tolist())
-    assert zs <= left_out and roles <= left_out and left_out <= zs | roles | {tokenizer.special("<|end|>")}
-    seen = set(targets.flatten().tolist())
-    assert zs <= seen and quoted & seen and not quoted & left_out   # what is said is scored wherever it falls

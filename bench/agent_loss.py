@@ -1,0 +1,93 @@
+"""How well trained models predict what an agent writes, on agent episodes none of them trained on.
+
+    python3 bench/agent_loss.py --model A B --episodes 600 --out bench/results/agent_loss.json
+
+The episodes come from the corpus generator (nimllm/skills.py) at --seed, whose scratch folders
+(seed x 1,000,000 on) no training corpus uses (`--agent-skills` uses seed 0). For each model: the
+mean loss per token on the commands (tool calls) and on the answers, everything else in the episode
+being context, and how often its greedy first command is the episode's own. A minute for a tiny
+model on a CPU: a quick way to compare two trainings of the agent corpus, at one size, before
+bench/agent.py asks the agent the hand-written requests.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))   # run from a checkout without installing
+import common  # noqa: E402  (bench/common.py)
+from nimllm import checkpoint, skills  # noqa: E402
+from nimllm.config import ModelFolder, UserError  # noqa: E402
+from nimllm.data import conversation  # noqa: E402
+from nimllm.generate import generate  # noqa: E402
+from nimllm.tokenizer import Tokenizer  # noqa: E402
+
+ROLES = ("system", "user", "tool", "tool_call", "assistant")
+SCORED = ("tool_call", "assistant")
+
+
+def role_loss(model, tokenizer: Tokenizer, messages: list[tuple[str, str]], role: str) -> tuple[float, int]:
+    """The summed loss of `role`'s tokens in the episode (its first context window) and their number."""
+    ids, mask = tokenizer.render_conversation(messages, context_roles=tuple(r for r in ROLES if r != role))
+    ids, mask = ids[:model.cfg.block_size + 1], mask[:model.cfg.block_size + 1]
+    y = torch.tensor([t if m else -1 for t, m in zip(ids[1:], mask[1:])])
+    n = int((y >= 0).sum())
+    return (float(model(torch.tensor([ids[:-1]]), y[None])) * n if n else 0.0), n
+
+
+def first_command(model, tokenizer: Tokenizer, messages: list[tuple[str, str]]) -> str:
+    prompt = tokenizer.render_conversation(messages[:2], add_generation_prompt=True)[0] + \
+        [tokenizer.special("<|tool_call|>")]
+    stops = [tokenizer.special("<|/tool_call|>"), tokenizer.special("<|end|>")]
+    return tokenizer.decode(list(generate(model, prompt, 80, temperature=0.0, stop_ids=stops))).strip()
+
+
+def score(folder: Path, episodes: list[list[tuple[str, str]]]) -> dict:
+    model, _ = checkpoint.load_model(ModelFolder(folder), "cpu")
+    tokenizer = Tokenizer.load(ModelFolder(folder).tokenizer)
+    row = {"model": str(folder)}
+    with torch.no_grad():
+        for role in SCORED:
+            total, n = map(sum, zip(*(role_loss(model, tokenizer, e, role) for e in episodes)))
+            row[f"loss_{role}"] = round(total / max(n, 1), 4)
+        own = [next(c for r, c in e if r == "tool_call") for e in episodes]
+        row["first_command_exact"] = sum(first_command(model, tokenizer, e) == c.strip()
+                                         for e, c in zip(episodes, own)) / len(episodes)
+    return row
+
+
+def main() -> None:
+    ap = common.parser(__doc__)
+    ap.add_argument("--model", nargs="+", type=Path, required=True, help="trained model folders")
+    ap.add_argument("--episodes", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=8, help="of the held-out episodes' folders (not 0)")
+    ap.add_argument("--out", default="bench/results/agent_loss.json")
+    args = ap.parse_args()
+    try:
+        for folder in args.model:
+            checkpoint.load_config(ModelFolder(folder))
+    except UserError as e:   # no model there: one line, as the nimllm commands say it
+        sys.exit(f"bench/agent_loss.py: {e}")
+    with tempfile.TemporaryDirectory(prefix="nimllm-agent-loss-") as work:
+        path = skills.write_corpus(Path(work) / "episodes.jsonl", args.episodes, args.seed, log=lambda *_: None)
+        episodes = [conversation(json.loads(line)) for line in path.read_text().splitlines()]
+    rows = [score(folder, episodes) for folder in args.model]
+    table = Table(title=f"{len(episodes)} held-out agent episodes (seed {args.seed})")
+    for column in ("model", "loss on commands", "loss on answers", "first command exact"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(Path(r["model"]).name, f"{r['loss_tool_call']:.4f}", f"{r['loss_assistant']:.4f}",
+                      f"{r['first_command_exact']:.1%}")
+    common.console().print(table)
+    common.write_result(args.out, common.header("cpu", episodes=len(episodes), seed=args.seed, rows=rows))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
