@@ -5,13 +5,15 @@
 The episodes come from the corpus generator (nimllm/skills.py) at --seed, whose scratch folders
 (seed x 1,000,000 on) no training corpus uses (`--agent-skills` uses seed 0). For each model: the
 mean loss per token on the commands (tool calls) and on the answers, everything else in the episode
-being context, and how often its greedy first command is the episode's own. A minute for a tiny
+being context, in bits per byte of that text (so that models with other tokenizers compare), and how
+often its greedy first command is the episode's own. A minute for a tiny
 model on a CPU: a quick way to compare two trainings of the agent corpus, at one size, before
 bench/agent.py asks the agent the hand-written requests.
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -33,12 +35,14 @@ SCORED = ("tool_call", "assistant")
 
 
 def role_loss(model, tokenizer: Tokenizer, messages: list[tuple[str, str]], role: str) -> tuple[float, int]:
-    """The summed loss of `role`'s tokens in the episode (its first context window) and their number."""
+    """The summed loss in nats of `role`'s tokens in the episode (its first context window), their
+    closing tokens included, and the bytes of text they spell."""
     ids, mask = tokenizer.render_conversation(messages, context_roles=tuple(r for r in ROLES if r != role))
     ids, mask = ids[:model.cfg.block_size + 1], mask[:model.cfg.block_size + 1]
     y = torch.tensor([t if m else -1 for t, m in zip(ids[1:], mask[1:])])
     n = int((y >= 0).sum())
-    return (float(model(torch.tensor([ids[:-1]]), y[None])) * n if n else 0.0), n
+    text_bytes = len(tokenizer.hf.decode([t for t in y.tolist() if t >= 0], skip_special_tokens=True).encode())
+    return (float(model(torch.tensor([ids[:-1]]), y[None])) * n if n else 0.0), text_bytes
 
 
 def first_command(model, tokenizer: Tokenizer, messages: list[tuple[str, str]]) -> str:
@@ -54,8 +58,8 @@ def score(folder: Path, episodes: list[list[tuple[str, str]]]) -> dict:
     row = {"model": str(folder)}
     with torch.no_grad():
         for role in SCORED:
-            total, n = map(sum, zip(*(role_loss(model, tokenizer, e, role) for e in episodes)))
-            row[f"loss_{role}"] = round(total / max(n, 1), 4)
+            nats, n_bytes = map(sum, zip(*(role_loss(model, tokenizer, e, role) for e in episodes)))
+            row[f"bpb_{role}"] = round(nats / math.log(2) / max(n_bytes, 1), 4)
         own = [next(c for r, c in e if r == "tool_call") for e in episodes]
         row["first_command_exact"] = sum(first_command(model, tokenizer, e) == c.strip()
                                          for e, c in zip(episodes, own)) / len(episodes)
@@ -79,10 +83,10 @@ def main() -> None:
         episodes = [conversation(json.loads(line)) for line in path.read_text().splitlines()]
     rows = [score(folder, episodes) for folder in args.model]
     table = Table(title=f"{len(episodes)} held-out agent episodes (seed {args.seed})")
-    for column in ("model", "loss on commands", "loss on answers", "first command exact"):
+    for column in ("model", "bits per byte, commands", "bits per byte, answers", "first command exact"):
         table.add_column(column)
     for r in rows:
-        table.add_row(Path(r["model"]).name, f"{r['loss_tool_call']:.4f}", f"{r['loss_assistant']:.4f}",
+        table.add_row(Path(r["model"]).name, f"{r['bpb_tool_call']:.4f}", f"{r['bpb_assistant']:.4f}",
                       f"{r['first_command_exact']:.1%}")
     common.console().print(table)
     common.write_result(args.out, common.header("cpu", episodes=len(episodes), seed=args.seed, rows=rows))

@@ -228,14 +228,14 @@ def test_agent_bench_runs_end_to_end(tiny_copy, tmp_path):
 
 
 def test_agent_loss_bench_scores_commands_and_answers_of_new_episodes(tiny_copy, tmp_path):
-    """Two models (the same one twice: the same figures), a few held-out episodes: a loss on commands and on
-    answers, and the share of first commands right, per model."""
+    """Two models (the same one twice: the same figures), a few held-out episodes: bits per byte on commands
+    and on answers, and the share of first commands right, per model."""
     out = tmp_path / "agent_loss.json"
     run_bench("bench/agent_loss.py", "--model", tiny_copy, tiny_copy, "--episodes", "6", "--out", out)
     result = json.loads(out.read_text())
     first, second = result["rows"]
     assert result["episodes"] == 6 and result["seed"] == 8 and first == second
-    assert 0 < first["loss_tool_call"] < 20 and 0 < first["loss_assistant"] < 20
+    assert 0 < first["bpb_tool_call"] < 20 and 0 < first["bpb_assistant"] < 20
     assert 0 <= first["first_command_exact"] <= 1
 
 
