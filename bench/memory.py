@@ -539,7 +539,8 @@ def settings(source: Path, facts_path: Path, n_facts: int, args) -> dict:
             "memory_config": asdict(common.memory_config_of(source)),
             "git": git_commit(), "torch": torch.__version__, "python": sys.version.split()[0],
             "device": pick_device(args.device), "device_arg": args.device, "cpus": os.cpu_count(),
-            "ks": args.k, "facts_file": str(facts_path), "facts": n_facts, "jobs": args.jobs, "overlap": args.overlap, "threads": args.threads,
+            "ks": args.k, "facts_file": str(facts_path), "facts": n_facts, "jobs": args.jobs, "overlap": args.overlap,
+            "threads": args.threads,
             "paraphrase": args.paraphrase, "weights_only": args.weights_only, "timeout_s": args.timeout,
             "sampling": "the chat's defaults (no sampling options passed)"}
 
@@ -563,8 +564,8 @@ def main():
                                                         "at a time); each gets the CPU's threads / jobs")
     ap.add_argument("--overlap", action="store_true",
                     help="start each teaching chat once the one before has ended its input, so its start-up "
-                         "and reply run while the one before learns (their updates still take turns): K = 100 "
-                         "in about half the time; update times are then shared with the other chat")
+                         "and reply run while the one before learns (their updates still take turns): less time "
+                         "for a large K; update times are then shared with the other chat")
     ap.add_argument("--threads", type=int, help="CPU threads of every process (OMP_NUM_THREADS; default: torch's "
                                                 "own, or the CPUs / --jobs for the asking processes). On a CPU "
                                                 "shared with other work, 1 avoids threads waiting on each other")
