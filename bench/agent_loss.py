@@ -5,15 +5,17 @@
 The episodes come from the corpus generator (nimllm/skills.py) at --seed, whose scratch folders
 (seed x 1,000,000 on) no training corpus uses (`--agent-skills` uses seed 0). For each model: the
 mean loss per token on the commands (tool calls) and on the answers, everything else in the episode
-being context, in bits per byte of that text (so that models with other tokenizers compare), and how
-often its greedy first command is the episode's own. A minute for a tiny
-model on a CPU: a quick way to compare two trainings of the agent corpus, at one size, before
+being context, in bits per byte of that text (so that models with other tokenizers compare); how
+often its greedy first command is the episode's own; and of the words a first command must take from
+the request (file and folder names, numbers, search words: those of the episode's own command that
+the request holds), how many its first command holds. A minute for a tiny model on a CPU: a quick way to compare two trainings of the agent corpus, at one size, before
 bench/agent.py asks the agent the hand-written requests.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +35,7 @@ from nimllm.tokenizer import Tokenizer  # noqa: E402
 
 ROLES = ("system", "user", "tool", "tool_call", "assistant")
 SCORED = ("tool_call", "assistant")
+WORD = re.compile(r"[\w.-]*\w")   # a name, a number or a word, with its dots and dashes: taken_v3.txt, 411
 
 
 def role_losses(model, tokenizer: Tokenizer, messages: list[tuple[str, str]]) -> dict[str, tuple[float, int]]:
@@ -59,6 +62,12 @@ def first_command(decoder: Decoder, tokenizer: Tokenizer, messages: list[tuple[s
                                           decoder=decoder))).strip()
 
 
+def words_to_copy(request: str, command: str) -> list[str]:
+    """The words of `command` (two characters or more) that the request holds: what it must copy."""
+    said = set(WORD.findall(request))
+    return [w for w in dict.fromkeys(WORD.findall(command)) if w in said and len(w) > 1]
+
+
 def score(folder: Path, episodes: list[list[tuple[str, str]]]) -> dict:
     model, _ = checkpoint.load_model(ModelFolder(folder), "cpu")
     tokenizer = Tokenizer.load(ModelFolder(folder).tokenizer)
@@ -69,9 +78,12 @@ def score(folder: Path, episodes: list[list[tuple[str, str]]]) -> dict:
             nats, n_bytes = map(sum, zip(*(found[role] for found in losses)))
             row[f"bpb_{role}"] = round(nats / math.log(2) / max(n_bytes, 1), 4)
         decoder = Decoder(model)
-        own = [next(c for r, c in e if r == "tool_call") for e in episodes]
-        row["first_command_exact"] = sum(first_command(decoder, tokenizer, e) == c.strip()
-                                         for e, c in zip(episodes, own)) / len(episodes)
+        own = [next(c for r, c in e if r == "tool_call").strip() for e in episodes]
+        written = [first_command(decoder, tokenizer, e) for e in episodes]
+    row["first_command_exact"] = sum(w == c for w, c in zip(written, own)) / len(episodes)
+    to_copy = [words_to_copy(next(t for r, t in e if r == "user"), c) for e, c in zip(episodes, own)]
+    copied = sum(len(set(words) & set(WORD.findall(w))) for words, w in zip(to_copy, written))
+    row["words_copied"] = copied / max(sum(map(len, to_copy)), 1)
     return row
 
 
@@ -92,11 +104,12 @@ def main() -> None:
         episodes = [conversation(json.loads(line)) for line in path.read_text().splitlines()]
     rows = [score(folder, episodes) for folder in args.model]
     table = Table(title=f"{len(episodes)} held-out agent episodes (seed {args.seed})")
-    for column in ("model", "bits per byte, commands", "bits per byte, answers", "first command exact"):
+    for column in ("model", "bits per byte, commands", "bits per byte, answers", "first command exact",
+                   "request words copied"):
         table.add_column(column)
     for r in rows:
         table.add_row(Path(r["model"]).name, f"{r['bpb_tool_call']:.4f}", f"{r['bpb_assistant']:.4f}",
-                      f"{r['first_command_exact']:.1%}")
+                      f"{r['first_command_exact']:.1%}", f"{r['words_copied']:.1%}")
     common.console().print(table)
     common.write_result(args.out, common.header("cpu", episodes=len(episodes), seed=args.seed, rows=rows))
     print(f"wrote {args.out}")

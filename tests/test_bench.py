@@ -236,7 +236,7 @@ def test_agent_loss_bench_scores_commands_and_answers_of_new_episodes(tiny_copy,
     first, second = result["rows"]
     assert result["episodes"] == 6 and result["seed"] == 8 and first == second
     assert 0 < first["bpb_tool_call"] < 20 and 0 < first["bpb_assistant"] < 20
-    assert 0 <= first["first_command_exact"] <= 1
+    assert 0 <= first["first_command_exact"] <= 1 and 0 <= first["words_copied"] <= 1
 
 
 @pytest.mark.parametrize("bench", ["bench/agent.py", "bench/memory.py", "bench/first_update.py", "bench/agent_loss.py"])
