@@ -8,8 +8,9 @@ mean loss per token on the commands (tool calls) and on the answers, everything 
 being context, in bits per byte of that text (so that models with other tokenizers compare); how
 often its greedy first command is the episode's own; and of the words a first command must take from
 the request (file and folder names, numbers, search words: those of the episode's own command that
-the request holds), how many its first command holds. A minute for a tiny model on a CPU: a quick way to compare two trainings of the agent corpus, at one size, before
-bench/agent.py asks the agent the hand-written requests.
+the request holds), how many its first command holds. A minute for a tiny model on a CPU: a quick way
+to compare two trainings of the agent corpus, at one size, before bench/agent.py asks the agent the
+hand-written requests.
 """
 from __future__ import annotations
 
